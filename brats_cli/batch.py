@@ -1,0 +1,85 @@
+"""Segment a batch of cases: read, run the pipeline, write atomically; one bad case fails alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from brats_cli.bundle import Stage
+from brats_cli.choices import LabelChoice
+from brats_cli.errors import BratsError, CaseError
+from brats_cli.io import Case, Naming, load_case, write_label_map
+from brats_cli.labels import REGIONS, LabelConvention, Region, region_masks
+from brats_cli.pipeline import PipelineConfig, segment_image
+from brats_cli.predictors import StagePredictor
+
+
+class Status(str, Enum):
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    status: Status
+    seconds: float = 0.0
+    message: str = ""
+    volumes_ml: dict[Region, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_convention(case: Case, choice: LabelChoice) -> LabelConvention:
+    """2023 labels for 2023-named inputs under `auto`, else what the user chose."""
+    if choice is LabelChoice.AUTO:
+        return LabelConvention.BRATS2023 if case.naming is Naming.BRATS2023 else LabelConvention.BRATS2021
+    return LabelConvention(choice.value)
+
+
+def segment_case(
+    case: Case,
+    output: Path,
+    predictors: Mapping[Stage, StagePredictor],
+    config: PipelineConfig,
+    on_stage: Callable[[str], None] | None = None,
+) -> CaseResult:
+    """Segment one case and write `output`; every failure becomes a FAILED result, never an exception."""
+    started = time.perf_counter()
+    try:
+        if on_stage:
+            on_stage("read")
+        read_started = time.perf_counter()
+        image, geometry = load_case(case)
+        read_seconds = time.perf_counter() - read_started
+        segmentation = segment_image(image, predictors, config, on_stage=on_stage)
+        if on_stage:
+            on_stage("write")
+        write_started = time.perf_counter()
+        write_label_map(segmentation.labels, geometry, output)
+        write_seconds = time.perf_counter() - write_started
+    except CaseError as error:
+        return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, error.reason)
+    except BratsError as error:
+        return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, str(error))
+    except Exception as error:  # a bug must not take the rest of the batch down with it
+        message = f"internal error {type(error).__name__}: {error}"
+        return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, message)
+    voxel_ml = float(np.prod(geometry.header.get_zooms()[:3])) / 1000.0
+    masks = region_masks(segmentation.labels, config.convention)
+    volumes = {region: float(masks[region].sum()) * voxel_ml for region in REGIONS}
+    stage_seconds = {"read": read_seconds, **segmentation.seconds, "write": write_seconds}
+    return CaseResult(
+        case.case_id,
+        Status.DONE,
+        time.perf_counter() - started,
+        volumes_ml=volumes,
+        stage_seconds=stage_seconds,
+        warnings=segmentation.warnings,
+    )

@@ -1,0 +1,298 @@
+"""Weights bundles: a folder holding `manifest.json` and one weight file per model.
+
+The manifest is validated on load, every file's sha256 is checked before any case runs, and
+weights load without executing code (safetensors, never pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from brats_cli.choices import Backend
+from brats_cli.errors import WeightsError
+from brats_cli.labels import LabelConvention
+from brats_cli.preprocess import MODEL_GRID
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class Stage(str, Enum):
+    BASE = "base"
+    WT = "wt"
+    TC = "tc"
+    ET = "et"
+
+
+REGION_STAGES: tuple[Stage, ...] = (Stage.WT, Stage.TC, Stage.ET)
+WEIGHT_SUFFIX = {Backend.TORCH: ".safetensors", Backend.ONNX: ".onnx"}
+
+
+@dataclass(frozen=True)
+class FoldFile:
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the pipeline: a ResUNet3D architecture and its K fold models."""
+
+    width: int
+    input_size: tuple[int, int, int]
+    folds: tuple[FoldFile, ...]
+    levels: int = 4
+    norm_groups: int = 8
+    threshold: float = 0.5
+
+    def model_kwargs(self) -> dict[str, int]:
+        return {"width": self.width, "levels": self.levels, "norm_groups": self.norm_groups}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    backend: Backend
+    labels: LabelConvention
+    stages: dict[Stage, StageSpec]
+    et_threshold: int = 600
+    name: str = ""
+    description: str = ""
+    format_version: int = FORMAT_VERSION
+    # Free-form provenance: the recipe, the data, validation scores reached.
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def region_window(self) -> tuple[int, int, int]:
+        return self.stages[Stage.WT].input_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "description": self.description,
+            "backend": self.backend.value,
+            "labels": self.labels.value,
+            "et_threshold": self.et_threshold,
+            "stages": {
+                stage.value: {
+                    "model": "resunet3d",
+                    "width": spec.width,
+                    "levels": spec.levels,
+                    "norm_groups": spec.norm_groups,
+                    "input_size": list(spec.input_size),
+                    "threshold": spec.threshold,
+                    "folds": [{"file": f.file, "sha256": f.sha256} for f in spec.folds],
+                }
+                for stage, spec in self.stages.items()
+            },
+            "metadata": self.metadata,
+        }
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise WeightsError(f"{where}: missing '{key}'")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise WeightsError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _stage_from_dict(data: Any, where: str, backend: Backend) -> StageSpec:
+    if not isinstance(data, dict):
+        raise WeightsError(f"{where}: expected a table")
+    model = data.get("model", "resunet3d")
+    if model != "resunet3d":
+        raise WeightsError(f"{where}: unknown model kind {model!r}")
+    width = _require(data, "width", int, where)
+    size = _require(data, "input_size", list, where)
+    if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise WeightsError(f"{where}: 'input_size' must be three positive integers")
+    levels = data.get("levels", 4)
+    groups = data.get("norm_groups", 8)
+    threshold = data.get("threshold", 0.5)
+    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise WeightsError(f"{where}: 'threshold' must lie strictly between 0 and 1")
+    divisor = 2 ** (levels - 1)
+    if any(s % divisor for s in size):
+        raise WeightsError(f"{where}: input_size {size} must be multiples of {divisor} for {levels} levels")
+    folds_data = _require(data, "folds", list, where)
+    if not folds_data:
+        raise WeightsError(f"{where}: no folds")
+    folds = []
+    for i, fold in enumerate(folds_data):
+        fold_where = f"{where}.folds[{i}]"
+        if not isinstance(fold, dict):
+            raise WeightsError(f"{fold_where}: expected a table")
+        name = _require(fold, "file", str, fold_where)
+        if Path(name).name != name or name.startswith("."):
+            raise WeightsError(f"{fold_where}: file {name!r} must be a plain file name inside the bundle")
+        if not name.endswith(WEIGHT_SUFFIX[backend]):
+            raise WeightsError(f"{fold_where}: {name} is not a {backend.value} weight file ({WEIGHT_SUFFIX[backend]})")
+        folds.append(FoldFile(name, _require(fold, "sha256", str, fold_where)))
+    return StageSpec(width, tuple(size), tuple(folds), levels, groups, float(threshold))
+
+
+def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
+    """Validate a parsed manifest; every problem is a WeightsError naming the field."""
+    if not isinstance(data, dict):
+        raise WeightsError(f"{source}: expected a JSON object")
+    version = _require(data, "format_version", int, source)
+    if version > FORMAT_VERSION:
+        raise WeightsError(
+            f"{source}: format version {version} is newer than this brats supports ({FORMAT_VERSION}); upgrade brats"
+        )
+    if version < 1:
+        raise WeightsError(f"{source}: invalid format version {version}")
+    try:
+        backend = Backend(_require(data, "backend", str, source))
+        labels = LabelConvention(str(_require(data, "labels", str, source)))
+    except ValueError as error:
+        raise WeightsError(f"{source}: {error}") from error
+    stages_data = _require(data, "stages", dict, source)
+    missing = [s.value for s in Stage if s.value not in stages_data]
+    if missing:
+        raise WeightsError(f"{source}: missing stages {', '.join(missing)}")
+    stages = {s: _stage_from_dict(stages_data[s.value], f"{source}: stages.{s.value}", backend) for s in Stage}
+    if stages[Stage.BASE].input_size != MODEL_GRID:
+        raise WeightsError(f"{source}: the base stage input_size must be {list(MODEL_GRID)}")
+    windows = {stages[s].input_size for s in REGION_STAGES}
+    if len(windows) != 1:
+        raise WeightsError(f"{source}: wt, tc and et must share one input_size")
+    if any(w > g for w, g in zip(next(iter(windows)), MODEL_GRID, strict=True)):
+        raise WeightsError(f"{source}: region input_size larger than the model grid {list(MODEL_GRID)}")
+    et_threshold = data.get("et_threshold", 600)
+    if not isinstance(et_threshold, int) or et_threshold < 0:
+        raise WeightsError(f"{source}: 'et_threshold' must be a non-negative integer")
+    return Manifest(
+        backend=backend,
+        labels=labels,
+        stages=stages,
+        et_threshold=et_threshold,
+        name=str(data.get("name", "")),
+        description=str(data.get("description", "")),
+        format_version=version,
+        metadata=data.get("metadata", {}) if isinstance(data.get("metadata", {}), dict) else {},
+    )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: Manifest
+
+    def fold_paths(self, stage: Stage) -> list[Path]:
+        return [self.root / fold.file for fold in self.manifest.stages[stage].folds]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
+    """Read and validate a bundle's manifest and (by default) every weight file's checksum."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise WeightsError(f"{root}: weights bundle folder does not exist")
+    if not manifest_path.is_file():
+        raise WeightsError(f"{root}: not a weights bundle (no {MANIFEST})")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"{manifest_path}: unreadable manifest ({error})") from error
+    manifest = manifest_from_dict(data, str(manifest_path))
+    bundle = Bundle(root, manifest)
+    if verify:
+        for stage in Stage:
+            for fold in manifest.stages[stage].folds:
+                path = root / fold.file
+                if not path.is_file():
+                    raise WeightsError(f"{path}: weight file listed in the manifest is missing")
+                if sha256_file(path) != fold.sha256:
+                    raise WeightsError(f"{path}: checksum mismatch (corrupt or replaced weight file)")
+    return bundle
+
+
+def write_manifest(root: Path, manifest: Manifest) -> Path:
+    """Write `manifest.json` atomically."""
+    path = Path(root) / MANIFEST
+    temporary = path.with_name(f".{MANIFEST}.partial-{os.getpid()}")
+    temporary.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def default_bundle_path() -> Path:
+    """The bundled default weights: inside the installed package, or `weights/` in a checkout."""
+    packaged = Path(__file__).parent / "_weights"
+    if (packaged / MANIFEST).is_file():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "weights"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What `write_torch_bundle` needs to know of a stage besides its weights."""
+
+    width: int
+    input_size: tuple[int, int, int]
+    levels: int = 4
+    norm_groups: int = 8
+    threshold: float = 0.5
+
+
+def write_torch_bundle(
+    root: Path,
+    weights: dict[Stage, list[dict[str, Any]]],
+    architectures: dict[Stage, Architecture],
+    *,
+    labels: LabelConvention = LabelConvention.BRATS2021,
+    et_threshold: int = 600,
+    name: str = "",
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> Bundle:
+    """Write a torch bundle: one `<stage>_fold<k>.safetensors` per state dict, and the manifest.
+
+    The manifest is validated by loading the bundle back before returning it."""
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stages = {}
+    for stage in Stage:
+        folds = []
+        for index, state in enumerate(weights[stage]):
+            file = f"{stage.value}_fold{index}{WEIGHT_SUFFIX[Backend.TORCH]}"
+            tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
+            temporary = root / f".{file}.partial-{os.getpid()}"
+            save_file(tensors, str(temporary))
+            os.replace(temporary, root / file)
+            folds.append(FoldFile(file, sha256_file(root / file)))
+        arch = architectures[stage]
+        stages[stage] = StageSpec(
+            arch.width, arch.input_size, tuple(folds), arch.levels, arch.norm_groups, arch.threshold
+        )
+    manifest = Manifest(
+        backend=Backend.TORCH,
+        labels=labels,
+        stages=stages,
+        et_threshold=et_threshold,
+        name=name,
+        description=description,
+        metadata=metadata or {},
+    )
+    manifest_from_dict(manifest.to_dict())
+    write_manifest(root, manifest)
+    return load_bundle(root)

@@ -1,0 +1,39 @@
+"""The `brats` command: a root Typer app with one module per subcommand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from brats_cli import __version__
+from brats_cli.cli import info, segment
+
+app = typer.Typer(
+    name="brats",
+    help="Glioma segmentation with the residual 3D U-Net with localisation (BraTS 2021).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("segment")(segment.segment)
+app.command("info")(info.info)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"brats {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Glioma segmentation with the residual 3D U-Net with localisation (BraTS 2021)."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,26 @@
+"""Shared terminal output: progress and tables on stderr, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+# Exit codes: 0 everything done; 1 some case failed; 2 the input, weights or output cannot be used
+# at all; 130/143 interrupted by SIGINT/SIGTERM.
+EXIT_OK = 0
+EXIT_CASE_FAILED = 1
+EXIT_UNUSABLE = 2
+
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+
+def error(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+
+
+def warning(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    stderr.print(f"[dim]note:[/] {message}", markup=True, soft_wrap=True)

@@ -1,0 +1,424 @@
+"""Everything that touches NIfTI files: case discovery, reading, geometry, atomic writing.
+
+The rest of the package sees arrays only. Images are turned into one canonical orientation (LPS,
+the orientation of the released BraTS data the models were trained in) on reading, and the
+`Geometry` returned with them writes results back in the input's own orientation, affine and header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
+
+BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
+CANONICAL_AXCODES: tuple[str, str, str] = ("L", "P", "S")
+# Two affines agree when every entry differs by less than this (mm); BraTS files written by
+# different tools differ in the last float digits of the same geometry.
+AFFINE_TOLERANCE = 1e-3
+# Refuse before allocating: a corrupt header can claim terabytes. 4x a BraTS volume is generous.
+MAX_VOXELS = 4 * 240 * 240 * 155 * 4
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class Modality(str, Enum):
+    FLAIR = "flair"
+    T1 = "t1"
+    T1CE = "t1ce"
+    T2 = "t2"
+
+
+# The paper's channel order.
+CHANNEL_ORDER: tuple[Modality, ...] = (Modality.FLAIR, Modality.T1, Modality.T1CE, Modality.T2)
+
+
+class Naming(str, Enum):
+    """File naming of a release: `<ID>_flair.nii.gz` (2017-2021) or `<ID>-t2f.nii.gz` (2023+)."""
+
+    BRATS2021 = "2021"
+    BRATS2023 = "2023"
+
+
+SUFFIX: dict[Naming, dict[Modality, str]] = {
+    Naming.BRATS2021: {Modality.FLAIR: "flair", Modality.T1: "t1", Modality.T1CE: "t1ce", Modality.T2: "t2"},
+    Naming.BRATS2023: {Modality.FLAIR: "t2f", Modality.T1: "t1n", Modality.T1CE: "t1c", Modality.T2: "t2w"},
+}
+SEPARATOR: dict[Naming, str] = {Naming.BRATS2021: "_", Naming.BRATS2023: "-"}
+SEGMENTATION_SUFFIX = "seg"
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+
+_NAME_PATTERNS: dict[Naming, re.Pattern[str]] = {
+    Naming.BRATS2021: re.compile(r"^(?P<id>.+)_(?P<suffix>flair|t1ce|t1|t2|seg)\.nii(?:\.gz)?$"),
+    Naming.BRATS2023: re.compile(r"^(?P<id>.+)-(?P<suffix>t2f|t1n|t1c|t2w|seg)\.nii(?:\.gz)?$"),
+}
+# Some tools (BrainLesion's preprocessing) write the 2023 names without a case prefix; the case
+# folder then names the case.
+_BARE_2023 = re.compile(r"^(?P<suffix>t2f|t1n|t1c|t2w)\.nii(?:\.gz)?$")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_EXTENSIONS)
+
+
+def nifti_stem(path: Path) -> str:
+    for extension in NIFTI_EXTENSIONS:
+        if path.name.endswith(extension):
+            return path.name[: -len(extension)]
+    return path.name
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    case_id: str
+    naming: Naming
+    suffix: str  # a modality suffix of `naming`, or "seg"
+
+    @property
+    def modality(self) -> Modality | None:
+        for modality, suffix in SUFFIX[self.naming].items():
+            if suffix == self.suffix:
+                return modality
+        return None
+
+
+def parse_name(path: Path) -> ParsedName | None:
+    """Case ID, naming and modality from a BraTS file name, or None if the name is not one."""
+    for naming, pattern in _NAME_PATTERNS.items():
+        match = pattern.match(path.name)
+        if match:
+            return ParsedName(match["id"], naming, match["suffix"])
+    match = _BARE_2023.match(path.name)
+    if match:
+        return ParsedName(path.parent.name, Naming.BRATS2023, match["suffix"])
+    return None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case's files as found on disk; `problem` says why it cannot run, if it cannot."""
+
+    case_id: str
+    naming: Naming
+    files: dict[Modality, Path]
+    segmentation: Path | None = None
+    problem: str | None = None
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.case_id}.nii.gz"
+
+
+@dataclass
+class Discovery:
+    cases: list[Case]
+    notes: list[str] = field(default_factory=list)
+
+
+def _group_folder(folder: Path, notes: list[str]) -> list[Case]:
+    """Cases whose files lie directly in `folder`, grouped by the case ID in their names."""
+    groups: dict[str, list[tuple[Path, ParsedName]]] = defaultdict(list)
+    images = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    for path in images:
+        parsed = parse_name(path)
+        if parsed is None:
+            notes.append(f"{path}: not a BraTS modality name, ignored")
+            continue
+        groups[parsed.case_id].append((path, parsed))
+    cases = []
+    for case_id, members in sorted(groups.items()):
+        cases.append(_assemble_case(case_id, members))
+    return cases
+
+
+def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case:
+    namings = {parsed.naming for _, parsed in members}
+    naming = Naming.BRATS2023 if Naming.BRATS2023 in namings else Naming.BRATS2021
+    files: dict[Modality, list[Path]] = defaultdict(list)
+    segmentations: list[Path] = []
+    for path, parsed in members:
+        if parsed.suffix == SEGMENTATION_SUFFIX:
+            segmentations.append(path)
+        elif parsed.modality is not None:
+            files[parsed.modality].append(path)
+    problem = None
+    if not SAFE_ID.match(case_id):
+        problem = f"case ID {case_id!r} is not a safe file name (letters, digits, '.', '_', '-' only)"
+    elif len(namings) > 1:
+        problem = "mixes BraTS 2021 and 2023 file names"
+    else:
+        duplicated = [m for m in CHANNEL_ORDER if len(files[m]) > 1]
+        missing = [m for m in CHANNEL_ORDER if not files[m]]
+        if duplicated:
+            modality = duplicated[0]
+            names = ", ".join(p.name for p in files[modality])
+            problem = f"two files for {SUFFIX[naming][modality]}: {names}"
+        elif missing:
+            expected = ", ".join(SUFFIX[naming][m] for m in missing)
+            problem = f"missing modality {expected}"
+    single = {m: paths[0] for m, paths in files.items() if paths}
+    return Case(case_id, naming, single, segmentations[0] if segmentations else None, problem)
+
+
+def discover_cases(root: Path) -> Discovery:
+    """Find the cases under `root`: a folder of case folders, one case folder, or one case's
+    files directly in `root` (the BraTS 2021 container harness)."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: input folder does not exist")
+    if not root.is_dir():
+        raise InputError(f"{root}: input is not a folder")
+    notes: list[str] = []
+    try:
+        cases = _group_folder(root, notes)
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found = _group_folder(sub, notes)
+            if not found and not any(sub.iterdir()):
+                continue
+            if not found:
+                notes.append(f"{sub}: no BraTS image files, ignored")
+            cases.extend(found)
+    except PermissionError as error:
+        raise InputError(f"{error.filename}: cannot read folder (permission denied)") from error
+    seen: dict[str, Case] = {}
+    unique: list[Case] = []
+    for case in cases:
+        if case.case_id in seen:
+            unique.append(Case(case.case_id, case.naming, case.files, None, "case ID appears in two folders"))
+            continue
+        seen[case.case_id] = case
+        unique.append(case)
+    if not unique:
+        raise InputError(f"{root}: no BraTS cases found (expected <ID>_flair.nii.gz or <ID>-t2f.nii.gz files)")
+    return Discovery(unique, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image lies in the world, and how its voxel axes map to the canonical (LPS) ones."""
+
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    shape: tuple[int, ...]
+
+    @property
+    def _orientation(self) -> np.ndarray:
+        return io_orientation(self.affine)
+
+    @property
+    def canonical_shape(self) -> tuple[int, ...]:
+        transform = ornt_transform(self._orientation, axcodes2ornt(CANONICAL_AXCODES))
+        return tuple(self.shape[int(axis)] for axis in np.argsort(transform[:, 0]))
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """Reorient the last three axes of `array` from the file's axes to LPS."""
+        transform = ornt_transform(self._orientation, axcodes2ornt(CANONICAL_AXCODES))
+        return _apply_spatial(array, transform)
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        """Exact inverse of `to_canonical`."""
+        transform = ornt_transform(axcodes2ornt(CANONICAL_AXCODES), self._orientation)
+        return _apply_spatial(array, transform)
+
+    def matches(self, other: Geometry) -> bool:
+        return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=AFFINE_TOLERANCE)
+
+
+def _apply_spatial(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    if array.ndim == 3:
+        return np.ascontiguousarray(apply_orientation(array, transform))
+    return np.stack([_apply_spatial(channel, transform) for channel in array])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, gzip.BadGzipFile, MemoryError)
+
+
+def _load_header(path: Path) -> nib.Nifti1Image:
+    try:
+        image = nib.load(path)
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{path}: file not found") from error
+    except _READ_ERRORS as error:
+        raise ImageReadError(f"{path}: not a readable NIfTI file ({_reason(error)})") from error
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ImageReadError(f"{path}: not a NIfTI image")
+    if len(image.shape) != 3:
+        raise ImageReadError(f"{path}: {len(image.shape)}D image {image.shape}, expected a 3D volume")
+    voxels = int(np.prod(image.shape, dtype=np.float64))
+    if voxels <= 0 or voxels > MAX_VOXELS:
+        raise ImageReadError(f"{path}: header claims {image.shape} voxels, refusing to read")
+    return image
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _read_data(image: nib.Nifti1Image, path: Path, dtype: type) -> np.ndarray:
+    try:
+        return np.asarray(image.get_fdata(dtype=np.float32) if dtype is np.float32 else image.dataobj)
+    except _READ_ERRORS as error:
+        raise ImageReadError(f"{path}: corrupt or truncated image data ({_reason(error)})") from error
+
+
+def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A 3D image as float32 in its stored orientation, with its geometry."""
+    path = Path(path)
+    image = _load_header(path)
+    data = _read_data(image, path, np.float32)
+    return data, Geometry(image.affine.copy(), image.header.copy(), tuple(image.shape))
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A segmentation as an integer array in its stored orientation, with its geometry.
+
+    Float-typed label files (some tools write them) are rounded to the nearest integer."""
+    path = Path(path)
+    image = _load_header(path)
+    data = _read_data(image, path, np.generic)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)):
+            raise ImageReadError(f"{path}: NaN or Inf voxels in a label map")
+        data = np.rint(data)
+    return data.astype(np.int32, copy=False), Geometry(image.affine.copy(), image.header.copy(), tuple(image.shape))
+
+
+def load_case(case: Case) -> tuple[np.ndarray, Geometry]:
+    """The case's four modalities as one (4, 240, 240, 155) float32 array in canonical orientation,
+    channel order FLAIR, T1, T1ce, T2, and the geometry to write results back with.
+
+    Raises CaseError with a one-line reason naming the files."""
+    if case.problem:
+        raise CaseError(case.case_id, case.problem)
+    volumes: list[np.ndarray] = []
+    geometries: list[Geometry] = []
+    for modality in CHANNEL_ORDER:
+        path = case.files[modality]
+        try:
+            volume, geometry = read_image(path)
+        except ImageReadError as error:
+            raise CaseError(case.case_id, str(error)) from error
+        if geometries and geometry.shape != geometries[0].shape:
+            first = case.files[CHANNEL_ORDER[0]].name
+            raise CaseError(
+                case.case_id, f"shape mismatch: {first} is {geometries[0].shape}, {path.name} is {geometry.shape}"
+            )
+        if geometries and not geometry.matches(geometries[0]):
+            first = case.files[CHANNEL_ORDER[0]].name
+            raise CaseError(case.case_id, f"affine mismatch between {first} and {path.name}")
+        if not np.all(np.isfinite(volume)):
+            raise CaseError(case.case_id, f"NaN or Inf voxels in {path.name}")
+        if not np.any(volume):
+            raise CaseError(case.case_id, f"{path.name} is all zero")
+        volumes.append(volume)
+        geometries.append(geometry)
+    geometry = geometries[0]
+    if geometry.canonical_shape != BRATS_SHAPE:
+        raise CaseError(
+            case.case_id,
+            f"shape {geometry.shape} is not BraTS space {'x'.join(map(str, BRATS_SHAPE))} "
+            f"({case.files[CHANNEL_ORDER[0]].name}); register and resample to SRI24 first",
+        )
+    image = geometry.to_canonical(np.stack(volumes))
+    return image, geometry
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+TEMP_MARKER = ".partial-"
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name in the same folder (so the final rename is atomic) with the same extension
+    (nibabel picks the format from it)."""
+    extension = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    return path.with_name(f".{nifti_stem(path)}{TEMP_MARKER}{os.getpid()}{extension}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write to; on success it replaces `path` in one rename, on any
+    failure it is removed, so `path` is never seen half-written."""
+    path = Path(path)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def save_nifti(image: nib.Nifti1Image, path: Path) -> None:
+    """Write `image` to `path` atomically, naming the file in any error."""
+    try:
+        with atomic_path(Path(path)) as temporary:
+            nib.save(image, temporary)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({_reason(error)})") from error
+
+
+def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
+    """A uint8 label image in the file's own orientation, with the input's affine, qform and sform."""
+    data = geometry.from_canonical(labels).astype(np.uint8)
+    header = geometry.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    image = nib.Nifti1Image(data, geometry.affine, header=header)
+    image.set_qform(geometry.header.get_qform(), code=int(geometry.header["qform_code"]))
+    image.set_sform(geometry.header.get_sform(), code=int(geometry.header["sform_code"]))
+    image.header["cal_min"] = 0
+    image.header["cal_max"] = int(labels.max()) if labels.size else 0
+    image.header["descrip"] = b"brats segmentation"
+    return image
+
+
+def write_label_map(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Write canonical-orientation labels back in the input's orientation, atomically."""
+    save_nifti(label_image(labels, geometry), path)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files an earlier, killed run left behind in `folder`."""
+    removed = []
+    for path in Path(folder).glob(f".*{TEMP_MARKER}*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def ensure_output_folder(folder: Path) -> Path:
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot create output folder ({_reason(error)})") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: output folder is not writable")
+    return folder

@@ -1,0 +1,76 @@
+"""Label conventions and the mapping between label maps and the nested tumour regions.
+
+BraTS 2017-2021 marks enhancing tumour with 4, BraTS 2023+ with 3; necrosis (1) and edema (2) are
+shared. Regions are nested: ET inside TC inside WT.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+NECROSIS = 1
+EDEMA = 2
+
+
+class LabelConvention(str, Enum):
+    BRATS2021 = "2021"
+    BRATS2023 = "2023"
+
+    @property
+    def enhancing(self) -> int:
+        return 4 if self is LabelConvention.BRATS2021 else 3
+
+    @property
+    def labels(self) -> tuple[int, int, int]:
+        return (NECROSIS, EDEMA, self.enhancing)
+
+
+class Region(str, Enum):
+    WT = "WT"
+    TC = "TC"
+    ET = "ET"
+
+
+REGIONS: tuple[Region, ...] = (Region.WT, Region.TC, Region.ET)
+
+
+def region_masks(label_map: np.ndarray, convention: LabelConvention) -> dict[Region, np.ndarray]:
+    """Boolean WT, TC and ET masks of a label map; labels outside the convention count as background."""
+    et = label_map == convention.enhancing
+    tc = (label_map == NECROSIS) | et
+    wt = tc | (label_map == EDEMA)
+    return {Region.WT: wt, Region.TC: tc, Region.ET: et}
+
+
+def unexpected_labels(label_map: np.ndarray, convention: LabelConvention) -> list[int]:
+    """Labels present in the map that the convention does not define (0 is always allowed)."""
+    present = np.unique(label_map)
+    allowed = {0, *convention.labels}
+    return [int(v) for v in present if int(v) not in allowed]
+
+
+def compose_labels(
+    whole_tumour: np.ndarray,
+    tumour_core: np.ndarray,
+    enhancing_tumour: np.ndarray,
+    convention: LabelConvention,
+) -> np.ndarray:
+    """Label map from the three binary region predictions, overwriting WT -> edema, TC -> necrosis,
+    ET -> enhancing (the paper's order), so a voxel predicted ET is also TC and WT."""
+    labels = np.zeros(whole_tumour.shape, dtype=np.uint8)
+    labels[whole_tumour] = EDEMA
+    labels[tumour_core] = NECROSIS
+    labels[enhancing_tumour] = convention.enhancing
+    return labels
+
+
+def apply_et_threshold(labels: np.ndarray, convention: LabelConvention, min_voxels: int) -> np.ndarray:
+    """Relabel every ET voxel as necrosis when fewer than `min_voxels` remain (paper section 2.6):
+    small ET predictions are mostly false positives, and a tumour need not enhance."""
+    enhancing = labels == convention.enhancing
+    if 0 < int(enhancing.sum()) < min_voxels:
+        labels = labels.copy()
+        labels[enhancing] = NECROSIS
+    return labels

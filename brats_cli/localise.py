@@ -1,0 +1,64 @@
+"""Paper section 2.3, localisation: from the base model's whole-tumour mask, the 128^3 windows the
+region models see.
+
+Choice: the crop centres on the bounding box of the largest 26-connected component. Speckle false
+positives of the base model far from the tumour would otherwise stretch the box; satellite lesions
+near the main one still fall inside the window and are segmented by the region models.
+
+The paper assumes every tumour fits in 128^3. One that does not is covered by overlapping windows
+(averaged where they overlap) so that no tumour voxel is ever cut off.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import numpy as np
+from scipy import ndimage
+
+Window = tuple[slice, slice, slice]
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (all False if the mask is empty)."""
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    return labelled == int(np.argmax(sizes))
+
+
+def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """Per axis the half-open [start, stop) extent of the True voxels, or None if there are none."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        box.append((int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
+def _axis_starts(start: int, stop: int, size: int, window: int) -> list[int]:
+    """Window starts along one axis covering [start, stop), each window inside [0, size)."""
+    if window > size:
+        raise ValueError(f"window {window} larger than the volume axis {size}")
+    extent = stop - start
+    if extent <= window:
+        centre = (start + stop) / 2
+        return [int(min(max(round(centre - window / 2), 0), size - window))]
+    count = math.ceil(extent / window)
+    first = start
+    last = min(stop - window, size - window)
+    # Evenly spread so neighbouring windows overlap by the same amount.
+    return sorted({round(first + i * (last - first) / (count - 1)) for i in range(count)})
+
+
+def localise_windows(box: tuple[tuple[int, int], ...], shape: tuple[int, ...], window: tuple[int, ...]) -> list[Window]:
+    """The window-sized crops, clamped inside `shape`, that together cover the bounding box: one
+    centred on the box when it fits, overlapping ones along any axis where it does not."""
+    per_axis = [_axis_starts(lo, hi, size, w) for (lo, hi), size, w in zip(box, shape, window, strict=True)]
+    return [tuple(slice(s, s + w) for s, w in zip(starts, window, strict=True)) for starts in product(*per_axis)]

@@ -1,0 +1,125 @@
+"""The paper's two-stage pipeline on arrays (sections 2.1-2.6):
+
+crop to 192x192x160 -> base model (whole tumour) -> localise 128^3 windows -> WT, TC, ET fold
+ensembles -> compose labels -> ET threshold -> paste back into 240x240x155.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from brats_cli.bundle import REGION_STAGES, Stage
+from brats_cli.choices import Ensemble
+from brats_cli.labels import LabelConvention, apply_et_threshold, compose_labels
+from brats_cli.localise import Window, bounding_box, largest_component, localise_windows
+from brats_cli.predictors import StagePredictor
+from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    convention: LabelConvention = LabelConvention.BRATS2021
+    ensemble: Ensemble = Ensemble.MEAN
+    et_threshold: int = 600
+    probability_threshold: float = 0.5
+    region_window: tuple[int, int, int] = (128, 128, 128)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.probability_threshold < 1:
+            raise ValueError("probability_threshold must lie strictly between 0 and 1")
+        if self.et_threshold < 0:
+            raise ValueError("et_threshold must be >= 0")
+        if any(w > g for w, g in zip(self.region_window, MODEL_GRID, strict=True)):
+            raise ValueError(f"region_window {self.region_window} exceeds the model grid {MODEL_GRID}")
+
+
+@dataclass
+class Segmentation:
+    labels: np.ndarray  # (240, 240, 155) uint8, canonical orientation
+    windows: list[Window]
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def ensemble_mask(probabilities: np.ndarray, mode: Ensemble, threshold: float = 0.5) -> np.ndarray:
+    """Binary mask from K fold probability maps (K, ...)."""
+    if mode is Ensemble.MEAN:
+        return probabilities.mean(axis=0) > threshold
+    votes = (probabilities > threshold).sum(axis=0)
+    return 2 * votes > probabilities.shape[0]
+
+
+def predict_windows(predictor: StagePredictor, image: np.ndarray, windows: list[Window]) -> np.ndarray:
+    """Fold probabilities over the model grid from window-sized predictions; overlapping windows are
+    averaged, voxels outside every window get probability 0."""
+    total: np.ndarray | None = None
+    count = np.zeros(image.shape[1:], dtype=np.float32)
+    for window in windows:
+        probabilities = predictor(image[(slice(None), *window)])
+        if total is None:
+            total = np.zeros((probabilities.shape[0], *image.shape[1:]), dtype=np.float32)
+        total[(slice(None), *window)] += probabilities
+        count[window] += 1
+    assert total is not None, "predict_windows needs at least one window"
+    np.divide(total, count, out=total, where=count > 0)
+    return total
+
+
+def segment_image(
+    image: np.ndarray,
+    predictors: Mapping[Stage, StagePredictor],
+    config: PipelineConfig,
+    on_stage: Callable[[str], None] | None = None,
+) -> Segmentation:
+    """Label map for one case. `image` is (4, 240, 240, 155), canonical orientation, raw intensities.
+
+    `on_stage` is told the name of each stage as it starts (for progress display)."""
+
+    def announce(name: str) -> None:
+        if on_stage:
+            on_stage(name)
+
+    seconds: dict[str, float] = {}
+    announce("preprocess")
+    started = time.perf_counter()
+    model_input = preprocess(image)
+    seconds["preprocess"] = time.perf_counter() - started
+
+    announce("base")
+    started = time.perf_counter()
+    base = ensemble_mask(predictors[Stage.BASE](model_input), config.ensemble, config.probability_threshold)
+    seconds["base"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    box = bounding_box(largest_component(base))
+    seconds["localise"] = time.perf_counter() - started
+    if box is None:
+        return Segmentation(
+            np.zeros(image.shape[1:], dtype=np.uint8),
+            [],
+            seconds,
+            ["the base model found no tumour; writing an all-background segmentation"],
+        )
+    windows = localise_windows(box, MODEL_GRID, config.region_window)
+
+    masks: dict[Stage, np.ndarray] = {}
+    for stage in REGION_STAGES:
+        announce(stage.value)
+        started = time.perf_counter()
+        probabilities = predict_windows(predictors[stage], model_input, windows)
+        masks[stage] = ensemble_mask(probabilities, config.ensemble, config.probability_threshold)
+        seconds[stage.value] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
+    labels = apply_et_threshold(labels, config.convention, config.et_threshold)
+    full = uncrop_from_model_grid(labels)
+    seconds["compose"] = time.perf_counter() - started
+    warnings = []
+    if len(windows) > 1:
+        warnings.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
+    return Segmentation(full, windows, seconds, warnings)

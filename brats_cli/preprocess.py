@@ -1,0 +1,55 @@
+"""Paper section 2.1: crop 240x240x155 to the model grid 192x192x160 and normalise; and the exact
+inverse that puts model-grid arrays back into BraTS space."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brats_cli.io import BRATS_SHAPE
+
+MODEL_GRID: tuple[int, int, int] = (192, 192, 160)
+# x and y lose 24 voxels on each side (empty border around the brain in SRI24).
+CROP_START: tuple[int, int] = (24, 24)
+
+
+def crop_to_model_grid(volume: np.ndarray) -> np.ndarray:
+    """(..., 240, 240, 155) -> (..., 192, 192, 160): centre crop in x and y, five zero slices
+    appended at the top of z so every axis is a multiple of 8 (three 2x poolings)."""
+    if volume.shape[-3:] != BRATS_SHAPE:
+        raise ValueError(f"expected (..., {BRATS_SHAPE}), got {volume.shape}")
+    x0, y0 = CROP_START
+    cropped = volume[..., x0 : x0 + MODEL_GRID[0], y0 : y0 + MODEL_GRID[1], :]
+    pad = [(0, 0)] * (volume.ndim - 1) + [(0, MODEL_GRID[2] - BRATS_SHAPE[2])]
+    return np.pad(cropped, pad)
+
+
+def uncrop_from_model_grid(grid: np.ndarray) -> np.ndarray:
+    """Exact inverse of `crop_to_model_grid` for arrays that are zero outside the crop."""
+    if grid.shape[-3:] != MODEL_GRID:
+        raise ValueError(f"expected (..., {MODEL_GRID}), got {grid.shape}")
+    x0, y0 = CROP_START
+    full = np.zeros(grid.shape[:-3] + BRATS_SHAPE, dtype=grid.dtype)
+    full[..., x0 : x0 + MODEL_GRID[0], y0 : y0 + MODEL_GRID[1], :] = grid[..., : BRATS_SHAPE[2]]
+    return full
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Per channel zero mean and unit variance over the nonzero (brain) voxels; background stays 0.
+
+    `image` is (C, X, Y, Z); returns float32. A channel with no brain voxels stays all zero, one
+    with constant brain intensity becomes zero-mean (its variance is taken as 1)."""
+    out = np.zeros(image.shape, dtype=np.float32)
+    for channel, volume in enumerate(image):
+        brain = volume != 0
+        if not brain.any():
+            continue
+        values = volume[brain].astype(np.float64)
+        mean = values.mean()
+        std = values.std()
+        out[channel][brain] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
+    return out
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """(4, 240, 240, 155) canonical image -> the (4, 192, 192, 160) normalised model input."""
+    return normalise(crop_to_model_grid(image))
