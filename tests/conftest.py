@@ -44,7 +44,9 @@ def synthetic_image(seed: int = 0, tumour_centre=(120, 110, 80), tumour_radius=(
     rng = np.random.default_rng(seed)
     grid = np.indices(BRATS_SHAPE, dtype=np.float32)
     brain = (((grid[0] - 120) / 75) ** 2 + ((grid[1] - 120) / 90) ** 2 + ((grid[2] - 77) / 65) ** 2) <= 1
-    tumour = sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip(tumour_centre, tumour_radius))) <= 1
+    tumour = (
+        sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip(tumour_centre, tumour_radius, strict=True))) <= 1
+    )
     image = np.zeros((4, *BRATS_SHAPE), dtype=np.float32)
     for channel in range(4):
         values = 300 + 50 * channel + rng.normal(0, 10, BRATS_SHAPE)
