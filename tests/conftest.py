@@ -82,6 +82,43 @@ def write_case(
     return case_folder
 
 
+def flair_network(threshold: float, width: int = 4) -> ResUNet3D:
+    """A hand-set ResUNet3D whose logit is a monotonic function of FLAIR minus `threshold`.
+
+    All weights are zero except an identity path from the FLAIR channel through the stem block and
+    the last decoder's skip connection to the head, so the network marks the brightest FLAIR voxels
+    (tumour, in the synthetic images and in real cases): meaningful, deterministic predictions
+    through the real architecture, with one localisation window."""
+    model = ResUNet3D(width=width)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for module in model.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.fill_(1.0)
+        model.stem.conv1.weight[0, 0, 1, 1, 1] = 1.0
+        model.decoders[-1].block.conv1.weight[0, width, 1, 1, 1] = 1.0  # skip channel 0, after the up channels
+        model.head.weight[0, 0] = 1.0
+        model.head.bias.fill_(-threshold)
+    return model
+
+
+# Thresholds of `flair_network` per stage: nested regions (ET brightest) on synthetic and real cases.
+FLAIR_THRESHOLDS = {Stage.BASE: 5.0, Stage.WT: 4.0, Stage.TC: 6.0, Stage.ET: 8.0}
+
+
+def flair_bundle(
+    root: Path, *, window=(128, 128, 128), thresholds: dict[Stage, float] | None = None, folds: int = 1
+) -> Bundle:
+    """A bundle of `flair_network`s: finds bright FLAIR tumours quickly (one window per case)."""
+    thresholds = {**FLAIR_THRESHOLDS, **(thresholds or {})}
+    weights = {stage: [flair_network(thresholds[stage]).state_dict()] * folds for stage in Stage}
+    architectures = {
+        stage: Architecture(width=4, input_size=MODEL_GRID if stage is Stage.BASE else window) for stage in Stage
+    }
+    return write_torch_bundle(root, weights, architectures, labels=LabelConvention.BRATS2021, name="flair-test")
+
+
 def random_bundle(
     root: Path,
     *,
@@ -114,9 +151,14 @@ def random_bundle(
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Bundle:
     return random_bundle(tmp_path_factory.mktemp("bundle"), window=(64, 64, 64))
+
+
+@pytest.fixture(scope="session")
+def flair_test_bundle(tmp_path_factory) -> Bundle:
+    return flair_bundle(tmp_path_factory.mktemp("flair-bundle"))
 
 
 @pytest.fixture

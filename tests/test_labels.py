@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from brats_cli.labels import (
+    EDEMA,
+    NECROSIS,
+    LabelConvention,
+    Region,
+    apply_et_threshold,
+    compose_labels,
+    region_masks,
+    unexpected_labels,
+)
+
+
+@pytest.mark.parametrize("convention, enhancing", [(LabelConvention.BRATS2021, 4), (LabelConvention.BRATS2023, 3)])
+def test_compose_overwrites_in_paper_order_and_nests_regions(convention, enhancing):
+    wt = np.array([1, 1, 1, 1, 0], dtype=bool)
+    tc = np.array([0, 1, 1, 0, 1], dtype=bool)  # the last voxel is TC but not WT
+    et = np.array([0, 0, 1, 0, 0], dtype=bool)
+    labels = compose_labels(wt, tc, et, convention)
+    assert labels.dtype == np.uint8
+    assert labels.tolist() == [EDEMA, NECROSIS, enhancing, EDEMA, NECROSIS]
+    masks = region_masks(labels, convention)
+    # ET within TC within WT, whatever the region models predicted.
+    assert np.all(masks[Region.ET] <= masks[Region.TC])
+    assert np.all(masks[Region.TC] <= masks[Region.WT])
+
+
+def test_region_masks_follow_the_convention_and_ignore_stray_labels():
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    m21 = region_masks(labels, LabelConvention.BRATS2021)
+    assert m21[Region.WT].tolist() == [0, 1, 1, 0, 1, 0]
+    assert m21[Region.TC].tolist() == [0, 1, 0, 0, 1, 0]
+    assert m21[Region.ET].tolist() == [0, 0, 0, 0, 1, 0]
+    m23 = region_masks(labels, LabelConvention.BRATS2023)
+    assert m23[Region.ET].tolist() == [0, 0, 0, 1, 0, 0]
+    assert unexpected_labels(labels, LabelConvention.BRATS2021) == [3, 5]
+    assert unexpected_labels(labels, LabelConvention.BRATS2023) == [4, 5]
+
+
+def test_et_threshold_relabels_small_enhancing_as_necrosis():
+    labels = np.zeros(1000, dtype=np.uint8)
+    labels[:100] = EDEMA
+    labels[100:110] = 4
+    small = apply_et_threshold(labels, LabelConvention.BRATS2021, min_voxels=11)
+    assert (small == 4).sum() == 0
+    assert (small == NECROSIS).sum() == 10
+    kept = apply_et_threshold(labels, LabelConvention.BRATS2021, min_voxels=10)
+    assert (kept == 4).sum() == 10  # exactly N voxels is not "fewer than N"
+    assert np.array_equal(apply_et_threshold(labels, LabelConvention.BRATS2021, 0), labels)

@@ -1,0 +1,101 @@
+"""The pipeline's logic with oracle predictors (plain numpy callables behind the predictor seam)."""
+
+import numpy as np
+import pytest
+from conftest import synthetic_image
+
+from brats_cli.bundle import Stage
+from brats_cli.choices import Ensemble
+from brats_cli.labels import LabelConvention, Region, region_masks
+from brats_cli.pipeline import PipelineConfig, ensemble_mask, segment_image
+from brats_cli.preprocess import MODEL_GRID
+
+
+class Oracle:
+    """Predicts a region from normalised FLAIR intensity: bright voxels are tumour."""
+
+    def __init__(self, threshold: float, folds: int = 1, shift: float = 0.0) -> None:
+        self.threshold = threshold
+        self.folds = folds
+        self.shift = shift
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        self.calls.append(image.shape)
+        p = 1 / (1 + np.exp(np.clip(-8 * (image[0] - self.threshold - self.shift), -50, 50)))
+        return np.stack([p] * self.folds).astype(np.float32)
+
+
+def oracles(**kwargs):
+    return {Stage.BASE: Oracle(1.0), Stage.WT: Oracle(1.0), Stage.TC: Oracle(1.0), Stage.ET: Oracle(1.0), **kwargs}
+
+
+def test_tumour_is_found_localised_labelled_and_pasted_back():
+    image = synthetic_image(tumour_centre=(120, 110, 80), tumour_radius=(18, 14, 12))
+    predictors = oracles()
+    result = segment_image(image, predictors, PipelineConfig(et_threshold=0))
+    assert result.labels.shape == (240, 240, 155) and result.labels.dtype == np.uint8
+    assert len(result.windows) == 1
+    # Region models only ever see the 128^3 window.
+    assert predictors[Stage.WT].calls == [(4, 128, 128, 128)]
+    assert predictors[Stage.BASE].calls == [(4, *MODEL_GRID)]
+    masks = region_masks(result.labels, LabelConvention.BRATS2021)
+    grid = np.indices((240, 240, 155))
+    truth = (
+        sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip((120, 110, 80), (18, 14, 12), strict=True))) <= 1
+    )
+    dice = 2 * (masks[Region.WT] & truth).sum() / (masks[Region.WT].sum() + truth.sum())
+    assert dice > 0.95
+    assert set(np.unique(result.labels)) == {0, 4}  # WT = TC = ET with identical oracles
+
+
+def test_no_tumour_gives_an_all_background_case_and_a_warning():
+    predictors = oracles(**{Stage.BASE: Oracle(50.0)})
+    result = segment_image(synthetic_image(), predictors, PipelineConfig())
+    assert not result.labels.any()
+    assert result.warnings and "found no tumour" in result.warnings[0]
+    assert predictors[Stage.WT].calls == []
+
+
+def test_a_large_tumour_is_covered_by_several_windows_and_never_cut():
+    centre, radius = (120, 120, 77), (70, 40, 60)  # 140 voxels along x: more than one window
+    image = synthetic_image(tumour_centre=centre, tumour_radius=radius)
+    threshold = {stage: Oracle(0.0) for stage in Stage}  # half the brain is tumour: split at the mean
+    result = segment_image(image, threshold, PipelineConfig(et_threshold=0))
+    assert len(result.windows) == 2
+    grid = np.indices((240, 240, 155))
+    truth = sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip(centre, radius, strict=True))) <= 0.9
+    inside_crop = np.zeros_like(truth)
+    inside_crop[24:216, 24:216, :] = True
+    wt = result.labels > 0
+    assert np.all(wt[truth & inside_crop])
+
+
+def test_et_threshold_and_label_convention_apply():
+    image = synthetic_image()
+    config = PipelineConfig(convention=LabelConvention.BRATS2023, et_threshold=10**7)
+    labels = segment_image(image, oracles(), config).labels
+    assert set(np.unique(labels)) == {0, 1}  # every ET voxel relabelled necrosis
+    labels = segment_image(
+        image, oracles(), PipelineConfig(convention=LabelConvention.BRATS2023, et_threshold=0)
+    ).labels
+    assert set(np.unique(labels)) == {0, 3}
+
+
+def test_mean_and_vote_ensembles():
+    p = np.array([[0.9, 0.2, 0.6], [0.9, 0.45, 0.4], [0.1, 0.45, 0.4]], dtype=np.float32)
+    assert ensemble_mask(p, Ensemble.MEAN).tolist() == [True, False, False]
+    assert ensemble_mask(p, Ensemble.VOTE).tolist() == [True, False, False]
+    q = np.array([[0.6, 0.9], [0.6, 0.1], [0.1, 0.1]], dtype=np.float32)
+    # Mean 0.433 is below 0.5 but two of three folds vote tumour.
+    assert ensemble_mask(q, Ensemble.MEAN).tolist() == [False, False]
+    assert ensemble_mask(q, Ensemble.VOTE).tolist() == [True, False]
+    tie = np.array([[0.9], [0.1]], dtype=np.float32)
+    assert ensemble_mask(tie, Ensemble.VOTE).tolist() == [False]  # a tie is no majority
+
+
+def test_invalid_config_is_refused():
+    with pytest.raises(ValueError):
+        PipelineConfig(probability_threshold=1.5)
+    with pytest.raises(ValueError):
+        PipelineConfig(region_window=(256, 128, 128))
