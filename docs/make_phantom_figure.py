@@ -27,7 +27,7 @@ REAL_CANDIDATES = [base / "shared" / "data" / "real" / "brainlesion-demo" for ba
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--cases", default="0,1,2", help="phantom indices of the series, comma-separated")
+    parser.add_argument("--cases", default="0,1,3", help="phantom indices of the series, comma-separated")
     parser.add_argument("--real", type=Path, default=next((p for p in REAL_CANDIDATES if p.is_dir()), None))
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "phantom-vs-real.png")
     args = parser.parse_args()
