@@ -33,3 +33,10 @@ class LabelChoice(str, Enum):
     AUTO = "auto"  # 2023 labels (ET = 3) for 2023-named inputs, 2021 labels (ET = 4) otherwise
     BRATS2021 = "2021"
     BRATS2023 = "2023"
+
+
+class CaseNaming(str, Enum):
+    """File naming of written cases (the values of io.Naming, kept here so the CLI need not import io)."""
+
+    BRATS2021 = "2021"  # <ID>_flair.nii.gz ..., ET = 4
+    BRATS2023 = "2023"  # <ID>-t2f.nii.gz ..., ET = 3

@@ -30,3 +30,7 @@ class WeightsError(BratsError):
 
 class OutputError(BratsError):
     """The output location cannot be written."""
+
+
+class DependencyError(BratsError):
+    """An optional extra a feature needs is not installed (the message names the extra)."""

@@ -1,0 +1,67 @@
+"""`brats synth OUT`: labelled phantom cases in the BraTS training layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brats_cli.choices import CaseNaming
+from brats_cli.cli import console
+
+
+def synth(
+    output: Annotated[Path, typer.Argument(help="Folder for the case folders (created if needed).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of cases.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Series seed; case i depends only on (seed, i).")] = 0,
+    naming: Annotated[
+        CaseNaming, typer.Option(help="2021: <ID>_flair.nii.gz, ET = 4; 2023: <ID>-t2f.nii.gz, ET = 3.")
+    ] = CaseNaming.BRATS2021,
+    preview: Annotated[
+        Path | None, typer.Option(help="Also write a PNG with a row per case at its slice with most tumour.")
+    ] = None,
+) -> None:
+    """Write N synthetic labelled cases (FLAIR, T1, T1ce, T2, seg; 240x240x155, LPS) into OUTPUT."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from brats_cli import synth as phantoms
+    from brats_cli.errors import BratsError
+    from brats_cli.io import Naming
+
+    rows: list[phantoms.PreviewRow] = []
+    try:
+        phantoms.template_paths()
+        if preview is not None and preview.suffix.lower() != ".png":
+            raise typer.BadParameter(f"{preview}: expected a .png file name", param_hint="--preview")
+        started = time.perf_counter()
+        with Progress(
+            TextColumn("synth"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console.stderr,
+        ) as progress:
+            task = progress.add_task("", total=n)
+
+            def on_case(phantom: phantoms.Phantom) -> None:
+                if preview is not None:
+                    rows.append(phantoms.preview_row(phantom))
+                progress.update(task, advance=1, description=phantom.case_id)
+
+            phantoms.write_phantom_cases(output, n, seed, Naming(naming.value), on_case=on_case)
+        seconds = time.perf_counter() - started
+        if preview is not None:
+            phantoms.save_preview(rows, preview)
+    except OSError as error:
+        console.error(f"{output}: cannot write ({error.strerror or error})")
+        raise typer.Exit(console.EXIT_UNUSABLE) from None
+    except BratsError as error:
+        console.error(str(error))
+        raise typer.Exit(console.EXIT_UNUSABLE) from None
+    console.stderr.print(f"wrote {n} case(s) to {output} in {seconds:.1f} s ({seconds / n:.1f} s a case)")
+    if preview is not None:
+        console.stderr.print(f"preview: {preview}")
