@@ -17,7 +17,16 @@ from brats_cli.labels import LabelConvention
 from brats_cli.model import ResUNet3D
 from brats_cli.preprocess import MODEL_GRID
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+# ../shared/data/real beside the checkout; a git worktree one level deeper (wt/<name>) finds it
+# one more level up.
+REAL_DATA = next(
+    (
+        folder / "shared" / "data" / "real"
+        for folder in Path(__file__).resolve().parents[1].parents
+        if (folder / "shared" / "data" / "real").is_dir()
+    ),
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real",
+)
 
 # The released BraTS affine: LPS, origin at voxel (0, 239, 0) as stored in the public files.
 LPS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
