@@ -21,7 +21,16 @@ from brats_cli.testing import (  # noqa: F401  (re-exported for the tests)
     write_case,
 )
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+# ../shared/data/real beside the checkout; a git worktree one level deeper (wt/<name>) finds it
+# one more level up.
+REAL_DATA = next(
+    (
+        folder / "shared" / "data" / "real"
+        for folder in Path(__file__).resolve().parents[1].parents
+        if (folder / "shared" / "data" / "real").is_dir()
+    ),
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real",
+)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from brats_cli import __version__
-from brats_cli.cli import info, segment, synth
+from brats_cli.cli import evaluate, info, segment, synth
 
 app = typer.Typer(
     name="brats",
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.command("segment")(segment.segment)
 app.command("info")(info.info)
 app.command("synth")(synth.synth)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def _version(value: bool) -> None:

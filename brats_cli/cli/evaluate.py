@@ -1,0 +1,155 @@
+"""`brats evaluate PRED GT`: the BraTS metrics of predictions against ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brats_cli.choices import LabelChoice
+from brats_cli.cli import console
+
+
+def evaluate(
+    prediction: Annotated[
+        Path, typer.Argument(metavar="PRED", help="A folder of <ID>.nii.gz predictions, or one prediction file.")
+    ],
+    reference: Annotated[
+        Path,
+        typer.Argument(
+            metavar="GT",
+            help="Ground truth: <ID>_seg.nii.gz / <ID>-seg.nii.gz files, flat or in case folders; or one file.",
+        ),
+    ],
+    labels: Annotated[
+        LabelChoice,
+        typer.Option(help="Label convention: ET = 4 (2021) or 3 (2023); auto from the ground-truth names or labels."),
+    ] = LabelChoice.AUTO,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write one row per case and region to this CSV.")] = None,
+    json: Annotated[Path | None, typer.Option("--json", help="Write the rows and the summary to this JSON.")] = None,
+    lesion_wise: Annotated[
+        bool, typer.Option("--lesion-wise", help="Add the BraTS 2023 lesion-wise Dice and HD95.")
+    ] = False,
+) -> None:
+    """Score PRED against GT per case and region (WT, TC, ET): Dice, HD95, sensitivity,
+    specificity with the BraTS 2021 rules; a summary table per region."""
+    raise typer.Exit(run_evaluate(prediction, reference, labels, csv, json, lesion_wise))
+
+
+def run_evaluate(
+    prediction: Path,
+    reference: Path,
+    labels: LabelChoice,
+    csv_path: Path | None,
+    json_path: Path | None,
+    with_lesion_wise: bool,
+) -> int:
+    """Pair, score, render and write; the exit code."""
+    from collections import Counter
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from brats_cli.errors import BratsError, CaseError
+    from brats_cli.evaluate import pair_files, rows, score_pair, summarise, write_csv, write_json
+
+    for path, option in ((csv_path, "--csv"), (json_path, "--json")):
+        if path is not None and not Path(path).parent.is_dir():
+            console.error(f"{path}: folder for {option} does not exist")
+            return console.EXIT_UNUSABLE
+    try:
+        pairing = pair_files(prediction, reference)
+    except BratsError as error:
+        console.error(str(error))
+        return console.EXIT_UNUSABLE
+    for message in pairing.notes:
+        console.note(message)
+
+    results = []
+    failures: list[CaseError] = []
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console.stderr,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("evaluate", total=len(pairing.pairs))
+        for pair in pairing.pairs:
+            progress.update(task, description=pair.case_id)
+            try:
+                result = score_pair(pair, labels, with_lesion_wise)
+            except CaseError as error:
+                failures.append(error)
+                console.error(str(error))
+            else:
+                results.append(result)
+                for message in result.warnings:
+                    console.warning(f"{pair.case_id}: {message}")
+            progress.advance(task)
+
+    conventions = Counter((r.convention.value, r.convention_reason) for r in results)
+    described = "; ".join(
+        f"{value} ({reason}{f', {count} cases' if len(conventions) > 1 else ''})"
+        for (value, reason), count in sorted(conventions.items())
+    )
+    missing = [r.case_id for r in results if r.missing]
+    summary = summarise(results, with_lesion_wise)
+    console.stderr.print(
+        f"brats evaluate: {len(results)} of {len(pairing.pairs)} case(s) scored, labels {described or '-'}"
+    )
+    _render_summary(summary, len(results), missing)
+    if failures:
+        console.stderr.print(f"{len(failures)} case(s) not scored: {', '.join(f.case_id for f in failures)}")
+
+    table = rows(results, with_lesion_wise)
+    try:
+        if csv_path is not None:
+            write_csv(csv_path, table, with_lesion_wise)
+        if json_path is not None:
+            write_json(
+                json_path,
+                {
+                    "cases": table,
+                    "labels": {r.case_id: r.convention.value for r in results},
+                    "summary": summary,
+                    "missing": missing,
+                    "errors": {f.case_id: f.reason for f in failures},
+                },
+            )
+    except BratsError as error:
+        console.error(str(error))
+        return console.EXIT_UNUSABLE
+    return console.EXIT_CASE_FAILED if failures else console.EXIT_OK
+
+
+_TITLES = {
+    "dice": "Dice",
+    "hd95": "HD95",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "lesion_wise_dice": "Lesion-wise Dice",
+    "lesion_wise_hd95": "Lesion-wise HD95",
+}
+_STATISTIC_TITLES = {"mean": "Mean", "std": "StdDev", "median": "Median", "25quantile": "25%", "75quantile": "75%"}
+
+
+def _render_summary(summary: dict, scored: int, missing: list[str]) -> None:
+    import math
+
+    from rich.table import Table
+
+    for region, metrics in summary.items():
+        table = Table(title=f"{region} ({scored} cases, {len(missing)} missing)", title_justify="left")
+        table.add_column("metric")
+        for title in _STATISTIC_TITLES.values():
+            table.add_column(title, justify="right")
+        for metric, statistics in metrics.items():
+            digits = 2 if "hd95" in metric else 4
+            cells = ["-" if math.isnan(v) else f"{v:.{digits}f}" for v in statistics.values()]
+            table.add_row(_TITLES[metric], *cells)
+        console.stderr.print(table)
+    if missing:
+        console.stderr.print(f"missing predictions ({len(missing)}), scored Dice 0, HD95 374: {', '.join(missing)}")

@@ -1,0 +1,330 @@
+"""Scoring predictions against ground truth: pairing files by case ID, choosing the label
+convention, scoring each case and region, summarising as the paper's Table 3, writing CSV/JSON.
+
+The metrics themselves are in `metrics.py`; files are read through `io.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brats_cli.choices import LabelChoice
+from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
+from brats_cli.io import (
+    SEGMENTATION_SUFFIX,
+    TEMP_MARKER,
+    Naming,
+    atomic_path,
+    is_nifti,
+    nifti_stem,
+    parse_name,
+    read_label_map,
+)
+from brats_cli.labels import REGIONS, LabelConvention, Region, region_masks
+from brats_cli.metrics import (
+    MISSING_HD95,
+    MISSING_PREDICTION_SCORES,
+    LesionWiseScores,
+    RegionScores,
+    lesion_wise,
+    region_scores,
+)
+
+CSV_COLUMNS: tuple[str, ...] = ("case", "region", "dice", "hd95", "sensitivity", "specificity")
+LESION_WISE_COLUMNS: tuple[str, ...] = ("lesion_wise_dice", "lesion_wise_hd95")
+METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
+# Summary statistics of the paper's Table 3. The standard deviation is the population one
+# (numpy's default, ddof=0), so a one-case run has std 0 rather than none.
+STATISTICS: tuple[str, ...] = ("mean", "std", "median", "25quantile", "75quantile")
+# A missing prediction's lesion-wise score: every lesion unmatched.
+MISSING_LESION_WISE = LesionWiseScores(dice=0.0, hd95=MISSING_HD95, true_positive_lesions=0,
+                                       false_negative_lesions=0, false_positive_components=0)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairing
+
+
+@dataclass(frozen=True)
+class Pair:
+    case_id: str
+    reference: Path
+    prediction: Path | None  # None: no prediction for this ground truth
+    naming: Naming | None  # the release whose naming the ground-truth file follows, if any
+
+
+@dataclass
+class Pairing:
+    pairs: list[Pair]
+    notes: list[str] = field(default_factory=list)
+
+
+def _segmentation_id(path: Path) -> tuple[str, Naming] | None:
+    parsed = parse_name(path)
+    if parsed is None or parsed.suffix != SEGMENTATION_SUFFIX:
+        return None
+    return parsed.case_id, parsed.naming
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    except PermissionError as error:
+        raise InputError(f"{folder}: cannot read folder (permission denied)") from error
+
+
+def find_ground_truth(folder: Path) -> list[tuple[str, Path, Naming]]:
+    """`<ID>_seg` / `<ID>-seg` files directly in `folder` or in its case folders."""
+    found: dict[str, Path] = {}
+    namings: dict[str, Naming] = {}
+    folders = [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for sub in folders:
+        for path in _nifti_files(sub):
+            parsed = _segmentation_id(path)
+            if parsed is None:
+                continue
+            case_id, naming = parsed
+            if case_id in found:
+                raise InputError(f"{folder}: two ground truths for case {case_id}: {found[case_id]} and {path}")
+            found[case_id], namings[case_id] = path, naming
+    return [(case_id, found[case_id], namings[case_id]) for case_id in sorted(found)]
+
+
+def _prediction_id(path: Path) -> str:
+    parsed = _segmentation_id(path)
+    return parsed[0] if parsed else nifti_stem(path)
+
+
+def pair_files(prediction: Path, reference: Path) -> Pairing:
+    """Match predictions to ground truth by case ID: a folder against a folder, or a file
+    against a file. Raises InputError when the input cannot be used at all."""
+    prediction, reference = Path(prediction), Path(reference)
+    for path, role in ((prediction, "prediction"), (reference, "ground truth")):
+        if not path.exists():
+            raise InputError(f"{path}: {role} path does not exist")
+    if reference.is_file() or prediction.is_file():
+        if not (reference.is_file() and prediction.is_file()):
+            raise InputError(f"{prediction} vs {reference}: give two folders or two files, not a folder and a file")
+        for path in (prediction, reference):
+            if not is_nifti(path):
+                raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
+        parsed = _segmentation_id(reference)
+        case_id, naming = parsed if parsed else (nifti_stem(reference), None)
+        return Pairing([Pair(case_id, reference, prediction, naming)])
+
+    truths = find_ground_truth(reference)
+    if not truths:
+        raise InputError(f"{reference}: no ground truth found (expected <ID>_seg.nii.gz or <ID>-seg.nii.gz files)")
+    predictions: dict[str, Path] = {}
+    notes: list[str] = []
+    for path in _nifti_files(prediction):
+        if TEMP_MARKER in path.name:
+            continue
+        case_id = _prediction_id(path)
+        if case_id in predictions:
+            first = predictions[case_id].name
+            raise InputError(f"{prediction}: two predictions for case {case_id}: {first}, {path.name}")
+        predictions[case_id] = path
+    if not predictions:
+        raise InputError(f"{prediction}: no predictions found (expected <ID>.nii.gz files)")
+    truth_ids = {case_id for case_id, _, _ in truths}
+    if not truth_ids & predictions.keys():
+        example = next(iter(predictions.values())).name
+        raise InputError(
+            f"{prediction}: no prediction matches a ground-truth case ID (e.g. {example} vs "
+            f"{truths[0][1].name}; expected <ID>.nii.gz)"
+        )
+    for case_id in sorted(predictions.keys() - truth_ids):
+        notes.append(f"{predictions[case_id]}: no ground truth for case {case_id}, ignored")
+    pairs = [Pair(case_id, path, predictions.get(case_id), naming) for case_id, path, naming in truths]
+    return Pairing(pairs, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label convention
+
+
+def label_values(label_map: np.ndarray) -> set[int]:
+    """The distinct labels of a map. Label maps hold a handful of small values, so one comparison
+    per value in [min, max] is many times faster than sorting (np.unique) or counting (bincount)
+    9 million voxels."""
+    if label_map.size == 0:
+        return set()
+    low, high = int(label_map.min()), int(label_map.max())
+    if high - low <= 32:
+        return {value for value in range(low, high + 1) if np.any(label_map == value)}
+    return {int(v) for v in np.unique(label_map)}
+
+
+def resolve_convention(choice: LabelChoice, naming: Naming | None, present: set[int]) -> tuple[LabelConvention, str]:
+    """The convention to score with and why: the user's choice; else the ground-truth file
+    naming (`_seg` 2021, `-seg` 2023); else the labels present (4 -> 2021, else 3 -> 2023; with
+    neither, ET is empty under both conventions and the scores agree)."""
+    if choice is not LabelChoice.AUTO:
+        return LabelConvention(choice.value), "--labels"
+    if naming is not None:
+        return LabelConvention(naming.value), f"ground-truth name ({'-' if naming is Naming.BRATS2023 else '_'}seg)"
+    if LabelConvention.BRATS2021.enhancing in present:
+        return LabelConvention.BRATS2021, "label 4 present"
+    if LabelConvention.BRATS2023.enhancing in present:
+        return LabelConvention.BRATS2023, "label 3 present"
+    return LabelConvention.BRATS2021, "no ET label present, both conventions agree"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass
+class CaseScores:
+    case_id: str
+    convention: LabelConvention
+    convention_reason: str
+    regions: dict[Region, RegionScores]
+    lesion_wise: dict[Region, LesionWiseScores] | None
+    missing: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read(case_id: str, path: Path) -> tuple[np.ndarray, object]:
+    try:
+        return read_label_map(path)
+    except ImageReadError as error:
+        raise CaseError(case_id, str(error)) from error
+
+
+def score_pair(pair: Pair, choice: LabelChoice = LabelChoice.AUTO, with_lesion_wise: bool = False) -> CaseScores:
+    """Score one case on WT, TC and ET. Raises CaseError when a file is unreadable or the
+    prediction's shape or affine differs from the ground truth's."""
+    reference, reference_geometry = _read(pair.case_id, pair.reference)
+    reference_labels = label_values(reference)
+    prediction = None
+    prediction_labels: set[int] = set()
+    if pair.prediction is not None:
+        prediction, prediction_geometry = _read(pair.case_id, pair.prediction)
+        if prediction_geometry.shape != reference_geometry.shape:
+            raise CaseError(
+                pair.case_id,
+                f"shape {prediction_geometry.shape} of {pair.prediction.name} differs from the ground truth's "
+                f"{reference_geometry.shape} ({pair.reference.name})",
+            )
+        if not prediction_geometry.matches(reference_geometry):
+            raise CaseError(
+                pair.case_id,
+                f"affine of {pair.prediction.name} differs from the ground truth's ({pair.reference.name})",
+            )
+        prediction_labels = label_values(prediction)
+    convention, reason = resolve_convention(choice, pair.naming, reference_labels | prediction_labels)
+
+    allowed = {0, *convention.labels}
+    warnings = []
+    for path, values in ((pair.reference, reference_labels), (pair.prediction, prediction_labels)):
+        stray = sorted(values - allowed)
+        if path is not None and stray:
+            warnings.append(
+                f"{path.name}: labels {', '.join(map(str, stray))} are not in the {convention.value} convention "
+                f"({', '.join(map(str, convention.labels))}); counted as background"
+            )
+
+    if prediction is None:
+        regions = dict.fromkeys(REGIONS, MISSING_PREDICTION_SCORES)
+        lesions = dict.fromkeys(REGIONS, MISSING_LESION_WISE) if with_lesion_wise else None
+        return CaseScores(pair.case_id, convention, reason, regions, lesions, True, warnings)
+
+    reference_masks = region_masks(reference, convention)
+    prediction_masks = region_masks(prediction, convention)
+    regions = {r: region_scores(prediction_masks[r], reference_masks[r]) for r in REGIONS}
+    lesions = None
+    if with_lesion_wise:
+        lesions = {r: lesion_wise(prediction_masks[r], reference_masks[r]) for r in REGIONS}
+    return CaseScores(pair.case_id, convention, reason, regions, lesions, False, warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary and output
+
+
+def rows(results: Iterable[CaseScores], with_lesion_wise: bool) -> list[dict[str, object]]:
+    """One row per case and region, the CSV's columns in order."""
+    table = []
+    for result in results:
+        for region in REGIONS:
+            scores = result.regions[region]
+            row: dict[str, object] = {
+                "case": result.case_id,
+                "region": region.value,
+                "dice": scores.dice,
+                "hd95": scores.hd95,
+                "sensitivity": scores.sensitivity,
+                "specificity": scores.specificity,
+            }
+            if with_lesion_wise and result.lesion_wise is not None:
+                row["lesion_wise_dice"] = result.lesion_wise[region].dice
+                row["lesion_wise_hd95"] = result.lesion_wise[region].hd95
+            table.append(row)
+    return table
+
+
+def statistics(values: list[float]) -> dict[str, float]:
+    """Mean, std, median and quartiles (numpy's linear percentiles) of one metric; NaN if no value."""
+    if not values:
+        return dict.fromkeys(STATISTICS, math.nan)
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "median": float(np.median(array)),
+        "25quantile": float(np.percentile(array, 25)),
+        "75quantile": float(np.percentile(array, 75)),
+    }
+
+
+def summarise(results: list[CaseScores], with_lesion_wise: bool) -> dict[str, dict[str, dict[str, float]]]:
+    """Per region, per metric: the statistics over every scored case (missing ones included)."""
+    metrics = METRICS + (LESION_WISE_COLUMNS if with_lesion_wise else ())
+    table = rows(results, with_lesion_wise)
+    return {
+        region.value: {
+            metric: statistics([float(row[metric]) for row in table if row["region"] == region.value])  # type: ignore[arg-type]
+            for metric in metrics
+        }
+        for region in REGIONS
+    }
+
+
+def write_csv(path: Path, table: list[dict[str, object]], with_lesion_wise: bool) -> None:
+    """Full float precision (Python's shortest round-trip repr), written atomically."""
+    columns = CSV_COLUMNS + (LESION_WISE_COLUMNS if with_lesion_wise else ())
+    try:
+        with atomic_path(Path(path)) as temporary, open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(table)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, document: dict[str, object]) -> None:
+    try:
+        with atomic_path(Path(path)) as temporary, open(temporary, "w") as handle:
+            json.dump(_json_safe(document), handle, indent=2)
+            handle.write("\n")
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
