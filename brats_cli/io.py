@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import os
 import re
+import struct
 import zlib
 from collections import defaultdict
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.spatialimages import HeaderDataError, ImageDataError
 
 from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
 
@@ -30,8 +32,11 @@ CANONICAL_AXCODES: tuple[str, str, str] = ("L", "P", "S")
 # Two affines agree when every entry differs by less than this (mm); BraTS files written by
 # different tools differ in the last float digits of the same geometry.
 AFFINE_TOLERANCE = 1e-3
-# Refuse before allocating: a corrupt header can claim terabytes. 4x a BraTS volume is generous.
-MAX_VOXELS = 4 * 240 * 240 * 155 * 4
+# Refuse before allocating: a corrupt header can claim terabytes. 16x a BraTS volume is generous.
+MAX_VOXELS = 16 * 240 * 240 * 155
+# Deflate cannot expand data more than 1032-fold, so a .nii.gz of n bytes holds at most 1032 n bytes:
+# a header claiming more is refused before nibabel allocates a buffer for the claim.
+DEFLATE_MAX_RATIO = 1032
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -250,7 +255,21 @@ def _apply_spatial(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Reading
 
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, gzip.BadGzipFile, MemoryError)
+# Everything nibabel, numpy, gzip and zlib raise on bad bytes (found by tests/test_reliability.py's
+# fuzzing: corrupt headers give HeaderDataError for unknown data types, OverflowError for huge offsets).
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    OverflowError,
+    struct.error,
+    zlib.error,
+    ImageFileError,
+    HeaderDataError,
+    ImageDataError,
+    gzip.BadGzipFile,
+    MemoryError,
+)
 
 
 def _load_header(path: Path) -> nib.Nifti1Image:
@@ -267,7 +286,29 @@ def _load_header(path: Path) -> nib.Nifti1Image:
     voxels = int(np.prod(image.shape, dtype=np.float64))
     if voxels <= 0 or voxels > MAX_VOXELS:
         raise ImageReadError(f"{path}: header claims {image.shape} voxels, refusing to read")
+    _check_data_size(image, path, voxels)
+    affine = image.affine
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ImageReadError(f"{path}: header holds no usable voxel-to-world affine (singular or not finite)")
     return image
+
+
+def _check_data_size(image: nib.Nifti1Image, path: Path, voxels: int) -> None:
+    """Refuse a file too short for the data its header describes before anything is allocated."""
+    try:
+        # The loaded header's vox_offset reads 0; the array proxy holds the file's offset.
+        offset = int(getattr(image.dataobj, "offset", image.header.get_data_offset()))
+        needed = offset + voxels * image.header.get_data_dtype().itemsize
+        size = path.stat().st_size
+    except _READ_ERRORS as error:
+        raise ImageReadError(f"{path}: not a readable NIfTI file ({_reason(error)})") from error
+    compressed = path.name.endswith(".gz")
+    holds = size * DEFLATE_MAX_RATIO if compressed else size
+    if needed > holds:
+        at_most = "at most " if compressed else ""
+        raise ImageReadError(
+            f"{path}: truncated or corrupt (the header describes {needed} bytes, the file holds {at_most}{holds})"
+        )
 
 
 def _reason(error: BaseException) -> str:
@@ -277,17 +318,32 @@ def _reason(error: BaseException) -> str:
 
 def _read_data(image: nib.Nifti1Image, path: Path, dtype: type) -> np.ndarray:
     try:
+        if path.name.endswith(".gz"):
+            image = _verified_gzip_image(image, path)
         return np.asarray(image.get_fdata(dtype=np.float32) if dtype is np.float32 else image.dataobj)
     except _READ_ERRORS as error:
         raise ImageReadError(f"{path}: corrupt or truncated image data ({_reason(error)})") from error
+
+
+def _geometry(image: nib.Nifti1Image) -> Geometry:
+    return Geometry(image.affine.copy(), image.header.copy(), tuple(image.shape))
+
+
+def _verified_gzip_image(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
+    """The image re-read from its whole decompressed stream. nibabel stops reading a .nii.gz once
+    it has the voxels, so the CRC at the end of the stream is never checked and a corrupted file
+    decodes to garbage voxels; decompressing to the end checks it (BadGzipFile on a mismatch).
+    A gzip stream never decompresses to more than DEFLATE_MAX_RATIO times its size."""
+    with gzip.open(path, "rb") as handle:
+        raw = handle.read()
+    return type(image).from_bytes(raw)
 
 
 def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     """A 3D image as float32 in its stored orientation, with its geometry."""
     path = Path(path)
     image = _load_header(path)
-    data = _read_data(image, path, np.float32)
-    return data, Geometry(image.affine.copy(), image.header.copy(), tuple(image.shape))
+    return _read_data(image, path, np.float32), _geometry(image)
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
@@ -301,47 +357,60 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
         if not np.all(np.isfinite(data)):
             raise ImageReadError(f"{path}: NaN or Inf voxels in a label map")
         data = np.rint(data)
-    return data.astype(np.int32, copy=False), Geometry(image.affine.copy(), image.header.copy(), tuple(image.shape))
+        if data.size and (data.min() < np.iinfo(np.int32).min or data.max() > np.iinfo(np.int32).max):
+            raise ImageReadError(f"{path}: label values out of the integer range")
+    elif not np.issubdtype(data.dtype, np.integer) and data.dtype != np.bool_:
+        raise ImageReadError(f"{path}: label map of data type {data.dtype}, expected integers")
+    return data.astype(np.int32, copy=False), _geometry(image)
 
 
 def load_case(case: Case) -> tuple[np.ndarray, Geometry]:
     """The case's four modalities as one (4, 240, 240, 155) float32 array in canonical orientation,
     channel order FLAIR, T1, T1ce, T2, and the geometry to write results back with.
 
+    Every header is checked (readable, same shape and affine, BraTS space) before any voxel is
+    read, so a wrong-sized case is refused without reading its data.
     Raises CaseError with a one-line reason naming the files."""
     if case.problem:
         raise CaseError(case.case_id, case.problem)
-    volumes: list[np.ndarray] = []
+    images: list[nib.Nifti1Image] = []
     geometries: list[Geometry] = []
+    first = case.files[CHANNEL_ORDER[0]].name
     for modality in CHANNEL_ORDER:
         path = case.files[modality]
         try:
-            volume, geometry = read_image(path)
+            image = _load_header(path)
         except ImageReadError as error:
             raise CaseError(case.case_id, str(error)) from error
+        geometry = _geometry(image)
         if geometries and geometry.shape != geometries[0].shape:
-            first = case.files[CHANNEL_ORDER[0]].name
             raise CaseError(
                 case.case_id, f"shape mismatch: {first} is {geometries[0].shape}, {path.name} is {geometry.shape}"
             )
         if geometries and not geometry.matches(geometries[0]):
-            first = case.files[CHANNEL_ORDER[0]].name
             raise CaseError(case.case_id, f"affine mismatch between {first} and {path.name}")
-        if not np.all(np.isfinite(volume)):
-            raise CaseError(case.case_id, f"NaN or Inf voxels in {path.name}")
-        if not np.any(volume):
-            raise CaseError(case.case_id, f"{path.name} is all zero")
-        volumes.append(volume)
+        images.append(image)
         geometries.append(geometry)
     geometry = geometries[0]
     if geometry.canonical_shape != BRATS_SHAPE:
         raise CaseError(
             case.case_id,
             f"shape {geometry.shape} is not BraTS space {'x'.join(map(str, BRATS_SHAPE))} "
-            f"({case.files[CHANNEL_ORDER[0]].name}); register and resample to SRI24 first",
+            f"({first}); register and resample to SRI24 first",
         )
-    image = geometry.to_canonical(np.stack(volumes))
-    return image, geometry
+    volumes: list[np.ndarray] = []
+    for modality, image in zip(CHANNEL_ORDER, images, strict=True):
+        path = case.files[modality]
+        try:
+            volume = _read_data(image, path, np.float32)
+        except ImageReadError as error:
+            raise CaseError(case.case_id, str(error)) from error
+        if not np.all(np.isfinite(volume)):
+            raise CaseError(case.case_id, f"NaN or Inf voxels in {path.name}")
+        if not np.any(volume):
+            raise CaseError(case.case_id, f"{path.name} is all zero")
+        volumes.append(volume)
+    return geometry.to_canonical(np.stack(volumes)), geometry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,6 +433,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     temporary = temporary_sibling(path)
     try:
+        # Created here, exclusively and not through a link, so that writing by name never follows
+        # a symlink planted at the temporary name out of the folder; only a file of this process's
+        # (or a dead one's, with a reused PID) can hold the name.
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         yield temporary
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
@@ -380,7 +455,8 @@ def save_nifti(image: nib.Nifti1Image, path: Path) -> None:
         with atomic_path(Path(path)) as temporary:
             nib.save(image, temporary)
     except OSError as error:
-        raise OutputError(f"{path}: cannot write ({_reason(error)})") from error
+        # strerror alone: the error's own file name is the temporary, already removed.
+        raise OutputError(f"{path}: cannot write ({error.strerror or _reason(error)})") from error
 
 
 def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
@@ -403,10 +479,33 @@ def write_label_map(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
     save_nifti(label_image(labels, geometry), path)
 
 
+_TEMPORARY_PID = re.compile(rf"^\..+{re.escape(TEMP_MARKER)}(?P<pid>[0-9]+)(?:\.[A-Za-z.]+)?$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        # A file named with our own PID before we wrote anything is a dead run's whose PID came
+        # round again (in a container every run may have the same PID).
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files an earlier, killed run left behind in `folder`."""
+    """Delete temporary files that killed runs left behind in `folder`: only those whose writing
+    process (the PID in the name) is gone, so a run never deletes a concurrent run's work."""
     removed = []
     for path in Path(folder).glob(f".*{TEMP_MARKER}*"):
+        match = _TEMPORARY_PID.match(path.name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
         with contextlib.suppress(OSError):
             path.unlink()
             removed.append(path)

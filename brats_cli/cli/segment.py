@@ -107,34 +107,38 @@ def run_segment(options: SegmentOptions) -> int:
     from brats_cli.pipeline import PipelineConfig
     from brats_cli.predictors import torch_predictors
 
-    try:
-        bundle = load_bundle(options.weights or default_bundle_path())
-        discovery = discover_cases(options.input)
-        output = ensure_output_folder(options.output)
-        remove_stale_temporaries(output)
-        predictors = torch_predictors(bundle, device=options.device, precision=options.precision, folds=options.folds)
-    except BratsError as error:
-        console.error(str(error))
-        return console.EXIT_UNUSABLE
-    for message in discovery.notes:
-        console.note(message)
-    first = next(iter(predictors.values()))
-    console.stderr.print(
-        f"brats: {len(discovery.cases)} case(s), weights {bundle.root}, "
-        f"device {first.device}, precision {first.precision.value}"
-    )
-
     results: list[CaseResult] = []
+    in_progress: Path | None = None  # the output of the case being segmented
+    # From the start, so that a signal during set-up (loading weights) also ends with a one-line
+    # message and the signal's exit code rather than a traceback.
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console.stderr,
-        transient=True,
-    )
     try:
+        try:
+            bundle = load_bundle(options.weights or default_bundle_path())
+            discovery = discover_cases(options.input)
+            output = ensure_output_folder(options.output)
+            remove_stale_temporaries(output)
+            predictors = torch_predictors(
+                bundle, device=options.device, precision=options.precision, folds=options.folds
+            )
+        except BratsError as error:
+            console.error(str(error))
+            return console.EXIT_UNUSABLE
+        for message in discovery.notes:
+            console.note(message)
+        first = next(iter(predictors.values()))
+        console.stderr.print(
+            f"brats: {len(discovery.cases)} case(s), weights {bundle.root}, "
+            f"device {first.device}, precision {first.precision.value}"
+        )
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console.stderr,
+            transient=True,
+        )
         with progress:
             task = progress.add_task("cases", total=len(discovery.cases))
             for case in discovery.cases:
@@ -154,8 +158,10 @@ def run_segment(options: SegmentOptions) -> int:
                 def on_stage(name: str, case_id: str = case.case_id) -> None:
                     progress.update(task, description=f"{case_id}: {name}")
 
+                in_progress = None if target.exists() else target  # --overwrite: cannot tell
                 result = segment_case(case, target, predictors, config, on_stage)
                 results.append(result)
+                in_progress = None
                 if result.status is Status.FAILED:
                     console.error(f"{case.case_id}: {result.message}")
                 for message in result.warnings:
@@ -163,6 +169,8 @@ def run_segment(options: SegmentOptions) -> int:
                 progress.advance(task)
     except Interrupted as interrupted:
         done = [r.case_id for r in results if r.status is Status.DONE]
+        if in_progress is not None and in_progress.exists():  # written, interrupted before its summary
+            done.append(in_progress.name.removesuffix(".nii.gz"))
         console.error(
             f"interrupted; {len(done)} case(s) finished and written"
             + (f" ({', '.join(done)})" if done else "")
