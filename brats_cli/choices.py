@@ -33,3 +33,13 @@ class LabelChoice(str, Enum):
     AUTO = "auto"  # 2023 labels (ET = 3) for 2023-named inputs, 2021 labels (ET = 4) otherwise
     BRATS2021 = "2021"
     BRATS2023 = "2023"
+
+
+class StageChoice(str, Enum):
+    """Which stage(s) `brats train` trains: one of the paper's four models, or all in order."""
+
+    ALL = "all"
+    BASE = "base"
+    WT = "wt"
+    TC = "tc"
+    ET = "et"
