@@ -18,6 +18,7 @@ import io
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -284,6 +285,9 @@ def train_fold(
 
     train_model: nn.Module = model
     if context.distributed:
+        # The head's 1x1x1 kernels have size-1 dims whose channels-last strides differ from DDP's
+        # bucket layout only nominally; DDP's warning about it is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
