@@ -506,3 +506,37 @@ def test_smoke_recipe_trains_every_stage_and_fold_it_lists(training_data, shared
     assert len(load_bundle(tmp_path / "bundle").manifest.stages[Stage.WT].folds) == len(
         recipe.stages[Stage.WT].train_folds
     )
+
+
+@pytest.mark.gpu
+def test_cuda_deterministic_crash_and_resume_is_exact(training_data, shared_cache, tiny_recipe, tmp_path):
+    """On a GPU: --deterministic (with the deterministic max-pool backward) makes a crashed and
+    resumed run end with exactly the weights of an uninterrupted one, through bf16 autocast."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    options = ["--stage", "tc", "--fold", "0", "--device", "cuda", "--cache", str(shared_cache), "--deterministic"]
+    reference = _train(tiny_recipe, training_data, tmp_path / "reference", *options)
+    assert reference.exit_code == 0, reference.output
+    assert "device cuda" in reference.output
+
+    def crash_after_first_epoch(record) -> None:
+        if record.epoch == 1:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        run_training(
+            load_recipe(tiny_recipe),
+            training_data,
+            tmp_path / "crashed",
+            Context(0, 0, 1, torch.device("cuda")),
+            stages=[Stage.TC],
+            fold=0,
+            deterministic=True,
+            cache=shared_cache,
+            on_epoch_end=crash_after_first_epoch,
+        )
+    resumed = _train(tiny_recipe, training_data, tmp_path / "crashed", *options, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    _assert_same_training_state(
+        tmp_path / "crashed" / "tc" / "fold0" / "last.pt", tmp_path / "reference" / "tc" / "fold0" / "last.pt"
+    )
