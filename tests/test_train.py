@@ -540,3 +540,10 @@ def test_cuda_deterministic_crash_and_resume_is_exact(training_data, shared_cach
     _assert_same_training_state(
         tmp_path / "crashed" / "tc" / "fold0" / "last.pt", tmp_path / "reference" / "tc" / "fold0" / "last.pt"
     )
+
+
+def test_prepare_only_caches_and_writes_folds_without_training(training_data, shared_cache, tmp_path):
+    result = _train(SMOKE, training_data, tmp_path / "run", "--cache", str(shared_cache), "--prepare-only")
+    assert result.exit_code == 0, result.output
+    assert "prepared 5 case(s); 5 folds of 1, 1, 1, 1, 1" in result.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["folds.json", "recipe.json"]

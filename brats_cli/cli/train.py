@@ -44,9 +44,35 @@ def train(
     cache: Annotated[
         Path | None, typer.Option(help="Folder for preprocessed cases, shareable between runs (default RUN/cache).")
     ] = None,
+    prepare_only: Annotated[
+        bool, typer.Option(help="Only validate and cache the data and write folds.json (e.g. before an array job).")
+    ] = False,
 ) -> None:
     """Train the selected stages and folds; checkpoints every epoch, logs RUN/<stage>/fold<k>/log.csv."""
-    raise typer.Exit(run_train(recipe, data, out, stage, _parse_fold(fold), resume, deterministic, device, cache))
+    chosen_fold = _parse_fold(fold)
+    if prepare_only:
+        raise typer.Exit(run_prepare(recipe, data, out, cache))
+    raise typer.Exit(run_train(recipe, data, out, stage, chosen_fold, resume, deterministic, device, cache))
+
+
+def run_prepare(recipe_path: Path, data: Path, out: Path, cache: Path | None) -> int:
+    from brats_cli.errors import BratsError
+    from brats_cli.training.recipe import load_recipe
+    from brats_cli.training.run import prepare
+
+    try:
+        recipe = load_recipe(recipe_path)
+        cached, folds = prepare(recipe, data, out, cache or out / "cache", _print_case)
+    except BratsError as error:
+        console.error(str(error))
+        return console.EXIT_UNUSABLE
+    sizes = ", ".join(str(len(f)) for f in folds.folds)
+    console.stderr.print(f"prepared {len(cached)} case(s); {len(folds.folds)} folds of {sizes} in {out / 'folds.json'}")
+    return console.EXIT_OK
+
+
+def _print_case(case, reused: bool) -> None:
+    console.stderr.print(f"cache: {case.case_id} {'reused' if reused else 'preprocessed'}")
 
 
 def run_train(
@@ -77,10 +103,6 @@ def run_train(
     stages = list(STAGE_ORDER) if stage is StageChoice.ALL else [Stage(stage.value)]
     reporter = RichReporter() if context.is_main else None
 
-    def on_case(case, reused: bool) -> None:
-        if context.is_main:
-            console.stderr.print(f"cache: {case.case_id} {'reused' if reused else 'preprocessed'}")
-
     if context.is_main:
         console.stderr.print(
             f"brats train: recipe {recipe.name}, {len(stages)} stage(s), device {context.device}, "
@@ -98,7 +120,7 @@ def run_train(
                 resume=resume,
                 deterministic=deterministic,
                 cache=cache,
-                on_case=on_case,
+                on_case=_print_case,
                 reporter=reporter,
             )
     except BratsError as error:
