@@ -30,6 +30,7 @@ from brats_cli.training.data import centred_start
 from brats_cli.training.distributed import Context
 from brats_cli.training.folds import load_or_create_folds, make_folds
 from brats_cli.training.loop import BlockMax3d, load_checkpoint
+from brats_cli.training.losses import compute_loss, hard_dice
 from brats_cli.training.recipe import Loss, load_recipe, recipe_from_dict
 from brats_cli.training.run import run_training
 from tests.conftest import LPS_AFFINE, ras_affine, synthetic_image, write_case
@@ -183,6 +184,20 @@ def test_region_crop_centres_on_the_tumour_and_stays_inside_the_grid():
     assert centred_start(box, MODEL_GRID, (64, 64, 64), (16, -16, 0)) == (84, 22, 96)
     assert centred_start(None, MODEL_GRID, (128, 128, 128)) == (32, 32, 16)
     assert centred_start(((0, 4), (0, 4), (0, 4)), MODEL_GRID, (128, 128, 128), (-16, -16, -16)) == (0, 0, 0)
+
+
+def test_losses_against_hand_computed_values():
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    p = torch.sigmoid(logits)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    assert torch.isclose(compute_loss(Loss.BCE, logits, target), bce)
+    assert torch.isclose(compute_loss(Loss.BCE_DICE, logits, target), bce + dice)
+    # Hard Dice of logits > 0 (p > 0.5): prediction {0, 2}, truth {0, 3} -> 2*1 / (2+2).
+    assert hard_dice(logits, target) == 0.5
+    assert hard_dice(-torch.ones(1, 4), torch.zeros(1, 4)) == 1.0  # both empty: the BraTS convention
+    assert hard_dice(torch.ones(1, 4), torch.zeros(1, 4)) == 0.0
 
 
 def test_block_max_pool_equals_max_pool():

@@ -149,13 +149,16 @@ def _read_entry(folder: Path, case: Case) -> CachedCase | None:
         return None
     if not all((folder / name).is_file() for name in (IMAGE_FILE, LABELS_FILE)):
         return None
-    box = meta.get("tumour_box")
-    return CachedCase(
-        case.case_id,
-        folder,
-        LabelConvention(meta["convention"]),
-        tuple((int(a), int(b)) for a, b in box) if box else None,
-    )
+    try:
+        box = meta.get("tumour_box")
+        return CachedCase(
+            case.case_id,
+            folder,
+            LabelConvention(meta["convention"]),
+            tuple((int(a), int(b)) for a, b in box) if box else None,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None  # a damaged entry is simply redone
 
 
 def prepare_cache(

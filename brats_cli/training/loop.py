@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from brats_cli.bundle import Stage
 from brats_cli.errors import InputError
+from brats_cli.io import remove_stale_temporaries
 from brats_cli.model import ResUNet3D
 from brats_cli.training.cache import CachedCase
 from brats_cli.training.data import CropDataset, EpochSampler
@@ -244,6 +245,7 @@ def train_fold(
         raise InputError(f"{last_path}: a checkpoint exists; pass --resume to continue, or choose another --out")
     if context.is_main:
         job.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(job.folder)  # a checkpoint half-written when a run was killed
 
     seed_everything(recipe.seed * 10_000 + job.stream)
     model = build_model(recipe, job.stage)
