@@ -40,3 +40,13 @@ class CaseNaming(str, Enum):
 
     BRATS2021 = "2021"  # <ID>_flair.nii.gz ..., ET = 4
     BRATS2023 = "2023"  # <ID>-t2f.nii.gz ..., ET = 3
+
+
+class StageChoice(str, Enum):
+    """Which stage(s) `brats train` trains: one of the paper's four models, or all in order."""
+
+    ALL = "all"
+    BASE = "base"
+    WT = "wt"
+    TC = "tc"
+    ET = "et"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from brats_cli import __version__
-from brats_cli.cli import evaluate, info, segment, synth
+from brats_cli.cli import bundle, evaluate, info, segment, synth, train
 
 app = typer.Typer(
     name="brats",
@@ -20,6 +20,8 @@ app.command("segment")(segment.segment)
 app.command("info")(info.info)
 app.command("synth")(synth.synth)
 app.command("evaluate")(evaluate.evaluate)
+app.command("train")(train.train)
+app.command("bundle")(bundle.bundle)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,226 @@
+"""`brats train`: the paper's k-fold training of the four stages into a run folder, resumable,
+on one process or under torchrun (one process per GPU, on one node or several)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brats_cli.choices import Device, StageChoice
+from brats_cli.cli import console
+
+
+def _parse_fold(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        fold = int(text)
+    except ValueError:
+        raise typer.BadParameter("expected a fold index (0, 1, ...) or 'all'", param_hint="--fold") from None
+    if fold < 0:
+        raise typer.BadParameter("expected a non-negative fold index or 'all'", param_hint="--fold")
+    return fold
+
+
+def train(
+    recipe: Annotated[Path, typer.Option(help="Recipe TOML (train/paper.toml, train/smoke.toml).")],
+    data: Annotated[Path, typer.Option(help="BraTS training folder: case folders with the four images and seg.")],
+    out: Annotated[Path, typer.Option(help="Run folder: folds, cache, checkpoints and logs (created if needed).")],
+    stage: Annotated[StageChoice, typer.Option(help="Stage to train; all = base, wt, tc, et in turn.")] = (
+        StageChoice.ALL
+    ),
+    fold: Annotated[
+        str, typer.Option(help="Fold index 0..k-1, or all = the folds the recipe lists for each stage.")
+    ] = "all",
+    resume: Annotated[bool, typer.Option(help="Continue from each fold's last complete epoch.")] = False,
+    deterministic: Annotated[
+        bool, typer.Option(help="Exactly reproducible: deterministic kernels, no cuDNN autotuning (slower).")
+    ] = False,
+    device: Annotated[Device, typer.Option(help="Where to train; under torchrun each rank takes one GPU.")] = (
+        Device.AUTO
+    ),
+    cache: Annotated[
+        Path | None, typer.Option(help="Folder for preprocessed cases, shareable between runs (default RUN/cache).")
+    ] = None,
+    prepare_only: Annotated[
+        bool, typer.Option(help="Only validate and cache the data and write folds.json (e.g. before an array job).")
+    ] = False,
+) -> None:
+    """Train the selected stages and folds; checkpoints every epoch, logs RUN/<stage>/fold<k>/log.csv."""
+    chosen_fold = _parse_fold(fold)
+    if prepare_only:
+        raise typer.Exit(run_prepare(recipe, data, out, cache))
+    raise typer.Exit(run_train(recipe, data, out, stage, chosen_fold, resume, deterministic, device, cache))
+
+
+def run_prepare(recipe_path: Path, data: Path, out: Path, cache: Path | None) -> int:
+    from brats_cli.errors import BratsError
+    from brats_cli.training.recipe import load_recipe
+    from brats_cli.training.run import prepare
+
+    try:
+        recipe = load_recipe(recipe_path)
+        cached, folds = prepare(recipe, data, out, cache or out / "cache", _print_case)
+    except BratsError as error:
+        console.error(str(error))
+        return console.EXIT_UNUSABLE
+    sizes = ", ".join(str(len(f)) for f in folds.folds)
+    console.stderr.print(f"prepared {len(cached)} case(s); {len(folds.folds)} folds of {sizes} in {out / 'folds.json'}")
+    return console.EXIT_OK
+
+
+def _print_case(case, reused: bool) -> None:
+    console.stderr.print(f"cache: {case.case_id} {'reused' if reused else 'preprocessed'}")
+
+
+def run_train(
+    recipe_path: Path,
+    data: Path,
+    out: Path,
+    stage: StageChoice,
+    fold: int | None,
+    resume: bool,
+    deterministic: bool,
+    device: Device,
+    cache: Path | None,
+) -> int:
+    from brats_cli.bundle import Stage
+    from brats_cli.errors import BratsError
+    from brats_cli.predictors import resolve_device
+    from brats_cli.training import distributed
+    from brats_cli.training.loop import STAGE_ORDER
+    from brats_cli.training.recipe import load_recipe
+    from brats_cli.training.run import run_training
+
+    try:
+        recipe = load_recipe(recipe_path)
+        context = distributed.start(resolve_device(device))
+    except BratsError as error:
+        console.error(str(error))
+        return console.EXIT_UNUSABLE
+    stages = list(STAGE_ORDER) if stage is StageChoice.ALL else [Stage(stage.value)]
+    reporter = RichReporter() if context.is_main else None
+
+    if context.is_main:
+        console.stderr.print(
+            f"brats train: recipe {recipe.name}, {len(stages)} stage(s), device {context.device}, "
+            f"{context.world} rank(s), global batch {recipe.batch_size}" + (", deterministic" if deterministic else "")
+        )
+    try:
+        with reporter or _nothing():
+            results = run_training(
+                recipe,
+                data,
+                out,
+                context,
+                stages=stages,
+                fold=fold,
+                resume=resume,
+                deterministic=deterministic,
+                cache=cache,
+                on_case=_print_case,
+                reporter=reporter,
+            )
+    except BratsError as error:
+        console.error(str(error))
+        return console.EXIT_UNUSABLE
+    except KeyboardInterrupt:
+        console.error("interrupted; the last complete epoch is checkpointed: rerun with --resume to continue")
+        return 130
+    finally:
+        distributed.stop(context)
+    if context.is_main:
+        _render_summary(results)
+    return console.EXIT_OK
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class RichReporter:
+    """Progress on stderr: one bar per stage and fold over all its steps (so the ETA is the
+    fold's), with the epoch, the running loss and the learning rate; one line per epoch."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console.stderr,
+            transient=True,
+        )
+        self.task = None
+        self.name = ""
+        self.epochs = 0
+
+    def __enter__(self) -> RichReporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def fold_started(self, job, first_epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.name = f"{job.stage.value} fold {job.fold}"
+        self.epochs = epochs
+        remaining = (epochs - first_epoch) * steps_per_epoch
+        self.task = self.progress.add_task(
+            f"{self.name} epoch {first_epoch + 1}/{epochs}", total=remaining, loss=float("nan"), lr=float("nan")
+        )
+        if first_epoch:
+            console.stderr.print(f"{self.name}: resuming after epoch {first_epoch}")
+
+    def step(self, epoch: int, loss: float, learning_rate: float) -> None:
+        self.progress.update(
+            self.task,
+            advance=1,
+            description=f"{self.name} epoch {epoch + 1}/{self.epochs}",
+            loss=loss,
+            lr=learning_rate,
+        )
+
+    def epoch_finished(self, job, record, epochs: int) -> None:
+        console.stderr.print(
+            f"{self.name} epoch {record.epoch}/{epochs}: train loss {record.train_loss:.4f}, "
+            f"val loss {record.val_loss:.4f}, val Dice {record.val_dice:.4f}, lr {record.learning_rate:.2e}, "
+            f"{record.seconds:.1f} s (data {record.data_seconds:.1f} s)" + ("  best" if record.best else "")
+        )
+
+
+def _render_summary(results: list) -> None:
+    from rich.table import Table
+
+    table = Table(title="brats train")
+    for column in ("stage", "fold", "epochs", "best val Dice", "best epoch"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    for result in results:
+        table.add_row(
+            result.stage.value,
+            str(result.fold),
+            f"{result.epochs_done}/{result.epochs_planned}",
+            f"{result.best_dice:.4f}" if result.best_epoch else "-",
+            str(result.best_epoch or "-"),
+        )
+    console.stderr.print(table)

@@ -1,0 +1,153 @@
+"""Training and validation crops from the cache.
+
+Every random draw of a sample (crop position, jitter, flips, intensity) comes from a generator
+seeded by (recipe seed, stage/fold stream, epoch, case index) rather than from a process-global
+state. The crops of an epoch are therefore the same whatever the number of loader workers or ranks,
+and a resumed run sees exactly the samples the uninterrupted one would have seen.
+
+Crops, per stage (paper 2.3):
+- base: a `patch`-sized crop at a uniformly random position (the full 192x192x160 grid in the
+  paper's recipe, where the position is fixed); validation on a `validation_size` crop centred on the
+  tumour (the full grid by default).
+- wt, tc, et: a `region_window` crop centred on the ground-truth whole tumour, shifted by a uniform
+  random jitter of up to `jitter` voxels per axis and clamped inside the grid, so the models train on
+  what stage-1 localisation gives them at inference, with its imprecision. Validation: no jitter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from brats_cli.bundle import Stage
+from brats_cli.labels import Region, region_masks
+from brats_cli.preprocess import MODEL_GRID
+from brats_cli.training.cache import CachedCase
+from brats_cli.training.recipe import Augmentation, Recipe
+
+STAGE_REGION: dict[Stage, Region] = {
+    Stage.BASE: Region.WT,
+    Stage.WT: Region.WT,
+    Stage.TC: Region.TC,
+    Stage.ET: Region.ET,
+}
+Start = tuple[int, int, int]
+
+
+def centred_start(
+    box: tuple[tuple[int, int], ...] | None,
+    grid: Sequence[int],
+    size: Sequence[int],
+    offset: Sequence[int] = (0, 0, 0),
+) -> Start:
+    """Start of a `size` crop centred on `box` (the grid's centre when there is no box), shifted by
+    `offset` and clamped so the crop lies inside `grid`."""
+    starts = []
+    for axis in range(3):
+        centre = (box[axis][0] + box[axis][1]) / 2 if box else grid[axis] / 2
+        start = round(centre - size[axis] / 2) + int(offset[axis])
+        starts.append(min(max(start, 0), grid[axis] - size[axis]))
+    return (starts[0], starts[1], starts[2])
+
+
+def random_start(grid: Sequence[int], size: Sequence[int], rng: np.random.Generator) -> Start:
+    """Start of a `size` crop at a uniformly random position inside `grid`."""
+    values = [int(rng.integers(0, g - s + 1)) for g, s in zip(grid, size, strict=True)]
+    return (values[0], values[1], values[2])
+
+
+def crop_slices(start: Start, size: Sequence[int]) -> tuple[slice, slice, slice]:
+    return (
+        slice(start[0], start[0] + size[0]),
+        slice(start[1], start[1] + size[1]),
+        slice(start[2], start[2] + size[2]),
+    )
+
+
+def augment(
+    image: np.ndarray, target: np.ndarray, rng: np.random.Generator, settings: Augmentation
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips (image and target alike) and per-channel intensity scale and shift of the brain
+    voxels; the background stays 0, as `preprocess` leaves it. `image` (C, X, Y, Z), `target` (1, X, Y, Z)."""
+    for axis in settings.flip_axes:
+        if rng.random() < settings.flip_probability:
+            image = np.flip(image, axis=axis + 1)
+            target = np.flip(target, axis=axis + 1)
+    image = np.ascontiguousarray(image)
+    target = np.ascontiguousarray(target)
+    channels = image.shape[0]
+    scale = 1 + rng.uniform(-settings.intensity_scale, settings.intensity_scale, channels)
+    shift = rng.uniform(-settings.intensity_shift, settings.intensity_shift, channels)
+    for channel in range(channels):
+        brain = image[channel] != 0
+        image[channel][brain] = image[channel][brain] * scale[channel] + shift[channel]
+    return image, target
+
+
+def sample_generator(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, epoch, index])
+
+
+class CropDataset(Dataset):
+    """Items are (epoch, case index) pairs (see `EpochSampler`); returns (image, target) tensors,
+    image (4, X, Y, Z) float32 and target (1, X, Y, Z) float32 in {0, 1}."""
+
+    def __init__(
+        self, cases: Sequence[CachedCase], stage: Stage, recipe: Recipe, *, training: bool, stream: int
+    ) -> None:
+        self.cases = list(cases)
+        self.stage = stage
+        self.recipe = recipe
+        self.training = training
+        self.stream = stream
+        self.size = recipe.crop_size(stage, training=training)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def start(self, case: CachedCase, rng: np.random.Generator) -> Start:
+        if self.stage is Stage.BASE:
+            if self.training:
+                return random_start(MODEL_GRID, self.size, rng)
+            return centred_start(case.tumour_box, MODEL_GRID, self.size)
+        offset = (0, 0, 0)
+        if self.training and self.recipe.jitter:
+            jitter = self.recipe.jitter
+            values = rng.integers(-jitter, jitter + 1, 3)
+            offset = (int(values[0]), int(values[1]), int(values[2]))
+        return centred_start(case.tumour_box, MODEL_GRID, self.size, offset)
+
+    def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        case = self.cases[index]
+        rng = sample_generator(self.recipe.seed, self.stream, epoch, index)
+        window = crop_slices(self.start(case, rng), self.size)
+        image = np.array(case.image()[(slice(None), *window)], dtype=np.float32)
+        labels = np.asarray(case.labels()[window])
+        target = region_masks(labels, case.convention)[STAGE_REGION[self.stage]].astype(np.float32)[None]
+        if self.training:
+            image, target = augment(image, target, rng, self.recipe.augmentation)
+        return torch.from_numpy(image), torch.from_numpy(target)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """A DistributedSampler (this rank's share of a seeded per-epoch shuffle) whose items carry the
+    epoch, so the dataset can seed each sample's random draws from (epoch, index)."""
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> None:
+        self.inner = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.inner:
+            yield (self.epoch, index)

@@ -1,0 +1,421 @@
+"""The training loop of one stage and fold: epochs of training crops, validation on the fold's
+held-out cases, ReduceLROnPlateau on the validation loss, and a checkpoint after every epoch.
+
+Checkpoints (`last.pt`, and `best.pt` for the best validation Dice so far) are written to a
+temporary file and renamed, so a `kill -9` leaves the previous complete epoch's checkpoint intact.
+They hold only tensors and plain Python values, so they load with `torch.load(weights_only=True)`
+(no pickled code runs). `last.pt` holds everything needed to continue exactly: model, optimiser,
+scheduler and gradient-scaler states, the epoch, the best score, the history and the RNG states.
+The crops of an epoch are seeded by (seed, stage, fold, epoch, case), see `data.py`, so a resumed
+run trains on exactly the samples an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from brats_cli.bundle import Stage
+from brats_cli.errors import InputError
+from brats_cli.io import remove_stale_temporaries
+from brats_cli.model import ResUNet3D
+from brats_cli.training.cache import CachedCase
+from brats_cli.training.data import CropDataset, EpochSampler
+from brats_cli.training.distributed import Context, barrier, sum_across_ranks
+from brats_cli.training.losses import compute_loss, hard_dice
+from brats_cli.training.recipe import Recipe
+
+CHECKPOINT_FORMAT = 1
+LAST = "last.pt"
+BEST = "best.pt"
+LOG = "log.csv"
+STAGE_ORDER = (Stage.BASE, Stage.WT, Stage.TC, Stage.ET)
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    stage: Stage
+    fold: int
+    train: list[CachedCase]
+    validation: list[CachedCase]
+    folder: Path
+
+    @property
+    def stream(self) -> int:
+        """Distinct random stream of this stage and fold (model initialisation, crops, order)."""
+        return 1000 * STAGE_ORDER.index(self.stage) + self.fold
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # epochs completed, 1-based
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    learning_rate: float
+    seconds: float
+    data_seconds: float  # time the loop waited for the data loader
+    steps: int
+    best: bool
+
+
+@dataclass
+class FoldResult:
+    stage: Stage
+    fold: int
+    epochs_done: int
+    epochs_planned: int
+    best_dice: float
+    best_epoch: int
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+class Reporter(Protocol):
+    def fold_started(self, job: FoldJob, first_epoch: int, epochs: int, steps_per_epoch: int) -> None: ...
+    def step(self, epoch: int, loss: float, learning_rate: float) -> None: ...
+    def epoch_finished(self, job: FoldJob, record: EpochRecord, epochs: int) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Process-wide settings
+
+
+def configure(deterministic: bool) -> None:
+    """`deterministic`: exact reproducibility (deterministic kernels only, no cuDNN autotuning);
+    otherwise let cuDNN benchmark its convolution algorithms for speed."""
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; must be set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class BlockMax3d(nn.Module):
+    """MaxPool3d(2) as a reshape and amax. Same forward; its backward is deterministic on CUDA,
+    where max_pool3d's backward has no deterministic implementation. It differs from MaxPool3d's
+    gradient only on ties, which here are ReLU zeros whose gradient the ReLU zeroes anyway."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, d, h, w = x.shape
+        blocks = x.reshape(n, c, d // 2, 2, h // 2, 2, w // 2, 2)
+        return blocks.amax(dim=(3, 5, 7))
+
+
+def use_block_max(model: nn.Module) -> None:
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, nn.MaxPool3d):
+                setattr(module, name, BlockMax3d())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": int(numpy_state["state"]["pos"]),
+        "numpy_has_gauss": int(numpy_state["has_gauss"]),
+        "numpy_gauss": float(numpy_state["gauss"]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": state["numpy_key"].numpy().astype(np.uint32), "pos": state["numpy_pos"]},
+            "has_gauss": state["numpy_has_gauss"],
+            "gauss": state["numpy_gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomically(payload: dict[str, Any], path: Path) -> None:
+    """torch.save to a hidden sibling, fsync, rename: `path` is always a complete checkpoint."""
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise InputError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]})") from error
+
+
+def write_history(records: list[EpochRecord], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(EpochRecord.__dataclass_fields__))
+    writer.writeheader()
+    for record in records:
+        writer.writerow(asdict(record))
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    temporary.write_text(buffer.getvalue())
+    os.replace(temporary, path)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def build_model(recipe: Recipe, stage: Stage) -> ResUNet3D:
+    spec = recipe.stages[stage]
+    return ResUNet3D(width=spec.width, levels=spec.levels, norm_groups=spec.norm_groups)
+
+
+def train_fold(
+    job: FoldJob,
+    recipe: Recipe,
+    context: Context,
+    *,
+    deterministic: bool = False,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> FoldResult:
+    """Train one stage and fold to the recipe's epoch count, continuing from `last.pt` if `resume`."""
+    spec = recipe.stages[job.stage]
+    device = context.device
+    if recipe.batch_size % context.world:
+        raise InputError(
+            f"global batch size {recipe.batch_size} is not divisible by the {context.world} ranks; "
+            "change batch_size in the recipe or the number of processes"
+        )
+    per_rank_batch = recipe.batch_size // context.world
+    last_path, best_path = job.folder / LAST, job.folder / BEST
+    if last_path.exists() and not resume:
+        raise InputError(f"{last_path}: a checkpoint exists; pass --resume to continue, or choose another --out")
+    if context.is_main:
+        job.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(job.folder)  # a checkpoint half-written when a run was killed
+
+    seed_everything(recipe.seed * 10_000 + job.stream)
+    model = build_model(recipe, job.stage)
+    if deterministic and device.type == "cuda":
+        use_block_max(model)
+    model = model.to(device=device, memory_format=torch.channels_last_3d)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="min",
+        factor=recipe.plateau.factor,
+        patience=recipe.plateau.patience,
+        cooldown=recipe.plateau.cooldown,
+    )
+    amp_dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+
+    first_epoch = 0
+    best_dice, best_epoch = -1.0, 0
+    history: list[EpochRecord] = []
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, device)
+        if state.get("recipe") != recipe.fingerprint():
+            raise InputError(
+                f"{last_path}: written with a different recipe; resume with the run's recipe "
+                f"(saved as {job.folder.parents[2] / 'recipe.json'}) or choose another --out"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        first_epoch = int(state["epoch"])
+        best_dice, best_epoch = float(state["best_dice"]), int(state["best_epoch"])
+        history = [EpochRecord(**row) for row in state["history"]]
+        _set_rng_state(state["rng"])
+    result = FoldResult(job.stage, job.fold, first_epoch, spec.epochs, best_dice, best_epoch, history)
+    if first_epoch >= spec.epochs:
+        return result
+
+    train_model: nn.Module = model
+    if context.distributed:
+        # The head's 1x1x1 kernels have size-1 dims whose channels-last strides differ from DDP's
+        # bucket layout only nominally; DDP's warning about it is noise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    training = CropDataset(job.train, job.stage, recipe, training=True, stream=job.stream)
+    validation = CropDataset(job.validation, job.stage, recipe, training=False, stream=job.stream)
+    sampler = EpochSampler(
+        len(training), seed=recipe.seed * 10_000 + job.stream, rank=context.rank, world=context.world
+    )
+    loader = DataLoader(
+        training,
+        batch_size=per_rank_batch,
+        sampler=sampler,
+        num_workers=recipe.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=recipe.workers > 0,
+    )
+    if reporter and context.is_main:
+        reporter.fold_started(job, first_epoch, spec.epochs, len(loader))
+
+    for epoch in range(first_epoch, spec.epochs):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        train_model.train()
+        loss_sum, sample_count, data_seconds, steps = 0.0, 0, 0.0, 0
+        waited = time.perf_counter()
+        for image, target in loader:
+            data_seconds += time.perf_counter() - waited
+            image = image.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+            target = target.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = train_model(image)
+            loss = compute_loss(spec.loss, logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            value = float(loss.item())
+            loss_sum += value * image.shape[0]
+            sample_count += image.shape[0]
+            steps += 1
+            if reporter and context.is_main:
+                reporter.step(epoch, value, optimizer.param_groups[0]["lr"])
+            waited = time.perf_counter()
+        train_sum, train_count = sum_across_ranks(context, [loss_sum, float(sample_count)])
+        val_loss, val_dice = validate(model, validation, spec.loss, context, amp_dtype)
+        scheduler.step(val_loss)
+        improved = val_dice > best_dice
+        if improved:
+            best_dice, best_epoch = val_dice, epoch + 1
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=train_sum / max(train_count, 1.0),
+            val_loss=val_loss,
+            val_dice=val_dice,
+            learning_rate=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - started,
+            data_seconds=data_seconds,
+            steps=steps,
+            best=improved,
+        )
+        history.append(record)
+        if context.is_main:
+            weights = _unwrap(model).state_dict()
+            if improved:
+                save_atomically(
+                    {
+                        "format": CHECKPOINT_FORMAT,
+                        "recipe": recipe.fingerprint(),
+                        "stage": job.stage.value,
+                        "fold": job.fold,
+                        "epoch": epoch + 1,
+                        "val_dice": val_dice,
+                        "val_loss": val_loss,
+                        "model": weights,
+                    },
+                    best_path,
+                )
+            save_atomically(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "recipe": recipe.fingerprint(),
+                    "stage": job.stage.value,
+                    "fold": job.fold,
+                    "epoch": epoch + 1,
+                    "model": weights,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "best_dice": best_dice,
+                    "best_epoch": best_epoch,
+                    "history": [asdict(r) for r in history],
+                    "rng": _rng_state(),
+                },
+                last_path,
+            )
+            write_history(history, job.folder / LOG)
+            if reporter:
+                reporter.epoch_finished(job, record, spec.epochs)
+        barrier(context)
+        result = FoldResult(job.stage, job.fold, epoch + 1, spec.epochs, best_dice, best_epoch, history)
+        if on_epoch_end:
+            on_epoch_end(record)
+    return result
+
+
+def validate(
+    model: nn.Module,
+    dataset: CropDataset,
+    loss_kind: Any,
+    context: Context,
+    amp_dtype: torch.dtype | None,
+) -> tuple[float, float]:
+    """Mean loss and mean hard Dice over the held-out cases, each rank taking every world-th case."""
+    model.eval()
+    loss_sum = dice_sum = count = 0.0
+    device = context.device
+    with torch.no_grad():
+        for index in range(context.rank, len(dataset), context.world):
+            image, target = dataset[(0, index)]
+            image = image[None].to(device).contiguous(memory_format=torch.channels_last_3d)
+            target = target[None].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(image)
+            logits = logits.float()
+            loss_sum += float(compute_loss(loss_kind, logits, target).item())
+            dice_sum += hard_dice(logits, target)
+            count += 1
+    loss_sum, dice_sum, count = sum_across_ranks(context, [loss_sum, dice_sum, count])
+    return loss_sum / max(count, 1.0), dice_sum / max(count, 1.0)

@@ -1,0 +1,144 @@
+"""A training run folder, and training the selected stages and folds into it.
+
+RUN/recipe.json                      the recipe the run was started with (later commands must match)
+RUN/folds.json                       the k-fold split of the case IDs
+RUN/cache/                           preprocessed cases (unless --cache points elsewhere)
+RUN/<stage>/fold<k>/last.pt          checkpoint after the last complete epoch
+RUN/<stage>/fold<k>/best.pt          model of the best validation Dice
+RUN/<stage>/fold<k>/log.csv          one row per epoch: losses, Dice, learning rate, seconds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from brats_cli.bundle import Stage
+from brats_cli.errors import BratsError, InputError
+from brats_cli.io import Case
+from brats_cli.training import distributed
+from brats_cli.training.cache import CachedCase, prepare_cache, training_cases
+from brats_cli.training.folds import Folds, load_or_create_folds
+from brats_cli.training.loop import STAGE_ORDER, EpochRecord, FoldJob, FoldResult, Reporter, configure, train_fold
+from brats_cli.training.recipe import Recipe
+
+RECIPE_FILE = "recipe.json"
+
+
+def fold_folder(run: Path, stage: Stage, fold: int) -> Path:
+    return Path(run) / stage.value / f"fold{fold}"
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+    return f"{where}: {a!r} in the run, {b!r} now"
+
+
+def check_recipe(run: Path, recipe: Recipe) -> None:
+    """Record the recipe on a run's first command; refuse a different one later."""
+    path = Path(run) / RECIPE_FILE
+    current = recipe.to_dict()
+    if not path.exists():
+        temporary = path.with_name(f".{RECIPE_FILE}.partial-{os.getpid()}")
+        temporary.write_text(json.dumps(current, indent=1) + "\n")
+        os.replace(temporary, path)
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: unreadable ({error})") from error
+    if stored != current:
+        raise InputError(
+            f"{path}: this run was started with a different recipe ({_first_difference(stored, current)}); "
+            "use the same recipe or another --out"
+        )
+
+
+def prepare(
+    recipe: Recipe, data: Path, run: Path, cache: Path, on_case: Callable[[Case, bool], None] | None = None
+) -> tuple[list[CachedCase], Folds]:
+    """Check the recipe against the run, validate and cache every case, and make or read the folds."""
+    try:
+        Path(run).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{run}: cannot create the run folder ({error})") from error
+    check_recipe(run, recipe)
+    cases = training_cases(data)
+    if len(cases) < recipe.folds:
+        raise InputError(
+            f"{data}: {len(cases)} labelled case(s) for {recipe.folds} folds; every fold needs one validation case"
+        )
+    cached = prepare_cache(cases, cache, on_case)
+    folds = load_or_create_folds(run, [c.case_id for c in cached], recipe.folds, recipe.seed)
+    return cached, folds
+
+
+def plan_jobs(
+    recipe: Recipe, run: Path, cached: Sequence[CachedCase], folds: Folds, stages: Sequence[Stage], fold: int | None
+) -> list[FoldJob]:
+    """One job per selected stage and fold: `fold` None means the folds each stage's recipe lists."""
+    if fold is not None and not 0 <= fold < recipe.folds:
+        raise InputError(f"--fold {fold}: the recipe has folds 0..{recipe.folds - 1}")
+    by_id = {c.case_id: c for c in cached}
+    jobs = []
+    for stage in sorted(stages, key=STAGE_ORDER.index):
+        for k in [fold] if fold is not None else recipe.stages[stage].train_folds:
+            train_ids, validation_ids = folds.split(k)
+            jobs.append(
+                FoldJob(
+                    stage,
+                    k,
+                    [by_id[i] for i in train_ids],
+                    [by_id[i] for i in validation_ids],
+                    fold_folder(run, stage, k),
+                )
+            )
+    return jobs
+
+
+def run_training(
+    recipe: Recipe,
+    data: Path,
+    run: Path,
+    context: distributed.Context,
+    *,
+    stages: Sequence[Stage] = STAGE_ORDER,
+    fold: int | None = None,
+    resume: bool = False,
+    deterministic: bool = False,
+    cache: Path | None = None,
+    on_case: Callable[[Case, bool], None] | None = None,
+    reporter: Reporter | None = None,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+) -> list[FoldResult]:
+    """Prepare the data (rank 0), then train every selected stage and fold in turn."""
+    configure(deterministic)
+    run = Path(run)
+    prepared, error = None, None
+    if context.is_main:
+        try:
+            prepared = prepare(recipe, data, run, cache or run / "cache", on_case)
+        except BratsError as failure:
+            error = failure
+    cached, folds = distributed.share_outcome(context, prepared, error)
+    jobs = plan_jobs(recipe, run, cached, folds, stages, fold)
+    results = []
+    for job in jobs:
+        results.append(
+            train_fold(
+                job,
+                recipe,
+                context,
+                deterministic=deterministic,
+                resume=resume,
+                reporter=reporter,
+                on_epoch_end=on_epoch_end,
+            )
+        )
+    return results

@@ -1,0 +1,576 @@
+"""`brats train` and `brats bundle`: recipes, cache, folds, bad data, the resumable loop, DDP, and
+the trained bundle running in `brats segment`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brats_cli.bundle import Stage, load_bundle
+from brats_cli.cli.app import app
+from brats_cli.errors import InputError
+from brats_cli.io import BRATS_SHAPE, discover_cases, load_case
+from brats_cli.labels import LabelConvention, unexpected_labels
+from brats_cli.preprocess import MODEL_GRID, crop_to_model_grid, preprocess
+from brats_cli.training.cache import prepare_cache, training_cases
+from brats_cli.training.data import centred_start
+from brats_cli.training.distributed import Context
+from brats_cli.training.folds import load_or_create_folds, make_folds
+from brats_cli.training.loop import BlockMax3d, load_checkpoint
+from brats_cli.training.losses import compute_loss, hard_dice
+from brats_cli.training.recipe import Loss, load_recipe, recipe_from_dict
+from brats_cli.training.run import run_training
+from tests.conftest import LPS_AFFINE, ras_affine, synthetic_image, write_case
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "train" / "smoke.toml"
+PAPER = ROOT / "train" / "paper.toml"
+runner = CliRunner()
+CASES = 5  # the smoke recipe's 5 folds need one validation case each
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled data: the ONE place training data is made (to be replaced by `brats synth` phantoms).
+
+
+def labelled_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image (4, 240, 240, 155), labels (240, 240, 155)) in canonical LPS: the synthetic brain
+    with a tumour of nested ellipsoids, edema (2) outside, an enhancing rim (4), a necrotic core
+    (1), each with its own contrast (FLAIR bright in edema, T1ce bright in the rim, dark in the core)."""
+    rng = np.random.default_rng(seed)
+    centre = (int(rng.integers(100, 140)), int(rng.integers(95, 130)), int(rng.integers(65, 90)))
+    radius = (int(rng.integers(14, 22)), int(rng.integers(12, 18)), int(rng.integers(10, 15)))
+    image = synthetic_image(seed, centre, radius)
+    grid = np.indices(BRATS_SHAPE, dtype=np.float32)
+    distance = np.sqrt(sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip(centre, radius, strict=True))))
+    labels = np.zeros(BRATS_SHAPE, dtype=np.uint8)
+    labels[distance <= 1] = 2
+    labels[distance <= 0.6] = 4
+    labels[distance <= 0.35] = 1
+    image[0][labels == 2] += 300
+    image[2][labels == 4] += 500
+    image[2][labels == 1] -= 350
+    return image, labels
+
+
+@pytest.fixture(scope="session")
+def training_data(tmp_path_factory) -> Path:
+    """CASES labelled BraTS 2021 cases; the last one stored RAS (to check label reorientation).
+    Uncompressed .nii: gzip would cost most of this fixture's time."""
+    root = tmp_path_factory.mktemp("training-data")
+    for index in range(CASES):
+        image, labels = labelled_case(index)
+        affine = LPS_AFFINE
+        if index == CASES - 1:
+            image, labels, affine = image[:, ::-1, ::-1], labels[::-1, ::-1], ras_affine()
+        write_case(root, f"BraTS2021_{index:05d}", image, labels=labels, affine=affine, extension=".nii")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def copy_data(source: Path, target: Path, case_ids: list[str] | None = None) -> Path:
+    """A copy of the training data (only `case_ids`, if given) that a test may damage."""
+    for case in sorted(source.iterdir()):
+        if case_ids is None or case.name in case_ids:
+            shutil.copytree(case, target / case.name)
+    return target
+
+
+def smoke_recipe_file(folder: Path, **replace: str) -> Path:
+    """The smoke recipe with every line starting `key =` replaced, e.g. epochs='epochs = 1'."""
+    text = SMOKE.read_text()
+    for key, line in replace.items():
+        text = "\n".join(line if row.startswith(f"{key} =") else row for row in text.splitlines()) + "\n"
+    path = folder / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+
+def test_paper_recipe_holds_the_papers_hyperparameters():
+    recipe = load_recipe(PAPER)
+    stages = recipe.stages
+    assert recipe.folds == 5 and recipe.batch_size == 4 and recipe.region_window == (128, 128, 128)
+    assert (stages[Stage.BASE].width, stages[Stage.WT].width, stages[Stage.TC].width, stages[Stage.ET].width) == (
+        24,
+        64,
+        64,
+        64,
+    )
+    assert [stages[s].learning_rate for s in Stage] == [1e-4, 1e-4, 3e-5, 3e-3]
+    assert [stages[s].loss for s in Stage] == [Loss.BCE_DICE, Loss.BCE_DICE, Loss.BCE_DICE, Loss.BCE]
+    assert (recipe.plateau.factor, recipe.plateau.patience, recipe.plateau.cooldown) == (0.4, 2, 2)
+    assert all(40 <= stages[s].epochs <= 60 for s in Stage)
+    assert recipe.crop_size(Stage.BASE, training=True) == MODEL_GRID
+    # The paper's 16 models: one base, five folds of each region model.
+    assert sum(len(stages[s].train_folds) for s in Stage) == 16
+    assert recipe_from_dict(recipe.to_dict()) == recipe  # what a run folder stores reads back
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["stages"]["tc"].update(learning_rate=-1), "stages.tc.learning_rate must be a number > 0"),
+        (lambda d: d["stages"]["wt"].update(lerning_rate=1e-3), "stages.wt.lerning_rate is not a recipe field"),
+        (lambda d: d["stages"]["et"].update(loss="focal"), "stages.et.loss must be one of bce_dice, bce"),
+        (lambda d: d["stages"]["base"].update(patch=[50, 48, 48]), "stages.base.patch must be multiples of 8"),
+        (lambda d: d.update(region_window=[256, 128, 128]), "region_window must fit in the model grid"),
+        (lambda d: d["stages"].pop("tc"), "stages.tc is missing"),
+        (lambda d: d["stages"]["wt"].update(train_folds=[0, 5]), "stages.wt.train_folds must list distinct"),
+        (lambda d: d.pop("seed"), "seed is missing"),
+    ],
+)
+def test_recipe_errors_name_the_field(edit, message):
+    import tomllib
+
+    data = tomllib.loads(SMOKE.read_text())
+    edit(data)
+    with pytest.raises(InputError, match=message.replace(".", r"\.")):
+        recipe_from_dict(data, "smoke.toml")
+
+
+def test_bad_recipe_file_exits_2(tmp_path, training_data):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SMOKE.read_text().replace("batch_size = 2", "batch_size = 0"))
+    result = runner.invoke(app, ["train", "--recipe", str(bad), "--data", str(training_data), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "bad.toml: batch_size must be an integer >= 1" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds, crops
+
+
+def test_folds_are_a_seeded_partition_written_and_reused(tmp_path):
+    ids = [f"case{i:03d}" for i in range(23)]
+    folds = make_folds(ids, 5, seed=3)
+    assert sorted(c for fold in folds.folds for c in fold) == sorted(ids)
+    assert sorted(len(f) for f in folds.folds) == [4, 4, 5, 5, 5]
+    assert make_folds(list(reversed(ids)), 5, seed=3) == folds  # input order does not matter
+    assert make_folds(ids, 5, seed=4) != folds
+    train, validation = folds.split(2)
+    assert set(train).isdisjoint(validation) and len(train) + len(validation) == 23
+
+    written = load_or_create_folds(tmp_path, ids, 5, seed=3)
+    assert json.loads((tmp_path / "folds.json").read_text())["folds"] == [list(f) for f in folds.folds]
+    assert load_or_create_folds(tmp_path, ids, 5, seed=99) == written  # reused, not re-drawn
+    with pytest.raises(InputError, match="missing from the data: case022"):
+        load_or_create_folds(tmp_path, ids[:-1], 5, seed=3)
+
+
+def test_region_crop_centres_on_the_tumour_and_stays_inside_the_grid():
+    box = ((90, 110), (60, 80), (140, 150))
+    assert centred_start(box, MODEL_GRID, (64, 64, 64)) == (68, 38, 96)  # z clamped: 160 - 64
+    assert centred_start(box, MODEL_GRID, (64, 64, 64), (16, -16, 0)) == (84, 22, 96)
+    assert centred_start(None, MODEL_GRID, (128, 128, 128)) == (32, 32, 16)
+    assert centred_start(((0, 4), (0, 4), (0, 4)), MODEL_GRID, (128, 128, 128), (-16, -16, -16)) == (0, 0, 0)
+
+
+def test_losses_against_hand_computed_values():
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    p = torch.sigmoid(logits)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    assert torch.isclose(compute_loss(Loss.BCE, logits, target), bce)
+    assert torch.isclose(compute_loss(Loss.BCE_DICE, logits, target), bce + dice)
+    # Hard Dice of logits > 0 (p > 0.5): prediction {0, 2}, truth {0, 3} -> 2*1 / (2+2).
+    assert hard_dice(logits, target) == 0.5
+    assert hard_dice(-torch.ones(1, 4), torch.zeros(1, 4)) == 1.0  # both empty: the BraTS convention
+    assert hard_dice(torch.ones(1, 4), torch.zeros(1, 4)) == 0.0
+
+
+def test_block_max_pool_equals_max_pool():
+    x = torch.randn(2, 3, 8, 16, 8)
+    assert torch.equal(BlockMax3d()(x), torch.nn.MaxPool3d(2)(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def test_cache_matches_inference_preprocessing_and_is_reused(training_data, tmp_path):
+    cases = training_cases(training_data)[-2:]  # the last one is stored RAS
+    seen: list[tuple[str, bool]] = []
+    cached = prepare_cache(cases, tmp_path / "cache", lambda case, reused: seen.append((case.case_id, reused)))
+    assert [reused for _, reused in seen] == [False, False]
+    ras = cases[-1]
+    image, _ = load_case(ras)
+    stored = cached[-1]
+    np.testing.assert_array_equal(stored.image(), preprocess(image).astype(np.float16))
+    assert stored.image().dtype == np.float16 and stored.image().shape == (4, *MODEL_GRID)
+    # Labels reoriented to canonical like the image: the RAS-stored case's labels match its own
+    # generator's canonical labels.
+    _, expected_labels = labelled_case(CASES - 1)
+    np.testing.assert_array_equal(stored.labels(), crop_to_model_grid(expected_labels))
+    assert isinstance(stored.labels(), np.memmap)
+
+    seen.clear()
+    again = prepare_cache(cases, tmp_path / "cache", lambda case, reused: seen.append((case.case_id, reused)))
+    assert [reused for _, reused in seen] == [True, True]
+    assert [c.folder for c in again] == [c.folder for c in cached]
+
+
+def test_cache_redoes_a_changed_case_only(training_data, tmp_path):
+    data = copy_data(training_data, tmp_path / "data", ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"])
+    cases = training_cases(data)
+    first = prepare_cache(cases, tmp_path / "cache")
+    changed = cases[1]
+    flair = changed.files[next(iter(changed.files))]
+    volume = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asarray(volume.dataobj) * 2, volume.affine, volume.header), flair)
+    seen: list[tuple[str, bool]] = []
+    second = prepare_cache(training_cases(data), tmp_path / "cache", lambda c, r: seen.append((c.case_id, r)))
+    assert seen == [(c.case_id, c.case_id != changed.case_id) for c in cases]
+    assert second[1].folder != first[1].folder and not first[1].folder.exists()  # stale entry removed
+    assert [e.folder for i, e in enumerate(second) if i != 1] == [e.folder for i, e in enumerate(first) if i != 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad data: a clear error before any training
+
+
+def _train(recipe: Path, data: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["train", "--recipe", str(recipe), "--data", str(data), "--out", str(out), *extra])
+
+
+def _rewrite_seg(case_folder: Path, change) -> None:
+    seg = next(case_folder.glob("*_seg.nii"))
+    image = nib.load(seg)
+    data = change(np.asarray(image.dataobj).copy())
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), image.affine), seg)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda case: next(case.glob("*_seg.nii")).unlink(), "no segmentation (BraTS2021_00002_seg.nii.gz)"),
+        (
+            lambda case: _rewrite_seg(case, lambda seg: np.where(seg == 4, 3, seg)),
+            "BraTS2021_00002_seg.nii has labels [3] outside the BraTS 2021 convention (0, 1, 2, 4)",
+        ),
+        (
+            lambda case: _rewrite_seg(case, lambda seg: seg[:, :, :150]),
+            "shape mismatch: BraTS2021_00002_seg.nii is (240, 240, 150), the images are (240, 240, 155)",
+        ),
+    ],
+    ids=["missing-seg", "labels-outside-convention", "shape-mismatch"],
+)
+def test_bad_data_fails_before_training(training_data, tmp_path, damage, message):
+    # Two cases and a 2-fold recipe: every case is checked before the error, so fewer is faster.
+    data = copy_data(training_data, tmp_path / "data", ["BraTS2021_00001", "BraTS2021_00002"])
+    damage(data / "BraTS2021_00002")
+    recipe = smoke_recipe_file(tmp_path, folds="folds = 2", train_folds="train_folds = [0]")
+    result = _train(recipe, data, tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not list((tmp_path / "run").glob("*/fold*"))  # nothing trained
+
+
+def test_fewer_cases_than_folds_fails_before_training(training_data, tmp_path):
+    data = copy_data(training_data, tmp_path / "data", ["BraTS2021_00000", "BraTS2021_00001"])
+    result = _train(SMOKE, data, tmp_path / "run")
+    assert result.exit_code == 2
+    assert "2 labelled case(s) for 5 folds; every fold needs one validation case" in " ".join(result.output.split())
+    assert not (tmp_path / "run" / "cache").exists()  # refused before any preprocessing
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: one deterministic smoke run of all four stages (fold 0) shared by the tests below
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tmp_path_factory) -> Path:
+    """The smoke recipe cut to 2 epochs of 32^3 crops, to keep the default suite's share small on
+    a loaded 2-core machine (train/smoke.toml itself is run by the slow test)."""
+    return smoke_recipe_file(
+        tmp_path_factory.mktemp("recipe"),
+        epochs="epochs = 2",
+        region_window="region_window = [32, 32, 32]",
+        patch="patch = [32, 32, 32]",
+        validation_size="validation_size = [32, 32, 32]",
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(training_data, shared_cache, tiny_recipe, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("smoke-run")
+    result = _train(tiny_recipe, training_data, run, "--fold", "0", "--deterministic", "--cache", str(shared_cache))
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def _log(run: Path, stage: str, fold: int = 0) -> list[dict[str, str]]:
+    with open(run / stage / f"fold{fold}" / "log.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_smoke_run_writes_folds_checkpoints_and_logs(smoke_run, tiny_recipe):
+    recipe = load_recipe(tiny_recipe)
+    folds = json.loads((smoke_run / "folds.json").read_text())
+    assert sorted(len(f) for f in folds["folds"]) == [1] * 5
+    for stage in Stage:
+        folder = smoke_run / stage.value / "fold0"
+        assert {p.name for p in folder.iterdir()} == {"last.pt", "best.pt", "log.csv"}
+        rows = _log(smoke_run, stage.value)
+        assert [int(r["epoch"]) for r in rows] == list(range(1, recipe.stages[stage].epochs + 1))
+        last = load_checkpoint(folder / "last.pt")  # weights_only=True
+        assert last["epoch"] == recipe.stages[stage].epochs
+        assert set(last) >= {"model", "optimizer", "scheduler", "scaler", "rng", "best_dice", "history"}
+        best = load_checkpoint(folder / "best.pt")
+        assert best["val_dice"] == max(float(r["val_dice"]) for r in rows)
+    assert not (smoke_run / "wt" / "fold1").exists()
+
+
+def test_loss_falls(smoke_run):
+    for stage in ("wt", "tc", "et"):
+        rows = _log(smoke_run, stage)
+        assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]), (stage, rows)
+        assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"]), (stage, rows)
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_crash_and_resume_gives_the_uninterrupted_weights(
+    smoke_run, tiny_recipe, training_data, shared_cache, tmp_path
+):
+    recipe = load_recipe(tiny_recipe)
+    run = tmp_path / "run"
+
+    def crash_after_first_epoch(record) -> None:
+        if record.epoch == 1:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        run_training(
+            recipe,
+            training_data,
+            run,
+            Context(0, 0, 1, torch.device("cpu")),
+            stages=[Stage.WT],
+            fold=0,
+            deterministic=True,
+            cache=shared_cache,
+            on_epoch_end=crash_after_first_epoch,
+        )
+    assert load_checkpoint(run / "wt" / "fold0" / "last.pt")["epoch"] == 1
+
+    refused = _train(tiny_recipe, training_data, run, "--stage", "wt", "--fold", "0", "--cache", str(shared_cache))
+    assert refused.exit_code == 2 and "pass --resume" in refused.output
+
+    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache)]
+    resumed = _train(tiny_recipe, training_data, run, *options, "--resume", "--deterministic")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming after epoch 1" in resumed.output
+    _assert_same_training_state(run / "wt" / "fold0" / "last.pt", smoke_run / "wt" / "fold0" / "last.pt")
+    assert _log(run, "wt") == [
+        {**row, "seconds": mine["seconds"], "data_seconds": mine["data_seconds"]}
+        for row, mine in zip(_log(smoke_run, "wt"), _log(run, "wt"), strict=True)
+    ]
+
+
+def _assert_same_training_state(path_a: Path, path_b: Path) -> None:
+    a, b = load_checkpoint(path_a), load_checkpoint(path_b)
+    assert a["epoch"] == b["epoch"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
+    assert a["scheduler"] == b["scheduler"]
+
+
+def test_bundle_from_the_run_segments_a_case(smoke_run, training_data, tmp_path):
+    result = runner.invoke(app, ["bundle", str(smoke_run), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "bundle")
+    manifest = bundle.manifest
+    assert manifest.region_window == (32, 32, 32) and manifest.labels is LabelConvention.BRATS2021
+    assert {s: len(spec.folds) for s, spec in manifest.stages.items()} == {s: 1 for s in Stage}
+    assert manifest.metadata["recipe"]["name"] == "smoke"
+    assert manifest.metadata["folds"] == json.loads((smoke_run / "folds.json").read_text())
+    best = load_checkpoint(smoke_run / "tc" / "fold0" / "best.pt")
+    assert manifest.metadata["validation"]["tc"]["fold0"]["val_dice"] == pytest.approx(best["val_dice"])
+
+    case = training_data / "BraTS2021_00000"
+    segmented = runner.invoke(app, ["segment", str(case), str(tmp_path / "out"), "--weights", str(tmp_path / "bundle")])
+    assert segmented.exit_code == 0, segmented.output
+    output = nib.load(tmp_path / "out" / "BraTS2021_00000.nii.gz")
+    assert output.shape == BRATS_SHAPE and output.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(output.affine, LPS_AFFINE)
+    assert unexpected_labels(np.asarray(output.dataobj), LabelConvention.BRATS2021) == []
+
+
+def test_bundle_needs_every_stage(smoke_run, tmp_path):
+    partial = tmp_path / "run"
+    shutil.copytree(smoke_run, partial, ignore=shutil.ignore_patterns("et"))
+    result = runner.invoke(app, ["bundle", str(partial), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 2
+    assert "stage et has no trained fold" in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed data parallel and a real kill -9
+
+
+def _torchrun(nproc: int, recipe: Path, data: Path, run: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        "-m",
+        "brats_cli",
+        "train",
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--cache",
+        str(cache),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_two_process_gloo_run_writes_one_set_of_checkpoints(training_data, shared_cache, tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    completed = subprocess.run(
+        _torchrun(2, tiny_recipe, training_data, run, shared_cache, "--stage", "wt", "--fold", "1"),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "2 rank(s), global batch 2" in completed.stderr
+    # Only rank 0 logs and writes: one line per epoch, one checkpoint set, no stray temporaries.
+    assert completed.stderr.count("wt fold 1 epoch 2/2:") == 1
+    assert sorted(p.relative_to(run).as_posix() for p in run.glob("*/fold*/*")) == [
+        "wt/fold1/best.pt",
+        "wt/fold1/last.pt",
+        "wt/fold1/log.csv",
+    ]
+    assert not list(run.rglob(".*partial*"))
+    assert [int(r["epoch"]) for r in _log(run, "wt", 1)] == [1, 2]
+    assert load_checkpoint(run / "wt" / "fold1" / "last.pt")["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_the_epoch_in_progress(training_data, shared_cache, tmp_path):
+    """A real SIGKILL of a training process once a checkpoint exists (train/smoke.toml, 4 epochs);
+    --resume then ends with the same weights as an uninterrupted run."""
+    recipe = smoke_recipe_file(tmp_path, epochs="epochs = 4")
+    command = [sys.executable, "-m", "brats_cli", "train", "--recipe", str(recipe), "--data", str(training_data)]
+    common = ["--stage", "tc", "--fold", "0", "--deterministic", "--device", "cpu", "--cache", str(shared_cache)]
+    killed_run, reference_run = tmp_path / "killed", tmp_path / "reference"
+    process = subprocess.Popen(
+        [*command, "--out", str(killed_run), *common], env=_environment(), stderr=subprocess.DEVNULL
+    )
+    checkpoint = killed_run / "tc" / "fold0" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epochs_done = load_checkpoint(checkpoint)["epoch"]
+    assert 1 <= epochs_done < 4
+    resumed = subprocess.run([*command, "--out", str(killed_run), *common, "--resume"], env=_environment())
+    assert resumed.returncode == 0
+    reference = subprocess.run([*command, "--out", str(reference_run), *common], env=_environment())
+    assert reference.returncode == 0
+    _assert_same_training_state(checkpoint, reference_run / "tc" / "fold0" / "last.pt")
+
+
+def test_discovery_sees_the_segmentations(training_data):
+    assert all(case.segmentation is not None for case in discover_cases(training_data).cases)
+
+
+@pytest.mark.slow
+def test_smoke_recipe_trains_every_stage_and_fold_it_lists(training_data, shared_cache, tmp_path):
+    """train/smoke.toml as a user runs it: all stages, all listed folds, then a bundle."""
+    run = tmp_path / "run"
+    result = _train(SMOKE, training_data, run, "--cache", str(shared_cache))
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe(SMOKE)
+    for stage in Stage:
+        for fold in recipe.stages[stage].train_folds:
+            assert (run / stage.value / f"fold{fold}" / "best.pt").is_file()
+    bundled = runner.invoke(app, ["bundle", str(run), "--out", str(tmp_path / "bundle")])
+    assert bundled.exit_code == 0, bundled.output
+    assert len(load_bundle(tmp_path / "bundle").manifest.stages[Stage.WT].folds) == len(
+        recipe.stages[Stage.WT].train_folds
+    )
+
+
+@pytest.mark.gpu
+def test_cuda_deterministic_crash_and_resume_is_exact(training_data, shared_cache, tiny_recipe, tmp_path):
+    """On a GPU: --deterministic (with the deterministic max-pool backward) makes a crashed and
+    resumed run end with exactly the weights of an uninterrupted one, through bf16 autocast."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    options = ["--stage", "tc", "--fold", "0", "--device", "cuda", "--cache", str(shared_cache), "--deterministic"]
+    reference = _train(tiny_recipe, training_data, tmp_path / "reference", *options)
+    assert reference.exit_code == 0, reference.output
+    assert "device cuda" in reference.output
+
+    def crash_after_first_epoch(record) -> None:
+        if record.epoch == 1:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        run_training(
+            load_recipe(tiny_recipe),
+            training_data,
+            tmp_path / "crashed",
+            Context(0, 0, 1, torch.device("cuda")),
+            stages=[Stage.TC],
+            fold=0,
+            deterministic=True,
+            cache=shared_cache,
+            on_epoch_end=crash_after_first_epoch,
+        )
+    resumed = _train(tiny_recipe, training_data, tmp_path / "crashed", *options, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    _assert_same_training_state(
+        tmp_path / "crashed" / "tc" / "fold0" / "last.pt", tmp_path / "reference" / "tc" / "fold0" / "last.pt"
+    )
+
+
+def test_prepare_only_caches_and_writes_folds_without_training(training_data, shared_cache, tmp_path):
+    result = _train(SMOKE, training_data, tmp_path / "run", "--cache", str(shared_cache), "--prepare-only")
+    assert result.exit_code == 0, result.output
+    assert "prepared 5 case(s); 5 folds of 1, 1, 1, 1, 1" in result.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["folds.json", "recipe.json"]
