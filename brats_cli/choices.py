@@ -33,3 +33,10 @@ class LabelChoice(str, Enum):
     AUTO = "auto"  # 2023 labels (ET = 3) for 2023-named inputs, 2021 labels (ET = 4) otherwise
     BRATS2021 = "2021"
     BRATS2023 = "2023"
+
+
+class ExportPrecision(str, Enum):
+    """Arithmetic of an exported ONNX graph (fixed at export; its input and output stay float32)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from brats_cli import __version__
-from brats_cli.cli import info, segment
+from brats_cli.cli import export, info, segment
 
 app = typer.Typer(
     name="brats",
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.command("segment")(segment.segment)
 app.command("info")(info.info)
+app.command("export")(export.export)
 
 
 def _version(value: bool) -> None:
