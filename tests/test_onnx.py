@@ -227,3 +227,17 @@ def test_segment_backends_agree_on_a_real_case(exported, real_data, tmp_path) ->
     differing = int((torch_labels != onnx_labels).sum())
     print(f"agreement: {differing} of {int(tumour.sum())} tumour voxels differ")
     assert differing <= 0.001 * tumour.sum()
+
+
+def test_fp16_export_keeps_float32_io_and_meets_its_tolerance(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = ResUNet3D(width=4)
+    path = tmp_path / "half.onnx"
+    export_module.export_model([model], WINDOW, path, precision=ExportPrecision.FP16)
+    graph = onnx.load(str(path))
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.graph.initializer)
+    difference, _ = export_module.verify_model(path, [model], WINDOW, ExportPrecision.FP16)
+    print(f"fp16 export: max |ONNX - PyTorch fp32| = {difference:.2e}")
+    assert 0 < difference <= TOLERANCE[ExportPrecision.FP16]
