@@ -126,7 +126,11 @@ def require_backend(bundle: Bundle, backend: Backend) -> None:
         hint = f"use --backend {kind.value}"
         if kind is Backend.TORCH:
             hint += " (or make an ONNX bundle from it with brats export)"
-        raise WeightsError(f"{bundle.root}: this is a {kind.value} bundle, not a {backend.value} one; {hint}")
+        raise WeightsError(f"{bundle.root}: this is {_article(kind)} bundle, not {_article(backend)} one; {hint}")
+
+
+def _article(backend: Backend) -> str:
+    return f"an {backend.value}" if backend is Backend.ONNX else f"a {backend.value}"
 
 
 def import_onnxruntime() -> Any:

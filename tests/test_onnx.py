@@ -171,7 +171,8 @@ def test_backend_and_bundle_mismatch_is_one_clear_error(exported, make_case, tmp
         result = runner.invoke(app, ["segment", str(case), str(out), "--weights", str(weights), "--backend", backend])
         assert result.exit_code == 2, result.output
         message = " ".join(result.output.split())
-        assert f"this is a {kind} bundle, not a {backend} one; use --backend {kind}" in message
+        article = {"onnx": "an onnx", "torch": "a torch"}
+        assert f"this is {article[kind]} bundle, not {article[backend]} one; use --backend {kind}" in message
         assert not out.exists() or not any(out.iterdir())
     with pytest.raises(WeightsError, match="this is a torch bundle"):
         stage_predictors(load_bundle(source), Backend.ONNX)
