@@ -50,3 +50,10 @@ class StageChoice(str, Enum):
     WT = "wt"
     TC = "tc"
     ET = "et"
+
+
+class ExportPrecision(str, Enum):
+    """Arithmetic of an exported ONNX graph (fixed at export; its input and output stay float32)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"

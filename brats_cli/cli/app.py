@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from brats_cli import __version__
-from brats_cli.cli import bundle, evaluate, info, segment, synth, train
+from brats_cli.cli import bundle, evaluate, export, info, segment, synth, train
 
 app = typer.Typer(
     name="brats",
@@ -22,6 +22,7 @@ app.command("synth")(synth.synth)
 app.command("evaluate")(evaluate.evaluate)
 app.command("train")(train.train)
 app.command("bundle")(bundle.bundle)
+app.command("export")(export.export)
 
 
 def _version(value: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from brats_cli.choices import Device, Ensemble, LabelChoice, Precision
+from brats_cli.choices import Backend, Device, Ensemble, LabelChoice, Precision
 from brats_cli.cli import console
 
 
@@ -30,6 +30,9 @@ def segment(
     weights: Annotated[
         Path | None, typer.Option(help="Weights bundle folder. Default: the bundle shipped with brats.")
     ] = None,
+    backend: Annotated[
+        Backend, typer.Option(help="torch, or onnx for a bundle made by `brats export` (ONNX Runtime).")
+    ] = Backend.TORCH,
     device: Annotated[Device, typer.Option(help="Where the networks run.")] = Device.AUTO,
     precision: Annotated[
         Precision, typer.Option(help="Network arithmetic; auto = bf16 where the hardware has it.")
@@ -55,6 +58,7 @@ def segment(
         input=input,
         output=output,
         weights=weights,
+        backend=backend,
         device=device,
         precision=precision,
         folds=_parse_folds(folds),
@@ -80,6 +84,7 @@ class SegmentOptions:
     labels: LabelChoice
     overwrite: bool
     profile: bool
+    backend: Backend = Backend.TORCH
 
 
 class Interrupted(BaseException):
@@ -105,7 +110,7 @@ def run_segment(options: SegmentOptions) -> int:
     from brats_cli.errors import BratsError
     from brats_cli.io import discover_cases, ensure_output_folder, remove_stale_temporaries
     from brats_cli.pipeline import PipelineConfig
-    from brats_cli.predictors import torch_predictors
+    from brats_cli.predictors import require_backend, stage_predictors
 
     results: list[CaseResult] = []
     in_progress: Path | None = None  # the output of the case being segmented
@@ -115,20 +120,23 @@ def run_segment(options: SegmentOptions) -> int:
     try:
         try:
             bundle = load_bundle(options.weights or default_bundle_path())
+            require_backend(bundle, options.backend)
             discovery = discover_cases(options.input)
             output = ensure_output_folder(options.output)
             remove_stale_temporaries(output)
-            predictors = torch_predictors(
-                bundle, device=options.device, precision=options.precision, folds=options.folds
+            predictors = stage_predictors(
+                bundle, options.backend, device=options.device, precision=options.precision, folds=options.folds
             )
         except BratsError as error:
             console.error(str(error))
             return console.EXIT_UNUSABLE
         for message in discovery.notes:
             console.note(message)
+        if options.backend is Backend.ONNX and options.precision is not Precision.FP32:
+            console.note("--precision is ignored with --backend onnx: an ONNX bundle's precision is set at export")
         first = next(iter(predictors.values()))
         console.stderr.print(
-            f"brats: {len(discovery.cases)} case(s), weights {bundle.root}, "
+            f"brats: {len(discovery.cases)} case(s), weights {bundle.root}, backend {options.backend.value}, "
             f"device {first.device}, precision {first.precision.value}"
         )
         progress = Progress(
