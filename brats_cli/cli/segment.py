@@ -105,7 +105,7 @@ def run_segment(options: SegmentOptions) -> int:
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from brats_cli.batch import CaseResult, Status, output_convention, segment_case
+    from brats_cli.batch import CaseResult, Status, output_convention, prefetched, segment_case
     from brats_cli.bundle import default_bundle_path, load_bundle
     from brats_cli.errors import BratsError
     from brats_cli.io import discover_cases, ensure_output_folder, remove_stale_temporaries
@@ -149,12 +149,22 @@ def run_segment(options: SegmentOptions) -> int:
         )
         with progress:
             task = progress.add_task("cases", total=len(discovery.cases))
+
+            # Decided once, so the prefetched list and this loop cannot disagree.
+            skipped = {
+                case.case_id
+                for case in discovery.cases
+                if (output / case.output_name).exists() and not options.overwrite
+            }
+            # The next case is read while the current one computes.
+            loaders = prefetched([case for case in discovery.cases if case.case_id not in skipped])
             for case in discovery.cases:
                 target = output / case.output_name
-                if target.exists() and not options.overwrite:
+                if case.case_id in skipped:
                     results.append(CaseResult(case.case_id, Status.SKIPPED, message="output exists"))
                     progress.advance(task)
                     continue
+                _, load = next(loaders)
                 convention = output_convention(case, options.labels)
                 config = PipelineConfig(
                     convention=convention,
@@ -167,7 +177,7 @@ def run_segment(options: SegmentOptions) -> int:
                     progress.update(task, description=f"{case_id}: {name}")
 
                 in_progress = None if target.exists() else target  # --overwrite: cannot tell
-                result = segment_case(case, target, predictors, config, on_stage)
+                result = segment_case(case, target, predictors, config, on_stage, load)
                 results.append(result)
                 in_progress = None
                 if result.status is Status.FAILED:
