@@ -22,7 +22,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/brats
 ENV PATH=/opt/brats/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
@@ -53,7 +53,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/brats /opt/brats
 # Challenges run the image as an arbitrary uid without a home (`--user $(id -u):$(id -g)`), some
 # with a read-only root file system: every cache and temporary file goes to /tmp, and the only
