@@ -4,6 +4,7 @@ the trained bundle running in `brats segment`."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from brats_cli.errors import InputError
 from brats_cli.io import BRATS_SHAPE, discover_cases, load_case
 from brats_cli.labels import LabelConvention, unexpected_labels
 from brats_cli.preprocess import MODEL_GRID, crop_to_model_grid, preprocess
+from brats_cli.synth import make_phantom
 from brats_cli.training.cache import prepare_cache, training_cases
 from brats_cli.training.data import centred_start
 from brats_cli.training.distributed import Context
@@ -33,7 +35,7 @@ from brats_cli.training.loop import BlockMax3d, load_checkpoint
 from brats_cli.training.losses import compute_loss, hard_dice
 from brats_cli.training.recipe import Loss, load_recipe, recipe_from_dict
 from brats_cli.training.run import run_training
-from tests.conftest import LPS_AFFINE, ras_affine, synthetic_image, write_case
+from tests.conftest import LPS_AFFINE, ras_affine, write_case
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "train" / "smoke.toml"
@@ -46,30 +48,21 @@ CASES = 5  # the smoke recipe's 5 folds need one validation case each
 # Labelled data: the ONE place training data is made (to be replaced by `brats synth` phantoms).
 
 
-def labelled_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image (4, 240, 240, 155), labels (240, 240, 155)) in canonical LPS: the synthetic brain
-    with a tumour of nested ellipsoids, edema (2) outside, an enhancing rim (4), a necrotic core
-    (1), each with its own contrast (FLAIR bright in edema, T1ce bright in the rim, dark in the core)."""
-    rng = np.random.default_rng(seed)
-    centre = (int(rng.integers(100, 140)), int(rng.integers(95, 130)), int(rng.integers(65, 90)))
-    radius = (int(rng.integers(14, 22)), int(rng.integers(12, 18)), int(rng.integers(10, 15)))
-    image = synthetic_image(seed, centre, radius)
-    grid = np.indices(BRATS_SHAPE, dtype=np.float32)
-    distance = np.sqrt(sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip(centre, radius, strict=True))))
-    labels = np.zeros(BRATS_SHAPE, dtype=np.uint8)
-    labels[distance <= 1] = 2
-    labels[distance <= 0.6] = 4
-    labels[distance <= 0.35] = 1
-    image[0][labels == 2] += 300
-    image[2][labels == 4] += 500
-    image[2][labels == 1] -= 350
-    return image, labels
+PHANTOM_SEED = 5  # the phantom series the training tests use
+
+
+@functools.cache
+def labelled_case(index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image (4, 240, 240, 155) int16, labels (240, 240, 155) uint8, 2021 convention) of phantom
+    `index` from `brats synth`'s generator, in canonical LPS."""
+    phantom = make_phantom(PHANTOM_SEED, index)
+    return phantom.image, phantom.labels
 
 
 @pytest.fixture(scope="session")
 def training_data(tmp_path_factory) -> Path:
-    """CASES labelled BraTS 2021 cases; the last one stored RAS (to check label reorientation).
-    Uncompressed .nii: gzip would cost most of this fixture's time."""
+    """CASES labelled phantoms (`brats synth`) as BraTS 2021 cases; the last one stored RAS (to
+    check label reorientation). Uncompressed .nii: gzip would cost most of this fixture's time."""
     root = tmp_path_factory.mktemp("training-data")
     for index in range(CASES):
         image, labels = labelled_case(index)

@@ -22,6 +22,9 @@ BUNDLE=${BUNDLE:-$WORK/bundle}
 PYTHON=${PYTHON:-python3}
 
 brats() { "$PYTHON" -m brats_cli "$@"; }
+# Many processes share the machine's cores: one thread each for the CPU-bound steps (SimpleITK and
+# OpenMP would otherwise each start one thread per core; seen: 240 phantoms took 157 s on 16 cores).
+one_thread() { ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 OMP_NUM_THREADS=1 "$@"; }
 
 wait_all() {  # wait for every PID given; fail if any failed
   local status=0
@@ -36,7 +39,7 @@ mkdir -p "$WORK/shards" "$WORK/data" "$WORK/logs"
 stamp "phantoms: $SHARDS x $PER_SHARD, seeds $SEED0.."
 pids=()
 for i in $(seq 0 $((SHARDS - 1))); do
-  brats synth "$WORK/shards/$i" --n "$PER_SHARD" --seed $((SEED0 + i)) >"$WORK/logs/synth-$i.log" 2>&1 &
+  one_thread "$PYTHON" -m brats_cli synth "$WORK/shards/$i" --n "$PER_SHARD" --seed $((SEED0 + i)) >"$WORK/logs/synth-$i.log" 2>&1 &
   pids+=($!)
 done
 wait_all "${pids[@]}"
@@ -49,7 +52,7 @@ stamp "phantoms: $(find "$WORK/data" -mindepth 1 -maxdepth 1 | wc -l) cases"
 stamp "cache: one process per shard"
 pids=()
 for i in $(seq 0 $((SHARDS - 1))); do
-  brats train --recipe "$RECIPE" --data "$WORK/shards/$i" --out "$WORK/prepare/$i" --cache "$WORK/cache" \
+  one_thread "$PYTHON" -m brats_cli train --recipe "$RECIPE" --data "$WORK/shards/$i" --out "$WORK/prepare/$i" --cache "$WORK/cache" \
     --prepare-only >"$WORK/logs/prepare-$i.log" 2>&1 &
   pids+=($!)
 done
@@ -64,7 +67,7 @@ for job in base:0 wt:0 wt:1 tc:0 tc:1 et:0 et:1; do
   stage=${job%:*}
   fold=${job#*:}
   # SIGINT at the limit: the epoch in progress is lost, the checkpoints of finished ones remain.
-  timeout --signal=INT --kill-after=60 "$TIME_BOX" \
+  OMP_NUM_THREADS=2 timeout --signal=INT --kill-after=60 "$TIME_BOX" \
     "$PYTHON" -m brats_cli train --recipe "$RECIPE" --data "$WORK/data" --out "$WORK/run" --cache "$WORK/cache" \
     --stage "$stage" --fold "$fold" --device "$DEVICE" >"$WORK/logs/train-$stage-$fold.log" 2>&1 &
   pids+=($!)
