@@ -234,11 +234,26 @@ def write_manifest(root: Path, manifest: Manifest) -> Path:
 
 
 def default_bundle_path() -> Path:
-    """The bundled default weights: inside the installed package, or `weights/` in a checkout."""
+    """The bundled default weights: inside the installed package (`brats_cli/_weights` in the
+    wheel), else `weights/` of a source checkout."""
     packaged = Path(__file__).parent / "_weights"
-    if (packaged / MANIFEST).is_file():
+    checkout = Path(__file__).resolve().parents[1] / "weights"
+    if (packaged / MANIFEST).is_file() or not checkout.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[1] / "weights"
+    return checkout
+
+
+def load_weights(path: Path | None, *, verify: bool = True) -> Bundle:
+    """The bundle at `path`, or the default one; a missing default is its own clear error."""
+    if path is not None:
+        return load_bundle(path, verify=verify)
+    default = default_bundle_path()
+    if not (default / MANIFEST).is_file():
+        raise WeightsError(
+            f"{default}: this installation ships no default weights bundle yet; pass --weights DIR "
+            "(a bundle from `brats bundle` or `brats export`)"
+        )
+    return load_bundle(default, verify=verify)
 
 
 @dataclass(frozen=True)

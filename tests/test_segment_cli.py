@@ -158,3 +158,14 @@ def test_real_cases_end_to_end(tmp_path, real_data, flair_test_bundle):
         assert not labels[:24].any() and not labels[216:].any()  # nothing outside the 192 crop
     assert "seconds per stage" in result.output
     assert leftovers(out) == []
+
+
+def test_without_a_default_bundle_the_error_says_to_pass_weights(tmp_path, monkeypatch):
+    import brats_cli.bundle
+
+    monkeypatch.setattr(brats_cli.bundle, "default_bundle_path", lambda: tmp_path / "none")
+    write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
+    result = segment(tmp_path / "in", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "ships no default weights bundle yet; pass --weights DIR" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

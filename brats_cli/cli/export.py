@@ -24,14 +24,14 @@ def export(
     that `brats segment --backend onnx --weights OUT` runs."""
     from rich.table import Table
 
-    from brats_cli.bundle import default_bundle_path, load_bundle
+    from brats_cli.bundle import load_weights
     from brats_cli.choices import ExportPrecision
     from brats_cli.errors import BratsError
     from brats_cli.export import ExportError, export_bundle
 
     precision = ExportPrecision.FP16 if fp16 else ExportPrecision.FP32
     try:
-        source = load_bundle(weights or default_bundle_path())
+        source = load_weights(weights)
         with console.stderr.status("exporting") as status:
             result = export_bundle(
                 source,

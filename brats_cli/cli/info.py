@@ -15,7 +15,7 @@ def info() -> None:
     import torch
     from rich.table import Table
 
-    from brats_cli.bundle import default_bundle_path, load_bundle
+    from brats_cli.bundle import default_bundle_path, load_weights
     from brats_cli.errors import WeightsError
 
     table = Table(show_header=False, box=None)
@@ -38,7 +38,7 @@ def info() -> None:
         table.add_row("onnxruntime", "not installed")
     path = default_bundle_path()
     try:
-        bundle = load_bundle(path)
+        bundle = load_weights(None)
         stages = ", ".join(
             f"{stage.value} w{spec.width} x{len(spec.folds)}" for stage, spec in bundle.manifest.stages.items()
         )

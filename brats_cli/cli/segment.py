@@ -106,7 +106,7 @@ def run_segment(options: SegmentOptions) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from brats_cli.batch import CaseResult, Status, output_convention, prefetched, segment_case
-    from brats_cli.bundle import default_bundle_path, load_bundle
+    from brats_cli.bundle import load_weights
     from brats_cli.errors import BratsError
     from brats_cli.io import discover_cases, ensure_output_folder, remove_stale_temporaries
     from brats_cli.pipeline import PipelineConfig
@@ -119,7 +119,7 @@ def run_segment(options: SegmentOptions) -> int:
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            bundle = load_bundle(options.weights or default_bundle_path())
+            bundle = load_weights(options.weights)
             require_backend(bundle, options.backend)
             discovery = discover_cases(options.input)
             output = ensure_output_folder(options.output)
