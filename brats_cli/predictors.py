@@ -37,15 +37,32 @@ def resolve_device(device: Device) -> str:
     return device.value
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), from /proc/cpuinfo's flags.
+    Without it, bf16 convolutions are emulated and slower than fp32."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
 def resolve_precision(precision: Precision, device: str) -> Precision:
-    """`auto` is bf16 on GPUs with native bf16 (Ampere and newer), fp32 elsewhere."""
+    """`auto` is bf16 where the hardware computes it natively (Ampere and newer GPUs, CPUs with
+    AVX-512 BF16 or AMX), fp32 elsewhere."""
     if precision is not Precision.AUTO:
         return precision
     import torch
 
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return Precision.BF16
-    return Precision.FP32
+    if device == "cuda":
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP32
+    return Precision.BF16 if cpu_has_native_bf16() else Precision.FP32
 
 
 class TorchStagePredictor:
@@ -56,6 +73,9 @@ class TorchStagePredictor:
 
         self.device = torch.device(device)
         self.precision = precision
+        if self.device.type == "cuda":
+            # Fixed input sizes per stage: cuDNN's autotuned algorithms are reused for every case.
+            torch.backends.cudnn.benchmark = True
         # channels-last 3D lets oneDNN and cuDNN pick their fastest convolution layouts.
         self.models = [m.to(self.device).eval().to(memory_format=torch.channels_last_3d) for m in models]
 

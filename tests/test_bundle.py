@@ -89,3 +89,16 @@ def test_a_pickled_weight_file_is_refused(bundle_dir, tmp_path, capsys):
     with pytest.raises(WeightsError, match=r"base_fold0.safetensors: cannot load weights"):
         load_torch_models(load_bundle(root), Stage.BASE)
     assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_auto_precision_follows_the_hardware():
+    from brats_cli.choices import Precision
+    from brats_cli.predictors import cpu_has_native_bf16, resolve_precision
+
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("flags\t\t: fpu sse2 avx2 avx512f\n")
+    assert resolve_precision(Precision.FP32, "cpu") is Precision.FP32
+    assert resolve_precision(Precision.BF16, "cpu") is Precision.BF16
+    expected = Precision.BF16 if cpu_has_native_bf16() else Precision.FP32
+    assert resolve_precision(Precision.AUTO, "cpu") is expected
