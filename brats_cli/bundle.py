@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from brats_cli.choices import Backend
 from brats_cli.errors import WeightsError
+from brats_cli.files import atomic_path, write_text_atomically
 from brats_cli.labels import LabelConvention
 from brats_cli.preprocess import MODEL_GRID
 
@@ -227,9 +227,7 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
 def write_manifest(root: Path, manifest: Manifest) -> Path:
     """Write `manifest.json` atomically."""
     path = Path(root) / MANIFEST
-    temporary = path.with_name(f".{MANIFEST}.partial-{os.getpid()}")
-    temporary.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
     return path
 
 
@@ -291,9 +289,8 @@ def write_torch_bundle(
         for index, state in enumerate(weights[stage]):
             file = f"{stage.value}_fold{index}{WEIGHT_SUFFIX[Backend.TORCH]}"
             tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
-            temporary = root / f".{file}.partial-{os.getpid()}"
-            save_file(tensors, str(temporary))
-            os.replace(temporary, root / file)
+            with atomic_path(root / file) as temporary:
+                save_file(tensors, str(temporary))
             folds.append(FoldFile(file, sha256_file(root / file)))
         arch = architectures[stage]
         stages[stage] = StageSpec(

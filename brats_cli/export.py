@@ -40,6 +40,7 @@ from brats_cli.bundle import (
 )
 from brats_cli.choices import Backend, ExportPrecision
 from brats_cli.errors import BratsError, WeightsError
+from brats_cli.files import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -193,9 +194,8 @@ def export_model(
             for dim, size in zip(dims, (1, channels, *input_size), strict=True):
                 dim.ClearField("dim_param")
                 dim.dim_value = size
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    onnx.save(graph, str(temporary))
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        onnx.save(graph, str(temporary))
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:

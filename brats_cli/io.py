@@ -7,14 +7,12 @@ the orientation of the released BraTS data the models were trained in) on readin
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import re
 import struct
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -26,6 +24,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from nibabel.spatialimages import HeaderDataError, ImageDataError
 
 from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
+from brats_cli.files import TEMP_MARKER, atomic_path, remove_stale_temporaries, temporary_sibling  # noqa: F401
 
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 CANONICAL_AXCODES: tuple[str, str, str] = ("L", "P", "S")
@@ -416,38 +415,6 @@ def load_case(case: Case) -> tuple[np.ndarray, Geometry]:
 # ---------------------------------------------------------------------------------------------
 # Writing
 
-TEMP_MARKER = ".partial-"
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A hidden name in the same folder (so the final rename is atomic) with the same extension
-    (nibabel picks the format from it)."""
-    extension = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    return path.with_name(f".{nifti_stem(path)}{TEMP_MARKER}{os.getpid()}{extension}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success it replaces `path` in one rename, on any
-    failure it is removed, so `path` is never seen half-written."""
-    path = Path(path)
-    temporary = temporary_sibling(path)
-    try:
-        # Created here, exclusively and not through a link, so that writing by name never follows
-        # a symlink planted at the temporary name out of the folder; only a file of this process's
-        # (or a dead one's, with a reused PID) can hold the name.
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-        yield temporary
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-
 
 def save_nifti(image: nib.Nifti1Image, path: Path) -> None:
     """Write `image` to `path` atomically, naming the file in any error."""
@@ -477,39 +444,6 @@ def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
 def write_label_map(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
     """Write canonical-orientation labels back in the input's orientation, atomically."""
     save_nifti(label_image(labels, geometry), path)
-
-
-_TEMPORARY_PID = re.compile(rf"^\..+{re.escape(TEMP_MARKER)}(?P<pid>[0-9]+)(?:\.[A-Za-z.]+)?$")
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        # A file named with our own PID before we wrote anything is a dead run's whose PID came
-        # round again (in a container every run may have the same PID).
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    except (OverflowError, OSError):
-        return False
-    return True
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files that killed runs left behind in `folder`: only those whose writing
-    process (the PID in the name) is gone, so a run never deletes a concurrent run's work."""
-    removed = []
-    for path in Path(folder).glob(f".*{TEMP_MARKER}*"):
-        match = _TEMPORARY_PID.match(path.name)
-        if match is None or _process_alive(int(match["pid"])):
-            continue
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed.append(path)
-    return removed
 
 
 def ensure_output_folder(folder: Path) -> Path:

@@ -15,10 +15,8 @@ folder after such surgery.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_cli.errors import BratsError, CaseError, InputError
+from brats_cli.files import atomic_path, write_text_atomically
 from brats_cli.io import Case, Naming, discover_cases, load_case, read_label_map
 from brats_cli.labels import LabelConvention, Region, region_masks, unexpected_labels
 from brats_cli.localise import bounding_box
@@ -101,17 +100,9 @@ def _summary(data: Path, problems: Sequence[str]) -> str:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
+    # The temporary keeps the .npy suffix, so np.save writes exactly that name.
+    with atomic_path(path) as temporary:
+        np.save(temporary, array)
 
 
 def preprocess_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
@@ -219,9 +210,7 @@ def _prepare_one(case: Case, cache: Path, on_case: Callable[[Case, bool], None] 
         "preprocessing": PREPROCESSING,
         "sources": [str(p) for p in [*case.files.values(), case.segmentation]],
     }
-    temporary = folder / f".{META_FILE}.partial-{os.getpid()}"
-    temporary.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(temporary, folder / META_FILE)
+    write_text_atomically(folder / META_FILE, json.dumps(meta, indent=1) + "\n")
     if on_case:
         on_case(case, False)
     return CachedCase(case.case_id, folder, convention, box)

@@ -8,7 +8,6 @@ stages, other ranks, `brats bundle`), so all models of a run agree on which case
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_cli.errors import InputError
+from brats_cli.files import write_text_atomically
 
 FOLDS_FILE = "folds.json"
 
@@ -55,9 +55,7 @@ def load_or_create_folds(run: Path, case_ids: Sequence[str], k: int, seed: int) 
     path = Path(run) / FOLDS_FILE
     if not path.exists():
         folds = make_folds(case_ids, k, seed)
-        temporary = path.with_name(f".{FOLDS_FILE}.partial-{os.getpid()}")
-        temporary.write_text(json.dumps(folds.to_dict(), indent=1) + "\n")
-        os.replace(temporary, path)
+        write_text_atomically(path, json.dumps(folds.to_dict(), indent=1) + "\n")
         return folds
     folds = read_folds(path)
     if len(folds.folds) != k:

@@ -12,7 +12,6 @@ run trains on exactly the samples an uninterrupted one would.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from brats_cli.bundle import Stage
 from brats_cli.errors import InputError
-from brats_cli.io import remove_stale_temporaries
+from brats_cli.files import atomic_path, remove_stale_temporaries, write_text_atomically
 from brats_cli.model import ResUNet3D
 from brats_cli.training.cache import CachedCase
 from brats_cli.training.data import CropDataset, EpochSampler
@@ -177,17 +176,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_atomically(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a hidden sibling, fsync, rename: `path` is always a complete checkpoint."""
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -203,9 +193,7 @@ def write_history(records: list[EpochRecord], path: Path) -> None:
     writer.writeheader()
     for record in records:
         writer.writerow(asdict(record))
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temporary.write_text(buffer.getvalue())
-    os.replace(temporary, path)
+    write_text_atomically(path, buffer.getvalue())
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -11,13 +11,13 @@ RUN/<stage>/fold<k>/log.csv          one row per epoch: losses, Dice, learning r
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from brats_cli.bundle import Stage
 from brats_cli.errors import BratsError, InputError
+from brats_cli.files import write_text_atomically
 from brats_cli.io import Case
 from brats_cli.training import distributed
 from brats_cli.training.cache import CachedCase, prepare_cache, training_cases
@@ -45,9 +45,7 @@ def check_recipe(run: Path, recipe: Recipe) -> None:
     path = Path(run) / RECIPE_FILE
     current = recipe.to_dict()
     if not path.exists():
-        temporary = path.with_name(f".{RECIPE_FILE}.partial-{os.getpid()}")
-        temporary.write_text(json.dumps(current, indent=1) + "\n")
-        os.replace(temporary, path)
+        write_text_atomically(path, json.dumps(current, indent=1) + "\n")
         return
     try:
         stored = json.loads(path.read_text())

@@ -1,0 +1,81 @@
+"""Writing files so that a reader never sees half of one: a hidden temporary beside the target,
+fsync, one rename. Used for every file the tool writes (label maps, bundles, checkpoints, caches,
+logs); a run killed midway leaves only a temporary that the next run removes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+TEMP_MARKER = ".partial-"
+_TEMPORARY_PID = re.compile(rf"^\..+{re.escape(TEMP_MARKER)}(?P<pid>[0-9]+)(?:\.[A-Za-z.]+)?$")
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name in the same folder (so the final rename is atomic) with the same extension
+    (nibabel picks the format from it)."""
+    extension = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    stem = path.name[: len(path.name) - len(extension)] if extension else path.name
+    return path.with_name(f".{stem}{TEMP_MARKER}{os.getpid()}{extension}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write to; on success it replaces `path` in one rename, on any
+    failure it is removed, so `path` is never seen half-written."""
+    path = Path(path)
+    temporary = temporary_sibling(path)
+    try:
+        # Created here, exclusively and not through a link, so that writing by name never follows
+        # a symlink planted at the temporary name out of the folder; only a file of this process's
+        # (or a dead one's, with a reused PID) can hold the name.
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        yield temporary
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one rename."""
+    with atomic_path(Path(path)) as temporary:
+        temporary.write_text(text)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        # A file named with our own PID before we wrote anything is a dead run's whose PID came
+        # round again (in a container every run may have the same PID).
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files that killed runs left behind in `folder`: only those whose writing
+    process (the PID in the name) is gone, so a run never deletes a concurrent run's work."""
+    removed = []
+    for path in Path(folder).glob(f".*{TEMP_MARKER}*"):
+        match = _TEMPORARY_PID.match(path.name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
