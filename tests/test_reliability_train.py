@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_case
-from test_reliability import _break, _save, leftovers, snapshot
+from test_reliability import Planted, _break, _save, leftovers, snapshot
 from test_train import _assert_same_training_state, labelled_case, smoke_recipe_file
 from typer.testing import CliRunner
 
@@ -273,16 +273,6 @@ def _checkpoint_bytes(payload: dict) -> bytes:
     return buffer.getvalue()
 
 
-class _Planted:
-    """Unpickling this runs `Path(marker).touch()`: proof that code ran if the marker appears."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory, labelled, recipe) -> dict:
     """Two good cases and their cache entries, shared by the runs below."""
@@ -328,7 +318,7 @@ def test_resume_refuses_a_damaged_last_checkpoint(prepared_run, reference_run, t
         "torn: first half of a real last.pt": last[: len(last) // 2],
         "empty file": b"",
         "not a checkpoint at all": b"%PDF-1.4 not a checkpoint\n" * 40,
-        "a pickle that would run code": pickle.dumps({"epoch": 1, "model": _Planted(marker)}, protocol=2),
+        "a pickle that would run code": pickle.dumps({"epoch": 1, "model": Planted(marker)}, protocol=2),
         "best.pt in last.pt's place": (reference_run["fold"] / "best.pt").read_bytes(),
         "a plain tensor": _checkpoint_bytes(torch.zeros(3)),
     }[how]
@@ -527,7 +517,8 @@ def test_sigkill_while_last_checkpoint_is_half_written_resumes_from_the_previous
 
 # The fixed kill points of the slow chain, in run order (4 epochs): inside epoch 1 before any
 # checkpoint; after best.pt but before last.pt; with last.pt complete but not renamed; with
-# last.pt half-written; between last.pt and log.csv; and at the final epoch's log.csv.
+# last.pt half-written; between last.pt and log.csv; and, last, right after the final epoch's
+# last.pt (the log one epoch behind, which the resume that has nothing left to train must mend).
 FIXED_POINTS = [
     "1:loss:2",
     "1:renamed:best.pt:1",
@@ -535,7 +526,7 @@ FIXED_POINTS = [
     "2:write:last.pt:1",
     "3:rename:log.csv:1",
 ]
-FINAL_POINT = "4:rename:log.csv:1"
+FINAL_POINT = "4:renamed:last.pt:1"
 RANDOM_POINTS = 4
 SEED = 20260
 
