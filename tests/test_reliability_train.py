@@ -640,3 +640,35 @@ def test_save_atomically_never_leaves_a_torn_final_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_disk_full_while_training_keeps_the_last_complete_epoch(prepared_run, reference_run, tmp_path, monkeypatch):
+    """ENOSPC while epoch 2's last.pt is written: exit 2 naming the file, epoch 1 checkpointed,
+    no temporary; --resume (space freed) ends like the uninterrupted run."""
+    import errno
+
+    run = tmp_path / "run"
+    options = _train_options(reference_run["recipe"], prepared_run["data"], run, prepared_run["cache"])
+    real_save, calls = torch.save, []
+
+    def save(payload, handle, *args, **kwargs):
+        if Path(handle.name).name.startswith(".last.pt") and payload["epoch"] == 2:
+            handle.write(b"PK\x03\x04 half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        calls.append(payload["epoch"])
+        return real_save(payload, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    result = runner.invoke(app, options)
+    monkeypatch.undo()
+    fold = run / "wt" / "fold0"
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: {fold / 'last.pt'}: cannot write (No space left on device)"
+    )
+    assert "rerun with --resume" in errors[0]
+    assert load_checkpoint(fold / "last.pt")["epoch"] == 1 and leftovers(run) == []
+    resumed = runner.invoke(app, [*options, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    _assert_same_training_state(fold / "last.pt", reference_run["fold"] / "last.pt")

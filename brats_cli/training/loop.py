@@ -184,9 +184,11 @@ def save_atomically(payload: dict[str, Any], path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+        if isinstance(error, OSError) and error.filename is None:  # a failed write() names no file
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 
