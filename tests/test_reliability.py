@@ -985,3 +985,118 @@ def test_weights_load_without_unpickling(background_bundle, monkeypatch):
         monkeypatch.setattr(module, name, refuse)
     models = load_torch_models(load_bundle(background_bundle.root), Stage.BASE)
     assert len(models) == 1 and sum(p.abs().sum().item() for p in models[0].parameters()) > 0
+
+
+class Planted:
+    """Unpickling this runs `Path(marker).touch()`: the marker appearing proves code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX bundles (`brats export`) and the torch backend: the wrong bundle for a backend, damaged
+# ONNX files, and weight files that are really pickles. Each refused before any case: exit 2,
+# one error line, nothing written.
+
+
+@pytest.fixture(scope="module")
+def onnx_bundles(tmp_path_factory):
+    """A tiny random torch bundle and its ONNX export made by `brats export`."""
+    from conftest import random_bundle
+
+    root = tmp_path_factory.mktemp("onnx-rows")
+    source = random_bundle(root / "torch", window=(64, 64, 64))
+    result = runner.invoke(app, ["export", "--weights", str(source.root), "--out", str(root / "onnx")])
+    assert result.exit_code == 0, result.output
+    return {"torch": source.root, "onnx": root / "onnx"}
+
+
+def _replace_weight_file(bundle: Path, name: str, content: bytes) -> None:
+    """Put `content` in a weight file and record its checksum, so only what the file is can stop it."""
+    (bundle / name).write_bytes(content)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    for stage in manifest["stages"].values():
+        for fold in stage["folds"]:
+            if fold["file"] == name:
+                fold["sha256"] = sha256_file(bundle / name)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _pickled_weights(marker: Path) -> bytes:
+    """What `torch.save` of a state dict holding a code-running object writes (a zip of pickles)."""
+    import io as bytes_io
+
+    import torch
+
+    buffer = bytes_io.BytesIO()
+    torch.save({"head.bias": torch.zeros(1), "payload": Planted(marker)}, buffer)
+    return buffer.getvalue()
+
+
+ONNX_ROWS = [
+    (
+        "torch bundle with --backend onnx",
+        "torch",
+        "onnx",
+        "this is a torch bundle, not an onnx one; use --backend torch",
+    ),
+    (
+        "onnx bundle with --backend torch",
+        "onnx",
+        "torch",
+        "this is an onnx bundle, not a torch one; use --backend onnx",
+    ),
+    ("onnx checksum mismatch", "onnx", "onnx", "wt_fold0.onnx: checksum mismatch (corrupt or replaced weight file)"),
+    ("onnx file missing", "onnx", "onnx", "tc_fold0.onnx: weight file listed in the manifest is missing"),
+    ("onnx file that is a pickle", "onnx", "onnx", "et_fold0.onnx: ONNX Runtime cannot load this model ("),
+    ("onnx file that is a torch checkpoint", "onnx", "onnx", "base_fold0.onnx: ONNX Runtime cannot load this model ("),
+    ("safetensors file that is a pickle", "torch", "torch", "et_fold0.safetensors: cannot load weights ("),
+    ("safetensors file that is a torch checkpoint", "torch", "torch", "wt_fold0.safetensors: cannot load weights ("),
+]
+
+
+@pytest.mark.parametrize("how, kind, backend, message", ONNX_ROWS, ids=[row[0] for row in ONNX_ROWS])
+def test_segment_wrong_or_damaged_bundle_for_the_backend_exit_2(
+    tmp_path, onnx_bundles, one_case, monkeypatch, how, kind, backend, message
+):
+    import pickle
+
+    import torch
+
+    weights = tmp_path / "weights"
+    shutil.copytree(onnx_bundles[kind], weights)
+    marker = tmp_path / "code-ran"
+    if how == "onnx checksum mismatch":
+        with open(weights / "wt_fold0.onnx", "r+b") as handle:
+            handle.seek(200)
+            byte = handle.read(1)
+            handle.seek(200)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    elif how == "onnx file missing":
+        (weights / "tc_fold0.onnx").unlink()
+    elif how in ("onnx file that is a pickle", "safetensors file that is a pickle"):
+        name = "et_fold0.onnx" if kind == "onnx" else "et_fold0.safetensors"
+        _replace_weight_file(weights, name, pickle.dumps({"head.bias": Planted(marker)}))
+    elif how in ("onnx file that is a torch checkpoint", "safetensors file that is a torch checkpoint"):
+        name = "base_fold0.onnx" if kind == "onnx" else "wt_fold0.safetensors"
+        _replace_weight_file(weights, name, _pickled_weights(marker))
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("weights went through pickle")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+        monkeypatch.setattr(module, name, refuse)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["segment", str(one_case), str(out), "--weights", str(weights), "--backend", backend, "--device", "cpu"]
+    )
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert not marker.exists()  # nothing was unpickled
+    assert not out.exists() or list(out.iterdir()) == []

@@ -64,11 +64,24 @@ def run_prepare(recipe_path: Path, data: Path, out: Path, cache: Path | None) ->
         recipe = load_recipe(recipe_path)
         cached, folds = prepare(recipe, data, out, cache or out / "cache", _print_case)
     except BratsError as error:
-        console.error(str(error))
+        report(error)
         return console.EXIT_UNUSABLE
     sizes = ", ".join(str(len(f)) for f in folds.folds)
     console.stderr.print(f"prepared {len(cached)} case(s); {len(folds.folds)} folds of {sizes} in {out / 'folds.json'}")
     return console.EXIT_OK
+
+
+def report(error: Exception) -> None:
+    """One error line; for unusable cases one line per case (`<ID>: <problem>`, every one of them,
+    so a single run shows all there is to fix) and then the count."""
+    problems = getattr(error, "problems", None)
+    if not problems:
+        console.error(str(error))
+        return
+    for problem in problems:
+        console.error(problem)
+    where = f"{error.where}: " if getattr(error, "where", None) else ""
+    console.error(f"{where}{len(problems)} case(s) unusable for training; nothing was trained")
 
 
 def _print_case(case, reused: bool) -> None:
@@ -124,11 +137,18 @@ def run_train(
                 reporter=reporter,
             )
     except BratsError as error:
-        console.error(str(error))
+        report(error)
         return console.EXIT_UNUSABLE
     except KeyboardInterrupt:
         console.error("interrupted; the last complete epoch is checkpointed: rerun with --resume to continue")
         return 130
+    except OSError as error:  # a disk filling up or a folder made read-only during training
+        where = f"{error.filename}: " if error.filename else ""
+        console.error(
+            f"{where}cannot write ({error.strerror or error}); the last complete epoch is checkpointed: "
+            "free the space or fix the folder, then rerun with --resume"
+        )
+        return console.EXIT_UNUSABLE
     finally:
         distributed.stop(context)
     if context.is_main:

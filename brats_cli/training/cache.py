@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -77,6 +78,16 @@ def cache_key(case: Case) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class UnusableCases(InputError):
+    """Cases that cannot be trained on. The message summarises them on one line (the first five);
+    `problems` holds one line per case, `<case ID>: <what is wrong>`, for the CLI to print them all."""
+
+    def __init__(self, where: Path | None, problems: Sequence[str]) -> None:
+        super().__init__(_summary(where, problems))
+        self.problems = list(problems)
+        self.where = where
+
+
 def training_cases(data: Path) -> list[Case]:
     """The labelled cases of a BraTS training folder; every unusable one is reported at once."""
     discovery = discover_cases(data)
@@ -90,13 +101,14 @@ def training_cases(data: Path) -> list[Case]:
                 f"{case.case_id}: no segmentation ({case.case_id}{separator}seg.nii.gz); training needs labels"
             )
     if problems:
-        raise InputError(_summary(data, problems))
+        raise UnusableCases(data, problems)
     return discovery.cases
 
 
-def _summary(data: Path, problems: Sequence[str]) -> str:
+def _summary(data: Path | None, problems: Sequence[str]) -> str:
+    where = f"{data}: " if data is not None else ""
     shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-    return f"{data}: {len(problems)} case(s) unusable for training: {shown}"
+    return f"{where}{len(problems)} case(s) unusable for training: {shown}"
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -166,6 +178,8 @@ def prepare_cache(
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{cache}: cannot create the cache folder ({error})") from error
+    if not os.access(cache, os.W_OK):
+        raise InputError(f"{cache}: the cache folder is not writable")
     prepared: list[CachedCase] = []
     problems: list[str] = []
     for case in cases:
@@ -174,9 +188,12 @@ def prepare_cache(
         except CaseError as error:
             problems.append(str(error))
             continue
+        except OSError as error:  # writing the entry: a full disk is no case's fault; stop here
+            where = error.filename or cache
+            raise InputError(f"{where}: cannot write the cache ({error.strerror or error})") from error
         prepared.append(entry)
     if problems:
-        raise InputError(_summary(cache, problems).replace(f"{cache}: ", "", 1))
+        raise UnusableCases(None, problems)
     return prepared
 
 

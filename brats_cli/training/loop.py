@@ -176,15 +176,59 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_atomically(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a hidden sibling, fsync, rename: `path` is always a complete checkpoint."""
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    try:
+        with atomic_path(path) as temporary:
+            torch.save(payload, temporary)
+    except OSError as error:
+        # A failed write() names no file, and any name it has is the removed temporary's.
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+# What `last.pt` must hold to continue a run.
+RESUME_KEYS = (
+    "format",
+    "recipe",
+    "epoch",
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "best_dice",
+    "best_epoch",
+    "history",
+    "rng",
+)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents (tensors and plain values only: weights_only, no code runs), or an
+    InputError on one line naming the file. Checkpoints are written atomically, so an unreadable
+    one was damaged after it was written (a copy cut short, a disk fault, another program)."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
-        raise InputError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]})") from error
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError as error:
+        raise InputError(f"{path}: checkpoint not found") from error
+    except Exception as error:  # torch.load raises RuntimeError, UnpicklingError, EOFError, IndexError, ...
+        first = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: unreadable checkpoint ({first.rstrip('.')})") from error
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a brats training checkpoint")
+    return state
+
+
+def resume_state(path: Path, device: torch.device | str) -> dict[str, Any]:
+    """`last.pt` for --resume. There is no older complete checkpoint to fall back to (each epoch's
+    replaces the previous one), and `best.pt` lacks the optimiser, scheduler and RNG states an exact
+    continuation needs, so a damaged `last.pt` stops the run with what to do instead."""
+    advice = f"restore it, or delete {path.parent} to train this fold from the start"
+    try:
+        state = load_checkpoint(path, device)
+    except InputError as error:
+        raise InputError(f"{error}; {advice}") from error
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise InputError(f"{path}: not a complete training checkpoint (no {', '.join(missing)}); {advice}")
+    return state
 
 
 def write_history(records: list[EpochRecord], path: Path) -> None:
@@ -255,7 +299,7 @@ def train_fold(
     best_dice, best_epoch = -1.0, 0
     history: list[EpochRecord] = []
     if resume and last_path.exists():
-        state = load_checkpoint(last_path, device)
+        state = resume_state(last_path, device)
         if state.get("recipe") != recipe.fingerprint():
             raise InputError(
                 f"{last_path}: written with a different recipe; resume with the run's recipe "
@@ -269,6 +313,9 @@ def train_fold(
         best_dice, best_epoch = float(state["best_dice"]), int(state["best_epoch"])
         history = [EpochRecord(**row) for row in state["history"]]
         _set_rng_state(state["rng"])
+        if context.is_main:
+            # A run killed between writing last.pt and log.csv left the log an epoch behind.
+            write_history(history, job.folder / LOG)
     result = FoldResult(job.stage, job.fold, first_epoch, spec.epochs, best_dice, best_epoch, history)
     if first_epoch >= spec.epochs:
         return result

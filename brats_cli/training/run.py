@@ -11,6 +11,7 @@ RUN/<stage>/fold<k>/log.csv          one row per epoch: losses, Dice, learning r
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,39 +41,54 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str:
     return f"{where}: {a!r} in the run, {b!r} now"
 
 
-def check_recipe(run: Path, recipe: Recipe) -> None:
-    """Record the recipe on a run's first command; refuse a different one later."""
+def check_recipe(run: Path, recipe: Recipe) -> bool:
+    """Refuse a recipe other than the one the run was started with; False if none is recorded yet."""
     path = Path(run) / RECIPE_FILE
-    current = recipe.to_dict()
     if not path.exists():
-        write_text_atomically(path, json.dumps(current, indent=1) + "\n")
-        return
+        return False
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: unreadable ({error})") from error
-    if stored != current:
+    if stored != recipe.to_dict():
         raise InputError(
-            f"{path}: this run was started with a different recipe ({_first_difference(stored, current)}); "
+            f"{path}: this run was started with a different recipe ({_first_difference(stored, recipe.to_dict())}); "
             "use the same recipe or another --out"
         )
+    return True
+
+
+def record_recipe(run: Path, recipe: Recipe) -> None:
+    path = Path(run) / RECIPE_FILE
+    try:
+        write_text_atomically(path, json.dumps(recipe.to_dict(), indent=1) + "\n")
+    except OSError as error:
+        raise InputError(f"{run}: cannot write to the run folder ({error.strerror or error})") from error
 
 
 def prepare(
     recipe: Recipe, data: Path, run: Path, cache: Path, on_case: Callable[[Case, bool], None] | None = None
 ) -> tuple[list[CachedCase], Folds]:
-    """Check the recipe against the run, validate and cache every case, and make or read the folds."""
+    """Check the recipe against the run, validate and cache every case, and make or read the folds.
+
+    The recipe and the folds are recorded only once every case is usable: a run refused for its
+    data holds no record that would tie the next attempt to this recipe or these cases (the cache
+    entries of the good cases stay, complete, for that attempt)."""
     try:
         Path(run).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{run}: cannot create the run folder ({error})") from error
-    check_recipe(run, recipe)
+    if not os.access(run, os.W_OK):
+        raise InputError(f"{run}: the run folder is not writable")
+    recorded = check_recipe(run, recipe)
     cases = training_cases(data)
     if len(cases) < recipe.folds:
         raise InputError(
             f"{data}: {len(cases)} labelled case(s) for {recipe.folds} folds; every fold needs one validation case"
         )
     cached = prepare_cache(cases, cache, on_case)
+    if not recorded:
+        record_recipe(run, recipe)
     folds = load_or_create_folds(run, [c.case_id for c in cached], recipe.folds, recipe.seed)
     return cached, folds
 
