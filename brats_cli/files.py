@@ -15,11 +15,11 @@ _TEMPORARY_PID = re.compile(rf"^\..+{re.escape(TEMP_MARKER)}(?P<pid>[0-9]+)(?:\.
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A hidden name in the same folder (so the final rename is atomic) with the same extension
-    (nibabel picks the format from it)."""
+    """A hidden name in the same folder (so the final rename is atomic) that starts with the
+    target's name and ends with its extension (nibabel and numpy pick the format from it):
+    `out/case.nii.gz` -> `out/.case.nii.gz.partial-<pid>.nii.gz`."""
     extension = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    stem = path.name[: len(path.name) - len(extension)] if extension else path.name
-    return path.with_name(f".{stem}{TEMP_MARKER}{os.getpid()}{extension}")
+    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}{extension}")
 
 
 @contextlib.contextmanager

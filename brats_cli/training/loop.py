@@ -177,8 +177,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def save_atomically(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a hidden sibling, fsync, rename: `path` is always a complete checkpoint."""
     try:
-        with atomic_path(path) as temporary:
-            torch.save(payload, temporary)
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            torch.save(payload, handle)
     except OSError as error:
         # A failed write() names no file, and any name it has is the removed temporary's.
         raise OSError(error.errno, error.strerror, str(path)) from error
