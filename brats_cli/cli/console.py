@@ -24,3 +24,18 @@ def warning(message: str) -> None:
 
 def note(message: str) -> None:
     stderr.print(f"[dim]note:[/] {message}", markup=True, soft_wrap=True)
+
+
+def progress():
+    """The progress display of a batch command: description, bar, done/total, elapsed, on stderr,
+    cleared when done (the command prints its own summary)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+    )

@@ -48,8 +48,6 @@ def run_evaluate(
     """Pair, score, render and write; the exit code."""
     from collections import Counter
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from brats_cli.errors import BratsError, CaseError
     from brats_cli.evaluate import pair_files, rows, score_pair, summarise, write_csv, write_json
 
@@ -67,14 +65,7 @@ def run_evaluate(
 
     results = []
     failures: list[CaseError] = []
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console.stderr,
-        transient=True,
-    )
+    progress = console.progress()
     with progress:
         task = progress.add_task("evaluate", total=len(pairing.pairs))
         for pair in pairing.pairs:

@@ -103,8 +103,6 @@ def run_segment(options: SegmentOptions) -> int:
     """Resolve weights and cases, segment each, render progress and the summary; the exit code."""
     import signal
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from brats_cli.batch import CaseResult, Status, output_convention, prefetched, segment_case
     from brats_cli.bundle import load_weights
     from brats_cli.errors import BratsError
@@ -139,14 +137,7 @@ def run_segment(options: SegmentOptions) -> int:
             f"brats: {len(discovery.cases)} case(s), weights {bundle.root}, backend {options.backend.value}, "
             f"device {first.device}, precision {first.precision.value}"
         )
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console.stderr,
-            transient=True,
-        )
+        progress = console.progress()
         with progress:
             task = progress.add_task("cases", total=len(discovery.cases))
 
