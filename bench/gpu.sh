@@ -4,7 +4,7 @@
 #   bench  bench/gpu.py: per-forward time of fp32 / channels-last / bf16 at the paper's widths,
 #          model compute per case, fold batching, peak memory; bench/backends.py with ONNX Runtime
 #          CUDA (fp16) if this machine's onnxruntime has the CUDA provider
-#   train  the default weights bundle (train/default_gpu.sh), scored on 20 held-out phantoms
+#   train  a GPU default bundle (train/default.sh with train/default_gpu.toml), scored on 20 held-out phantoms
 #   e2e    `brats segment` end to end on phantoms with hand-set paper-width networks (widths 24/64,
 #          5 folds, one window per case) in bf16, with --profile
 # Python packages missing on the machine (nibabel, SimpleITK) and the MNI templates (for
@@ -39,20 +39,17 @@ step_bench() {
   fi
 }
 
-heldout() {  # 20 phantoms never used in training (seeds 9000, 9001), in runs/heldout-all
-  [ -d runs/heldout-all ] && return
-  for seed in 9000 9001; do
-    ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 brats synth runs/heldout --n 10 --seed "$seed" >/dev/null 2>&1 &
-  done
-  wait
-  mkdir -p runs/heldout-all && for c in runs/heldout/*/; do ln -sfn "$(realpath "$c")" runs/heldout-all/; done
+heldout() {  # 20 phantoms never used in training (seed 9000, as weights/README.md), in runs/heldout
+  [ -d runs/heldout ] && return
+  ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 brats synth runs/heldout --n 20 --seed 9000 >/dev/null 2>&1
 }
 
-heldout_case() { heldout; echo "runs/heldout-all/$(ls runs/heldout-all | head -1)"; }
+heldout_case() { heldout; echo "runs/heldout/$(ls runs/heldout | head -1)"; }
 
 step_train() {
   stamp "default bundle: training"
-  WORK=runs/default TIME_BOX=${TIME_BOX:-240} bash train/default_gpu.sh 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
+  WORK=runs/default SHARDS=16 PER_SHARD=15 DEVICE="$DEVICE" RECIPE=train/default_gpu.toml TIME_BOX=${TIME_BOX:-240} THREADS=2 \
+    LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
   pack_logs
   [ -f runs/default/bundle/manifest.json ] || { stamp "no bundle"; return; }
   # At most 16 MB a file comes back: the bundle travels as three tar files.
@@ -60,9 +57,9 @@ step_train() {
     && tar cf "$OUT/bundle-2.tar" tc_fold*.safetensors && tar cf "$OUT/bundle-3.tar" et_fold*.safetensors)
   stamp "default bundle: 20 held-out phantoms"
   heldout
-  timeout 150 python3 -m brats_cli segment runs/heldout-all runs/heldout-pred --weights runs/default/bundle \
+  timeout 150 python3 -m brats_cli segment runs/heldout runs/heldout-pred --weights runs/default/bundle \
     --device "$DEVICE" --profile >"$OUT/logs/heldout-segment.log" 2>&1
-  brats evaluate runs/heldout-pred runs/heldout-all --json "$OUT/heldout-eval.json" 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
+  brats evaluate runs/heldout-pred runs/heldout --json "$OUT/heldout-eval.json" 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
 }
 
 step_e2e() {
@@ -73,7 +70,7 @@ from brats_cli.bundle import Stage
 from brats_cli.testing import flair_bundle
 flair_bundle(Path('runs/paper-width'), widths={Stage.BASE: 24, Stage.WT: 64, Stage.TC: 64, Stage.ET: 64}, folds=5)"
   heldout
-  timeout 200 python3 -m brats_cli segment runs/heldout-all runs/paper-pred --weights runs/paper-width \
+  timeout 200 python3 -m brats_cli segment runs/heldout runs/paper-pred --weights runs/paper-width \
     --device "$DEVICE" --precision bf16 --et-threshold 0 --profile --overwrite >"$OUT/logs/paper-e2e.log" 2>&1
   tail -45 "$OUT/logs/paper-e2e.log" | tee -a "$OUT/summary.txt"
 }
