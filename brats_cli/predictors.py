@@ -7,6 +7,7 @@ a backend only runs networks. Tests plug in plain numpy callables.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,6 +54,45 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
+def cgroup_cpu_quota(cpu_max: str) -> float | None:
+    """CPUs granted by a cgroup v2 `cpu.max` line ("<quota> <period>", quota "max" = no limit),
+    e.g. 2.5 for `docker run --cpus 2.5`; None when unlimited or unreadable."""
+    fields = cpu_max.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_cpus(cpu_max_path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may actually use: its affinity mask (taskset, a container's cpuset),
+    capped by the cgroup's CPU quota (`docker run --cpus`), which the mask does not show.
+    os.cpu_count() counts the whole machine and would oversubscribe a container."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota = cgroup_cpu_quota(cpu_max_path.read_text())
+    except OSError:
+        quota = None
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
+
+
+def auto_precision_reason(device: str) -> str:
+    """Why `--precision auto` chose what it did, for the log."""
+    import torch
+
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        return f"{name} {'computes' if torch.cuda.is_bf16_supported() else 'lacks'} bf16"
+    if cpu_has_native_bf16():
+        return "CPU has AVX-512 BF16 or AMX"
+    return "CPU lacks AVX-512 BF16 and AMX"
+
+
 def resolve_precision(precision: Precision, device: str) -> Precision:
     """`auto` is bf16 where the hardware computes it natively (Ampere and newer GPUs, CPUs with
     AVX-512 BF16 or AMX), fp32 elsewhere."""
@@ -66,9 +106,19 @@ def resolve_precision(precision: Precision, device: str) -> Precision:
 
 
 class TorchStagePredictor:
-    """The K fold models of one stage, run one after the other in inference mode."""
+    """The K fold models of one stage in inference mode: one after the other, or (`fuse_folds`) as
+    one call over their stacked weights (`torch.func.vmap`), which turns every convolution into one
+    grouped convolution with K times the channels."""
 
-    def __init__(self, models: Sequence[torch.nn.Module], device: str, precision: Precision) -> None:
+    def __init__(
+        self,
+        models: Sequence[torch.nn.Module],
+        device: str,
+        precision: Precision,
+        *,
+        channels_last: bool = True,
+        fuse_folds: bool = False,
+    ) -> None:
         import torch
 
         self.device = torch.device(device)
@@ -76,19 +126,42 @@ class TorchStagePredictor:
         if self.device.type == "cuda":
             # Fixed input sizes per stage: cuDNN's autotuned algorithms are reused for every case.
             torch.backends.cudnn.benchmark = True
-        # channels-last 3D lets oneDNN and cuDNN pick their fastest convolution layouts.
-        self.models = [m.to(self.device).eval().to(memory_format=torch.channels_last_3d) for m in models]
+        else:
+            # PyTorch starts one thread per physical core of the machine, whatever the container
+            # or taskset allows; more threads than granted cores makes every convolution wait.
+            torch.set_num_threads(usable_cpus())
+        # channels-last 3D lets oneDNN and cuDNN pick their fastest convolution layouts;
+        # contiguous (channels_last=False) is kept as the plain baseline bench/cpu_pipeline.py
+        # measures against.
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.models = [m.to(self.device).eval().to(memory_format=self.memory_format) for m in models]
+        self.fused = None
+        if fuse_folds and len(self.models) > 1:
+            import copy
+
+            from torch.func import functional_call, stack_module_state
+
+            params, buffers = stack_module_state(self.models)
+            skeleton = copy.deepcopy(self.models[0]).to("meta")
+
+            def forward(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+                return functional_call(skeleton, (p, b), (x,))
+
+            batched = torch.vmap(forward, in_dims=(0, 0, None))
+            self.fused = lambda x: batched(params, buffers, x)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=self.memory_format)
         outputs = []
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision is Precision.BF16),
         ):
+            if self.fused is not None:
+                return torch.sigmoid(self.fused(x).float())[:, 0, 0].cpu().numpy()
             for model in self.models:
                 outputs.append(torch.sigmoid(model(x).float())[0, 0])
         return torch.stack(outputs).cpu().numpy()
@@ -133,10 +206,14 @@ def torch_predictors(
     device: Device = Device.AUTO,
     precision: Precision = Precision.FP32,
     folds: Sequence[int] | None = None,
+    fuse_folds: bool = False,
 ) -> Mapping[Stage, StagePredictor]:
     resolved = resolve_device(device)
     chosen = resolve_precision(precision, resolved)
-    return {stage: TorchStagePredictor(load_torch_models(bundle, stage, folds), resolved, chosen) for stage in Stage}
+    return {
+        stage: TorchStagePredictor(load_torch_models(bundle, stage, folds), resolved, chosen, fuse_folds=fuse_folds)
+        for stage in Stage
+    }
 
 
 def require_backend(bundle: Bundle, backend: Backend) -> None:
@@ -188,8 +265,7 @@ def onnx_session(path: Path, providers: Sequence[str]) -> onnxruntime.InferenceS
     """An inference session using every core this process may run on and all graph optimisations."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()
-    # sched_getaffinity, not cpu_count: in a container or under taskset the process may use fewer.
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = usable_cpus()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # fp32 means fp32 on GPUs too (ONNX Runtime would otherwise use TF32 for float32 convolutions).
     chosen: list[Any] = [(p, {"use_tf32": 0}) if p == CUDA_PROVIDER else p for p in providers]
@@ -270,9 +346,10 @@ def stage_predictors(
     device: Device = Device.AUTO,
     precision: Precision = Precision.FP32,
     folds: Sequence[int] | None = None,
+    fuse_folds: bool = False,
 ) -> Mapping[Stage, StagePredictor]:
     """The predictors of `backend`; a bundle of the other backend is a WeightsError before any case."""
     require_backend(bundle, backend)
     if backend is Backend.ONNX:
         return onnx_predictors(bundle, device=device, folds=folds)
-    return torch_predictors(bundle, device=device, precision=precision, folds=folds)
+    return torch_predictors(bundle, device=device, precision=precision, folds=folds, fuse_folds=fuse_folds)

@@ -1,6 +1,7 @@
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_bundle
@@ -102,3 +103,46 @@ def test_auto_precision_follows_the_hardware():
     assert resolve_precision(Precision.BF16, "cpu") is Precision.BF16
     expected = Precision.BF16 if cpu_has_native_bf16() else Precision.FP32
     assert resolve_precision(Precision.AUTO, "cpu") is expected
+
+
+def test_cpu_threads_follow_the_cgroup_quota_and_the_affinity_mask(tmp_path, monkeypatch):
+    import os
+
+    from brats_cli.predictors import cgroup_cpu_quota, usable_cpus
+
+    assert cgroup_cpu_quota("max 100000\n") is None
+    assert cgroup_cpu_quota("250000 100000\n") == 2.5
+    assert cgroup_cpu_quota("garbage") is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    limit = tmp_path / "cpu.max"
+    limit.write_text("250000 100000\n")  # docker run --cpus 2.5
+    assert usable_cpus(limit) == 3
+    limit.write_text("50000 100000\n")  # half a core still gets one thread
+    assert usable_cpus(limit) == 1
+    limit.write_text("max 100000\n")
+    assert usable_cpus(limit) == 8
+    assert usable_cpus(tmp_path / "missing") == 8  # cgroup v1 or no cgroup file: the mask alone
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3})  # taskset -c 2,3
+    limit.write_text("800000 100000\n")
+    assert usable_cpus(limit) == 2
+
+
+def test_fused_folds_predict_what_the_folds_predict_one_by_one():
+    from brats_cli.choices import Precision
+    from brats_cli.model import ResUNet3D
+    from brats_cli.predictors import TorchStagePredictor
+
+    torch.manual_seed(0)
+    models = [ResUNet3D(width=4) for _ in range(3)]
+    image = np.random.default_rng(0).normal(size=(4, 32, 32, 16)).astype(np.float32)
+    reference = TorchStagePredictor(models, "cpu", Precision.FP32)(image)
+    fused_predictor = TorchStagePredictor(models, "cpu", Precision.FP32, fuse_folds=True)
+    assert fused_predictor.fused is not None
+    fused = fused_predictor(image)
+    assert fused.shape == reference.shape == (3, 32, 32, 16)
+    # Different kernels (grouped convolutions), the same networks: fp32 rounding only.
+    assert np.abs(fused - reference).max() < 1e-4
+    # In bf16 fused folds stray from fp32 no further than the folds run one by one do.
+    bf16 = TorchStagePredictor(models, "cpu", Precision.BF16)(image)
+    fused_bf16 = TorchStagePredictor(models, "cpu", Precision.BF16, fuse_folds=True)(image)
+    assert np.abs(fused_bf16 - reference).max() < 2 * np.abs(bf16 - reference).max() + 1e-3
