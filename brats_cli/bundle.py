@@ -231,27 +231,35 @@ def write_manifest(root: Path, manifest: Manifest) -> Path:
     return path
 
 
-def default_bundle_path() -> Path:
+PACKAGED_DEFAULT = {Backend.TORCH: "_weights", Backend.ONNX: "_weights_onnx"}
+
+
+def default_bundle_path(backend: Backend = Backend.TORCH) -> Path:
     """The bundled default weights: inside the installed package (`brats_cli/_weights` in the
-    wheel), else `weights/` of a source checkout."""
-    packaged = Path(__file__).parent / "_weights"
+    wheel), else `weights/` of a source checkout. The ONNX default (`brats_cli/_weights_onnx`) is
+    exported when the container image is built; a pip install has none."""
+    packaged = Path(__file__).parent / PACKAGED_DEFAULT[backend]
     checkout = Path(__file__).resolve().parents[1] / "weights"
-    if (packaged / MANIFEST).is_file() or not checkout.is_dir():
+    if backend is Backend.ONNX or (packaged / MANIFEST).is_file() or not checkout.is_dir():
         return packaged
     return checkout
 
 
-def load_weights(path: Path | None, *, verify: bool = True) -> Bundle:
-    """The bundle at `path`, or the default one; a missing default is its own clear error."""
+def load_weights(path: Path | None, *, backend: Backend = Backend.TORCH, verify: bool = True) -> Bundle:
+    """The bundle at `path`, or the default one of `backend`; a missing default is its own clear error."""
     if path is not None:
         return load_bundle(path, verify=verify)
-    default = default_bundle_path()
-    if not (default / MANIFEST).is_file():
+    default = default_bundle_path(backend)
+    if (default / MANIFEST).is_file():
+        return load_bundle(default, verify=verify)
+    if backend is Backend.ONNX:
         raise WeightsError(
-            f"{default}: this installation ships no default weights bundle yet; pass --weights DIR "
-            "(a bundle from `brats bundle` or `brats export`)"
+            f"{default}: no default ONNX bundle in this installation (the container image has one); "
+            "make one with `brats export --out DIR` and pass --weights DIR"
         )
-    return load_bundle(default, verify=verify)
+    raise WeightsError(
+        f"{default}: the default weights bundle is missing (no {MANIFEST}); reinstall brats or pass --weights DIR"
+    )
 
 
 @dataclass(frozen=True)

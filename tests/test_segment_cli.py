@@ -160,12 +160,17 @@ def test_real_cases_end_to_end(tmp_path, real_data, flair_test_bundle):
     assert leftovers(out) == []
 
 
-def test_without_a_default_bundle_the_error_says_to_pass_weights(tmp_path, monkeypatch):
+def test_a_missing_default_bundle_is_a_one_line_error(tmp_path, monkeypatch):
     import brats_cli.bundle
 
-    monkeypatch.setattr(brats_cli.bundle, "default_bundle_path", lambda: tmp_path / "none")
+    monkeypatch.setattr(brats_cli.bundle, "default_bundle_path", lambda backend: tmp_path / f"none-{backend.value}")
     write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
     result = segment(tmp_path / "in", tmp_path / "out")
     assert result.exit_code == 2
-    assert "ships no default weights bundle yet; pass --weights DIR" in result.output
+    assert "none-torch: the default weights bundle is missing (no manifest.json); reinstall brats" in result.output
+    # A pip install has no default ONNX bundle (the image exports one): the error says how to make it.
+    result = segment(tmp_path / "in", tmp_path / "out", "--backend", "onnx")
+    assert result.exit_code == 2
+    assert "none-onnx: no default ONNX bundle in this installation" in result.output
+    assert "brats export --out DIR" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -16,6 +16,7 @@ def info() -> None:
     from rich.table import Table
 
     from brats_cli.bundle import default_bundle_path, load_weights
+    from brats_cli.choices import Backend
     from brats_cli.errors import WeightsError
 
     table = Table(show_header=False, box=None)
@@ -45,4 +46,11 @@ def info() -> None:
         table.add_row("default weights", f"{path} (checksums ok; {stages})")
     except WeightsError as error:
         table.add_row("default weights", f"not usable: {error}")
+    onnx_path = default_bundle_path(Backend.ONNX)
+    if onnx_path.exists():
+        try:
+            load_weights(None, backend=Backend.ONNX)
+            table.add_row("default ONNX weights", f"{onnx_path} (checksums ok)")
+        except WeightsError as error:
+            table.add_row("default ONNX weights", f"not usable: {error}")
     console.stdout.print(table)

@@ -40,6 +40,10 @@ def segment(
     folds: Annotated[
         str | None, typer.Option(help="Use only these fold models, e.g. 0,1 (default: all in the bundle).")
     ] = None,
+    fuse_folds: Annotated[
+        bool,
+        typer.Option(help="torch: run each stage's fold models as one batched call on their stacked weights."),
+    ] = False,
     ensemble: Annotated[
         Ensemble, typer.Option(help="mean: average fold probabilities (paper's RVE); vote: majority.")
     ] = Ensemble.MEAN,
@@ -62,6 +66,7 @@ def segment(
         device=device,
         precision=precision,
         folds=_parse_folds(folds),
+        fuse_folds=fuse_folds,
         ensemble=ensemble,
         et_threshold=et_threshold,
         labels=labels,
@@ -85,6 +90,7 @@ class SegmentOptions:
     overwrite: bool
     profile: bool
     backend: Backend = Backend.TORCH
+    fuse_folds: bool = False
 
 
 class Interrupted(BaseException):
@@ -108,7 +114,7 @@ def run_segment(options: SegmentOptions) -> int:
     from brats_cli.errors import BratsError
     from brats_cli.io import discover_cases, ensure_output_folder, remove_stale_temporaries
     from brats_cli.pipeline import PipelineConfig
-    from brats_cli.predictors import require_backend, stage_predictors
+    from brats_cli.predictors import auto_precision_reason, require_backend, stage_predictors, usable_cpus
 
     results: list[CaseResult] = []
     in_progress: Path | None = None  # the output of the case being segmented
@@ -117,13 +123,18 @@ def run_segment(options: SegmentOptions) -> int:
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            bundle = load_weights(options.weights)
+            bundle = load_weights(options.weights, backend=options.backend)
             require_backend(bundle, options.backend)
             discovery = discover_cases(options.input)
             output = ensure_output_folder(options.output)
             remove_stale_temporaries(output)
             predictors = stage_predictors(
-                bundle, options.backend, device=options.device, precision=options.precision, folds=options.folds
+                bundle,
+                options.backend,
+                device=options.device,
+                precision=options.precision,
+                folds=options.folds,
+                fuse_folds=options.fuse_folds,
             )
         except BratsError as error:
             console.error(str(error))
@@ -133,9 +144,13 @@ def run_segment(options: SegmentOptions) -> int:
         if options.backend is Backend.ONNX and options.precision is not Precision.FP32:
             console.note("--precision is ignored with --backend onnx: an ONNX bundle's precision is set at export")
         first = next(iter(predictors.values()))
+        device = f"{first.device} ({usable_cpus()} threads)" if first.device == "cpu" else first.device
+        precision = first.precision.value
+        if options.precision is Precision.AUTO and options.backend is Backend.TORCH:
+            precision += f" (auto: {auto_precision_reason(first.device)})"
         console.stderr.print(
             f"brats: {len(discovery.cases)} case(s), weights {bundle.root}, backend {options.backend.value}, "
-            f"device {first.device}, precision {first.precision.value}"
+            f"device {device}, precision {precision}"
         )
         progress = console.progress()
         with progress:
