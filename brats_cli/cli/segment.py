@@ -144,7 +144,7 @@ def run_segment(options: SegmentOptions) -> int:
         if options.backend is Backend.ONNX and options.precision is not Precision.FP32:
             console.note("--precision is ignored with --backend onnx: an ONNX bundle's precision is set at export")
         first = next(iter(predictors.values()))
-        device = f"{first.device} ({usable_cpus()} threads)" if first.device == "cpu" else first.device
+        device = f"cpu ({usable_cpus()} threads)" if str(first.device) == "cpu" else str(first.device)
         precision = first.precision.value
         if options.precision is Precision.AUTO and options.backend is Backend.TORCH:
             precision += f" (auto: {auto_precision_reason(first.device)})"
