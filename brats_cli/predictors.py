@@ -142,13 +142,17 @@ class TorchStagePredictor:
             from torch.func import functional_call, stack_module_state
 
             params, buffers = stack_module_state(self.models)
+            # Autocast does not reach inside torch.func.vmap: bf16 here means bf16 weights and
+            # activations throughout (GroupNorm included), not autocast's fp32 normalisation.
+            dtype = torch.bfloat16 if precision is Precision.BF16 else torch.float32
+            params = {name: value.to(dtype) for name, value in params.items()}
             skeleton = copy.deepcopy(self.models[0]).to("meta")
 
             def forward(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
                 return functional_call(skeleton, (p, b), (x,))
 
             batched = torch.vmap(forward, in_dims=(0, 0, None))
-            self.fused = lambda x: batched(params, buffers, x)
+            self.fused = lambda x: batched(params, buffers, x.to(dtype))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         import torch
