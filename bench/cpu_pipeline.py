@@ -1,0 +1,179 @@
+"""CPU: plain fp32 eager PyTorch against the fast path of `brats segment`, same case, one run.
+
+Timing. A paper-width bundle (base width 24, WT/TC/ET width 64, `--folds` per stage) of hand-set
+FLAIR networks (`brats_cli.testing.flair_bundle`: the real architecture, so the same FLOPs as
+trained weights, with deterministic localisation, so every variant runs the same windows) goes
+through the pipeline's `segment_image` three times, on the same case, in one process:
+- plain: fp32, contiguous tensors (eager PyTorch as a user's script would run it);
+- channels-last: fp32, channels-last 3D (the layout oneDNN's fastest 3D kernels use);
+- fast: channels-last and bf16 autocast (`--precision auto` on a CPU with AVX-512 BF16 or AMX);
+- fast, folds fused: the same with each stage's folds as one batched call (`--fuse-folds`).
+It prints per-stage seconds and each variant's time as a ratio of plain.
+
+Agreement (`--weights`, `--cases`): a trained bundle run in fp32 and with the fast path on every
+case of a folder (phantoms), and the fraction of tumour voxels (labelled tumour by either) that get
+the same label. bf16 is only a default where this is at least 99.5%.
+
+    PYTHONPATH=. python bench/cpu_pipeline.py [--case DIR] [--folds 5] [--repeats 1]
+    PYTHONPATH=. python bench/cpu_pipeline.py --no-timing --weights weights --cases runs/heldout
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from brats_cli.bundle import Stage, load_bundle, load_weights
+from brats_cli.choices import Precision
+from brats_cli.io import discover_cases, load_case
+from brats_cli.pipeline import PipelineConfig, segment_image
+from brats_cli.predictors import TorchStagePredictor, load_torch_models, resolve_precision, usable_cpus
+from brats_cli.testing import flair_bundle
+
+DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "BraTS-GLI-00001-000"
+STAGES = ("preprocess", "base", "localise", "wt", "tc", "et", "compose")
+
+
+def variants(fast: Precision) -> dict[str, dict]:
+    return {
+        "plain fp32": {"precision": Precision.FP32, "channels_last": False},
+        "channels-last fp32": {"precision": Precision.FP32, "channels_last": True},
+        f"fast ({fast.value}, channels-last)": {"precision": fast, "channels_last": True},
+        "fast, folds fused": {"precision": fast, "channels_last": True, "fuse_folds": True},
+    }
+
+
+def predictors_for(bundle, precision: Precision, channels_last: bool, fuse_folds: bool = False):
+    return {
+        stage: TorchStagePredictor(
+            load_torch_models(bundle, stage), "cpu", precision, channels_last=channels_last, fuse_folds=fuse_folds
+        )
+        for stage in Stage
+    }
+
+
+def config_for(bundle) -> PipelineConfig:
+    manifest = bundle.manifest
+    return PipelineConfig(
+        convention=manifest.labels,
+        et_threshold=manifest.et_threshold,
+        region_window=manifest.region_window,
+    )
+
+
+def timing(case_dir: Path, widths: dict[Stage, int], folds: int, repeats: int, fast: Precision, warmup: bool) -> None:
+    (case,) = discover_cases(case_dir).cases
+    image, _ = load_case(case)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = load_bundle(flair_bundle(Path(tmp) / "bundle", widths=widths, folds=folds).root)
+        config = config_for(bundle)
+        results: dict[str, dict[str, float]] = {}
+        labels: dict[str, np.ndarray] = {}
+        for name, options in variants(fast).items():
+            predictors = predictors_for(bundle, **options)
+            if warmup:  # oneDNN creates its kernels on a shape's first call; a user's first case pays it
+                segment_image(image, predictors, config)
+            best: dict[str, float] | None = None
+            for _ in range(repeats):
+                started = time.perf_counter()
+                segment = segment_image(image, predictors, config)
+                total = time.perf_counter() - started
+                if best is None or total < best["total"]:
+                    best = {**segment.seconds, "total": total}
+            assert best is not None
+            results[name] = best
+            labels[name] = segment.labels
+            windows = len(segment.windows)
+            print(f"  {name}: {best['total']:.1f} s", flush=True)
+
+    plain = next(iter(results))
+    print(
+        f"\nbrats segment on {case.case_id}, widths {widths[Stage.BASE]}/{widths[Stage.WT]}, "
+        f"{folds} fold(s) per stage, {windows} window(s), "
+        f"CPU {usable_cpus()} threads, torch {torch.__version__}; best of {repeats}"
+        + (" after one warm-up case" if warmup else ", no warm-up")
+    )
+    names = list(results)
+    print(f"{'stage':<12}" + "".join(f"{n:>32}" for n in names))
+    for stage in (*STAGES, "total"):
+        row = f"{stage:<12}"
+        for name in names:
+            seconds = results[name].get(stage, 0.0)
+            row += f"{seconds:>22.2f} s {seconds / results[plain][stage]:>6.2f}x" if results[plain].get(stage) else ""
+        print(row)
+    networks = sum(results[plain][s] for s in ("base", "wt", "tc", "et"))
+    print(f"outside the networks (plain): {1 - networks / results[plain]['total']:.1%} of the case")
+    for name in names[1:]:
+        print(
+            f"{name}: {results[name]['total'] / results[plain]['total']:.2f}x plain; "
+            f"labels equal to plain on {agreement(labels[plain], labels[name]):.4%} of tumour voxels"
+        )
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> float:
+    """Fraction of the voxels that either labelling calls tumour which get the same label."""
+    tumour = (reference > 0) | (other > 0)
+    if not tumour.any():
+        return 1.0
+    return float((reference[tumour] == other[tumour]).mean())
+
+
+def label_agreement(weights: Path | None, cases_dir: Path, fast: Precision) -> None:
+    bundle = load_weights(weights)
+    config = config_for(bundle)
+    reference = predictors_for(bundle, Precision.FP32, channels_last=True)
+    candidate = predictors_for(bundle, fast, channels_last=True)
+    same = total = 0
+    seconds = {"fp32": 0.0, fast.value: 0.0}
+    worst = (1.0, "")
+    for case in discover_cases(cases_dir).cases:
+        image, _ = load_case(case)
+        started = time.perf_counter()
+        a = segment_image(image, reference, config).labels
+        seconds["fp32"] += time.perf_counter() - started
+        started = time.perf_counter()
+        b = segment_image(image, candidate, config).labels
+        seconds[fast.value] += time.perf_counter() - started
+        tumour = (a > 0) | (b > 0)
+        same += int((a[tumour] == b[tumour]).sum())
+        total += int(tumour.sum())
+        worst = min(worst, (agreement(a, b), case.case_id))
+        print(f"  {case.case_id}: {agreement(a, b):.4%}", flush=True)
+    print(
+        f"\n{bundle.root} on {cases_dir}: {fast.value} labels equal to fp32 on {same / max(total, 1):.4%} of "
+        f"{total} tumour voxels (worst case {worst[1]}: {worst[0]:.4%}); "
+        f"time {seconds[fast.value] / seconds['fp32']:.2f}x fp32"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", type=Path, default=DEFAULT_CASE)
+    parser.add_argument("--folds", type=int, default=5, help="fold models per stage (the paper: 5)")
+    parser.add_argument("--widths", type=int, nargs=2, default=(24, 64), help="base and region widths (the paper's)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", action="store_true", help="one untimed case per variant first")
+    parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--weights", type=Path, default=None, help="trained bundle (default: the bundled one)")
+    parser.add_argument("--cases", type=Path, default=None, help="folder of cases for the label agreement")
+    parser.add_argument("--fast", choices=["auto", "bf16", "fp32"], default="auto", help="the fast path's precision")
+    args = parser.parse_args()
+
+    fast = resolve_precision(Precision(args.fast), "cpu")
+    if args.timing:
+        widths = {stage: args.widths[0] if stage is Stage.BASE else args.widths[1] for stage in Stage}
+        timing(args.case, widths, args.folds, args.repeats, fast, args.warmup)
+    if args.cases:
+        label_agreement(args.weights, args.cases, fast)
+
+
+if __name__ == "__main__":
+    main()
