@@ -35,9 +35,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        mode = os.stat(temporary).st_mode & 0o777  # 0644 less the umask
         yield temporary
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
+        # Some writers replace the file with a private one (safetensors' save_file leaves 0600),
+        # which a container run as another user, or a colleague, could not read.
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -148,3 +148,16 @@ def test_fused_folds_predict_what_the_folds_predict_one_by_one():
     assert np.abs(fused_bf16 - reference).max() < 2 * np.abs(bf16 - reference).max() + 1e-3
     # ... and do compute in bf16 (autocast does not reach inside vmap; the weights are cast instead).
     assert np.abs(fused_bf16 - reference).max() > 1e-3
+
+
+def test_bundle_files_are_readable_by_others_as_the_umask_allows(tmp_path):
+    """safetensors writes private (0600) files; a bundle mounted into a container run as another
+    user, or shared with colleagues, must be readable."""
+    import os
+    import stat
+
+    bundle = random_bundle(tmp_path / "bundle")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in bundle.root.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~umask, path
