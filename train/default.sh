@@ -3,7 +3,7 @@
 # parallel, the models of the recipe trained in parallel lanes (each lane trains its jobs one after
 # the other), then `brats bundle`. Run from the repository root:
 #
-#   bash train/default.sh                       # the shipped bundle: 2 CPU cores, about 85 minutes
+#   bash train/default.sh                       # the shipped bundle: 2 CPU cores, about 100 minutes
 #   DEVICE=cuda RECIPE=train/default_gpu.toml TIME_BOX=270 THREADS=2 \
 #     LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh   # one GPU
 #
