@@ -217,7 +217,20 @@ def test_segment_backends_agree_on_a_real_case(exported, real_data, tmp_path) ->
         out = tmp_path / backend
         result = runner.invoke(
             app,
-            ["segment", str(inputs), str(out), "--weights", str(weights), "--backend", backend, "--device", "cpu"],
+            # fp32 on both sides: the comparison is of the backends, not of bf16.
+            [
+                "segment",
+                str(inputs),
+                str(out),
+                "--weights",
+                str(weights),
+                "--backend",
+                backend,
+                "--device",
+                "cpu",
+                "--precision",
+                "fp32",
+            ],
         )
         assert result.exit_code == 0, result.output
         labels[backend] = np.asarray(nib.load(out / f"{REAL_CASE}.nii.gz").dataobj)

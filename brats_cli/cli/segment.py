@@ -35,8 +35,8 @@ def segment(
     ] = Backend.TORCH,
     device: Annotated[Device, typer.Option(help="Where the networks run.")] = Device.AUTO,
     precision: Annotated[
-        Precision, typer.Option(help="Network arithmetic; auto = bf16 where the hardware has it.")
-    ] = Precision.FP32,
+        Precision, typer.Option(help="Network arithmetic; auto = bf16 where the hardware has it natively.")
+    ] = Precision.AUTO,
     folds: Annotated[
         str | None, typer.Option(help="Use only these fold models, e.g. 0,1 (default: all in the bundle).")
     ] = None,
@@ -141,7 +141,7 @@ def run_segment(options: SegmentOptions) -> int:
             return console.EXIT_UNUSABLE
         for message in discovery.notes:
             console.note(message)
-        if options.backend is Backend.ONNX and options.precision is not Precision.FP32:
+        if options.backend is Backend.ONNX and options.precision is Precision.BF16:
             console.note("--precision is ignored with --backend onnx: an ONNX bundle's precision is set at export")
         first = next(iter(predictors.values()))
         device = f"cpu ({usable_cpus()} threads)" if str(first.device) == "cpu" else str(first.device)
