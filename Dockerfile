@@ -43,9 +43,10 @@ COPY brats_cli /src/brats_cli
 # The project's own source; its dependencies' version ranges are in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --find-links /wheelhouse "/src[${BRATS_EXTRA}]"
-# The exported ONNX bundle of the default weights goes here once `brats export` exists (built in
-# a separate issue); `--backend onnx` will then find it next to the PyTorch bundle, e.g.:
-#   RUN brats export /opt/brats/lib/python3*/site-packages/brats_cli/_weights /opt/brats/onnx-weights
+# The default weights exported to ONNX, next to the PyTorch bundle (brats_cli/_weights_onnx), so
+# that `--backend onnx` works without --weights; the export checks every graph against PyTorch.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN brats export --out "$(python -c 'import brats_cli, pathlib; print(pathlib.Path(brats_cli.__file__).parent)')/_weights_onnx"
 
 # ---- final image
 FROM ${BASE_IMAGE}

@@ -268,15 +268,31 @@ def test_other_subcommands_are_reachable(image: str, bundle: Path, real_data: Pa
 
 
 @pytest.mark.container
-def test_missing_default_weights_is_a_one_line_error(image: str, real_data: Path, tmp_path: Path) -> None:
-    if (ROOT / "weights" / "manifest.json").is_file():
-        pytest.skip("the default weights are in weights/: the image has them")
+def test_default_weights_segment_with_both_backends_without_arguments(
+    image: str, real_data: Path, tmp_path: Path
+) -> None:
+    """The image carries the default bundle and its ONNX export: no --weights, no mounts but data."""
+    case = real_data / "BraTS-GLI-00001-000"
     input_ = tmp_path / "input"
-    shutil.copytree(real_data / "BraTS-GLI-00001-000", input_ / "BraTS-GLI-00001-000")
-    output = _owned_by_caller(tmp_path / "output")
-    result = _podman("run", "--rm", "--network", "none", "-v", f"{input_}:/input:ro", "-v", f"{output}:/output", image)
-    assert result.returncode == 2, result.stderr
-    # One line naming where the default bundle was looked for; no traceback.
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "weights" in result.stderr
-    assert list(output.iterdir()) == []
+    shutil.copytree(case, input_ / case.name)
+    _readable_by_all(input_)
+    reference = _host_segmentation(input_, ROOT / "weights", tmp_path) / f"{case.name}.nii.gz"
+    labels = {}
+    for backend in ("torch", "onnx"):
+        output = _owned_by_caller(tmp_path / f"output-{backend}")
+        result = _podman(
+            "run", "--rm", "--network", "none", "--user", f"{CALLER[0]}:{CALLER[1]}",
+            "-v", f"{input_}:/input:ro", "-v", f"{output}:/output", image, "--backend", backend,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "_weights_onnx" in result.stderr if backend == "onnx" else "_weights," in result.stderr
+        assert sorted(p.name for p in output.iterdir()) == [f"{case.name}.nii.gz"]
+        labels[backend] = np.asarray(nib.load(output / f"{case.name}.nii.gz").dataobj)
+    # PyTorch in the image computes what PyTorch on the host does.
+    written = tmp_path / "output-torch" / f"{case.name}.nii.gz"
+    _assert_same_label_map(written, reference, case / f"{case.name}-t2f.nii.gz")
+    assert set(np.unique(labels["torch"]).tolist()) - {0}, "the default weights found no tumour"
+    # PyTorch runs --precision auto (bf16 on a CPU with AVX-512 BF16), the ONNX bundle fp32: their
+    # labels agree as closely as bf16 must agree with fp32 to be the default (99.5%).
+    tumour = (labels["torch"] > 0) | (labels["onnx"] > 0)
+    assert (labels["torch"][tumour] == labels["onnx"][tumour]).mean() > 0.995
