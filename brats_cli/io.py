@@ -282,6 +282,9 @@ def _load_header(path: Path) -> nib.Nifti1Image:
         raise ImageReadError(f"{path}: not a NIfTI image")
     if len(image.shape) != 3:
         raise ImageReadError(f"{path}: {len(image.shape)}D image {image.shape}, expected a 3D volume")
+    stored = image.header.get_data_dtype()
+    if stored.kind not in "biuf":  # RGB, complex or a corrupt datatype code
+        raise ImageReadError(f"{path}: voxel type {stored} is not a scalar integer or float type")
     voxels = int(np.prod(image.shape, dtype=np.float64))
     if voxels <= 0 or voxels > MAX_VOXELS:
         raise ImageReadError(f"{path}: header claims {image.shape} voxels, refusing to read")

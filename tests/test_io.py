@@ -195,3 +195,11 @@ def test_corrupt_truncated_foreign_and_4d_files(tmp_path, make_case):
     _rewrite(case.files[Modality.T2], np.ones((*BRATS_SHAPE, 2), dtype=np.int16))
     with pytest.raises(CaseError, match=r"4D image"):
         load_case(case)
+
+    # An RGB volume (NIfTI datatype 128; also what a fuzzed datatype code can turn into): a void
+    # numpy type that cannot become float32.
+    case = _case(make_case, case_id="BraTS2021_00005")
+    rgb = np.zeros(BRATS_SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, LPS_AFFINE), case.files[Modality.T1CE])
+    with pytest.raises(CaseError, match=r"BraTS2021_00005_t1ce.nii.gz: voxel type .* is not a scalar integer or float"):
+        load_case(case)
