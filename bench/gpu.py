@@ -67,6 +67,18 @@ def variants(model: ResUNet3D, x: torch.Tensor, device: torch.device, compile_mo
     channels_last = channels_last.to(memory_format=torch.channels_last_3d)
     x_cl = x32.contiguous(memory_format=torch.channels_last_3d)
     yield "fp32 channels-last", lambda: channels_last(x_cl)
+    if device.type == "cuda":
+
+        def tf32() -> torch.Tensor:
+            # PyTorch's own default for cuDNN convolutions; `brats segment --precision fp32` turns
+            # it off (fp32 means fp32 there), so it is a variant here, not the baseline.
+            torch.backends.cudnn.allow_tf32 = True
+            try:
+                return channels_last(x_cl)
+            finally:
+                torch.backends.cudnn.allow_tf32 = False
+
+        yield "tf32 channels-last", tf32
     if device.type == "cuda" or torch.backends.mkldnn.is_available():
 
         def bf16_autocast() -> torch.Tensor:
@@ -129,6 +141,7 @@ def main() -> None:
     else:
         device = torch.device("cuda")
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False  # fp32 rows are fp32, as in `brats segment`
         stages = {"base": (24, (192, 192, 160)), "region": (64, (128, 128, 128))}
         repeats = args.repeats
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

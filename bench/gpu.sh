@@ -4,62 +4,73 @@
 #   bench  bench/gpu.py: per-forward time of fp32 / channels-last / bf16 at the paper's widths,
 #          model compute per case, fold batching, peak memory; bench/backends.py with ONNX Runtime
 #          CUDA (fp16) if this machine's onnxruntime has the CUDA provider
-#   train  a GPU default bundle (train/default.sh with train/default_gpu.toml), scored on 20 held-out phantoms
-#   e2e    `brats segment` end to end on phantoms with hand-set paper-width networks (widths 24/64,
-#          5 folds, one window per case) in bf16, with --profile
-# Python packages missing on the machine (nibabel, SimpleITK) and the MNI templates (for
-# `brats synth`) travel in .carry/ (bench/RESULTS.md says how it is assembled). Logs are packed
-# after every step, so a run stopped at its time limit still returns what it did.
+#   test   pytest -m gpu (segment on CUDA against the CPU; deterministic crash-and-resume training)
+#   e2e    `brats segment` end to end on 20 phantoms with hand-set paper-width networks (widths
+#          24/64, 5 folds, one window per case) in bf16, with --profile
+#   train  a GPU default bundle (train/default.sh with train/default_gpu.toml), every model trained
+#          for what is left of DEADLINE, then scored on the 20 held-out phantoms
+# The phantoms (240 for training, 20 held out) are made and cached in the background while the
+# GPU runs the tests and the benchmark. Python packages missing on the machine (nibabel,
+# SimpleITK) and the MNI templates (for `brats synth`) travel in .carry/ (bench/RESULTS.md says
+# how it is assembled). Logs are packed after every step, so a run stopped at its time limit still
+# returns what it did. At most eight files come back: summary.txt, gpu-bench.json, logs.tar,
+# heldout-eval.json and the bundle as three tar files.
 set -uo pipefail
 OUT=${OUT:-/tmp/brats-gpu}
-STEPS=${STEPS:-"bench train e2e"}
+STEPS=${STEPS:-"bench test e2e train"}
 DEVICE=${DEVICE:-cuda}
+DEADLINE=${DEADLINE:-540}  # seconds from the start by which everything should have ended
+RESERVE=${RESERVE:-110}    # kept back from training: stopping, bundling and scoring the bundle
 mkdir -p "$OUT/logs"
 ROOT=$(pwd)
 if [ -d .carry/whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/whl/*.whl
 fi
 export PYTHONPATH="$ROOT:/tmp/site:$ROOT/.carry/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 brats() { python3 -m brats_cli "$@"; }
-stamp() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/summary.txt"; }
+stamp() { printf '[%s +%ds] %s\n' "$(date +%T)" "$SECONDS" "$*" | tee -a "$OUT/summary.txt"; }
 pack_logs() {  # eight files at most come back: the logs travel as one tar
   tar cf "$OUT/logs.tar" -C "$OUT" logs -C "$ROOT" $(ls -d runs/default/logs runs/default/run/*/fold*/log.csv 2>/dev/null)
+}
+# The training data and the held-out phantoms, as train/default.sh makes them for the GPU recipe.
+# SHARDS, PER_SHARD, HELDOUT (phantoms), RECIPE and TRAIN_LANES are set only to try the script
+# itself on a CPU.
+DATA=(WORK=runs/default SHARDS="${SHARDS:-16}" PER_SHARD="${PER_SHARD:-15}" DEVICE="$DEVICE"
+  RECIPE="${RECIPE:-train/default_gpu.toml}")
+HELDOUT=${HELDOUT:-20}
+
+heldout() {  # 20 phantoms never used in training (seed 9000, as weights/README.md), in runs/heldout
+  [ -f runs/heldout/.done ] && return
+  ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 OMP_NUM_THREADS=1 brats synth runs/heldout --n "$HELDOUT" --seed 9000 \
+    >"$OUT/logs/synth-heldout.log" 2>&1 && touch runs/heldout/.done
+}
+
+prepare_data() {  # in the background: CPU work while the GPU benchmarks
+  heldout &
+  local making=$! status=0
+  env "${DATA[@]}" STOP_AFTER=cache bash train/default.sh >"$OUT/logs/prepare-data.log" 2>&1 || status=$?
+  wait "$making" || status=$?
+  return "$status"
+}
+
+step_test() {
+  stamp "pytest -m gpu"
+  timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_train.py 2>&1 \
+    | tail -6 | tee -a "$OUT/summary.txt"
 }
 
 step_bench() {
   stamp "bench/gpu.py"
-  timeout 120 python3 bench/gpu.py --folds 5 --repeats 3 --json "$OUT/gpu-bench.json" 2>&1 | tee -a "$OUT/summary.txt"
+  timeout 120 python3 bench/gpu.py --folds 5 --repeats 5 --json "$OUT/gpu-bench.json" 2>&1 | tee -a "$OUT/summary.txt"
   if python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
+    heldout
     stamp "bench/backends.py --device cuda --fp16"
-    timeout 100 python3 bench/backends.py --case "$(heldout_case)" --device cuda --fp16 --torch-precision bf16 \
-      --warmup 1 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
+    timeout 100 python3 bench/backends.py --case "runs/heldout/$(ls runs/heldout | head -1)" --device cuda --fp16 \
+      --torch-precision bf16 --warmup 1 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
   else
     stamp "ONNX Runtime here has no CUDA provider: no ONNX CUDA timing"
   fi
-}
-
-heldout() {  # 20 phantoms never used in training (seed 9000, as weights/README.md), in runs/heldout
-  [ -d runs/heldout ] && return
-  ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 brats synth runs/heldout --n 20 --seed 9000 >/dev/null 2>&1
-}
-
-heldout_case() { heldout; echo "runs/heldout/$(ls runs/heldout | head -1)"; }
-
-step_train() {
-  stamp "default bundle: training"
-  WORK=runs/default SHARDS=16 PER_SHARD=15 DEVICE="$DEVICE" RECIPE=train/default_gpu.toml TIME_BOX=${TIME_BOX:-240} THREADS=2 \
-    LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
-  pack_logs
-  [ -f runs/default/bundle/manifest.json ] || { stamp "no bundle"; return; }
-  # At most 16 MB a file comes back: the bundle travels as three tar files.
-  (cd runs/default/bundle && tar cf "$OUT/bundle-1.tar" manifest.json base_fold0.safetensors wt_fold*.safetensors \
-    && tar cf "$OUT/bundle-2.tar" tc_fold*.safetensors && tar cf "$OUT/bundle-3.tar" et_fold*.safetensors)
-  stamp "default bundle: 20 held-out phantoms"
-  heldout
-  timeout 150 python3 -m brats_cli segment runs/heldout runs/heldout-pred --weights runs/default/bundle \
-    --device "$DEVICE" --profile >"$OUT/logs/heldout-segment.log" 2>&1
-  brats evaluate runs/heldout-pred runs/heldout --json "$OUT/heldout-eval.json" 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
 }
 
 step_e2e() {
@@ -70,15 +81,47 @@ from brats_cli.bundle import Stage
 from brats_cli.testing import flair_bundle
 flair_bundle(Path('runs/paper-width'), widths={Stage.BASE: 24, Stage.WT: 64, Stage.TC: 64, Stage.ET: 64}, folds=5)"
   heldout
+  local started=$SECONDS
   timeout 200 python3 -m brats_cli segment runs/heldout runs/paper-pred --weights runs/paper-width \
     --device "$DEVICE" --precision bf16 --et-threshold 0 --profile --overwrite >"$OUT/logs/paper-e2e.log" 2>&1
-  tail -45 "$OUT/logs/paper-e2e.log" | tee -a "$OUT/summary.txt"
+  stamp "end to end: $HELDOUT cases in $((SECONDS - started)) s wall (process start and model loading included)"
+  tail -32 "$OUT/logs/paper-e2e.log" | tee -a "$OUT/summary.txt"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+step_train() {
+  local box=$((DEADLINE - SECONDS - RESERVE))
+  if [ "$box" -lt 60 ]; then stamp "default bundle: only $box s left for training; skipped"; return; fi
+  stamp "default bundle: training, $box s per model"
+  env "${DATA[@]}" TIME_BOX=$box THREADS=2 LANES="${TRAIN_LANES:-base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1}" \
+    bash train/default.sh 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
+  pack_logs
+  [ -f runs/default/bundle/manifest.json ] || { stamp "no bundle"; return; }
+  # At most 16 MB a file comes back: the bundle travels as three tar files.
+  (cd runs/default/bundle && tar cf "$OUT/bundle-1.tar" manifest.json base_fold0.safetensors wt_fold*.safetensors \
+    && tar cf "$OUT/bundle-2.tar" tc_fold*.safetensors && tar cf "$OUT/bundle-3.tar" et_fold*.safetensors)
+  stamp "default bundle: $HELDOUT held-out phantoms"
+  heldout
+  timeout 90 python3 -m brats_cli segment runs/heldout runs/heldout-pred --weights runs/default/bundle \
+    --device "$DEVICE" --profile >"$OUT/logs/heldout-segment.log" 2>&1
+  brats evaluate runs/heldout-pred runs/heldout --json "$OUT/heldout-eval.json" 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/summary.txt"
 python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'ort', o.__version__, o.get_available_providers())" \
-  | tee -a "$OUT/gpu.txt"
+  | tee -a "$OUT/summary.txt"
+preparing=
+if [[ " $STEPS " == *" train "* || " $STEPS " == *" e2e "* ]]; then
+  prepare_data &
+  preparing=$!
+fi
 for step in $STEPS; do
+  # The end-to-end timing and the training want the CPU cores and the data: wait for the preparation.
+  if [ -n "$preparing" ] && [[ $step == e2e || $step == train ]]; then
+    stamp "waiting for the phantoms and the cache"
+    wait "$preparing" || stamp "data preparation failed (logs/prepare-data.log)"
+    preparing=
+    stamp "data ready"
+  fi
   "step_$step"
   pack_logs
 done

@@ -126,6 +126,9 @@ class TorchStagePredictor:
         if self.device.type == "cuda":
             # Fixed input sizes per stage: cuDNN's autotuned algorithms are reused for every case.
             torch.backends.cudnn.benchmark = True
+            # PyTorch lets cuDNN round fp32 convolution inputs to TF32 (10-bit mantissa) by default;
+            # fp32 here means fp32, as in the ONNX Runtime CUDA provider (use_tf32 0).
+            torch.backends.cudnn.allow_tf32 = precision is not Precision.FP32
         else:
             # PyTorch starts one thread per physical core of the machine, whatever the container
             # or taskset allows; more threads than granted cores makes every convolution wait.

@@ -9,7 +9,8 @@
 #
 # Settings (environment): WORK (run folder), SHARDS x PER_SHARD phantoms with seeds SEED0.. (one
 # synth and one cache process per shard), LANES (jobs stage:fold; lanes split by "|"), THREADS per
-# training process, TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE, RECIPE, BUNDLE.
+# training process, TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE, RECIPE, BUNDLE,
+# STOP_AFTER (phantoms or cache: prepare the data only, e.g. while a GPU is busy with something else).
 set -euo pipefail
 
 WORK=${WORK:-runs/default}
@@ -25,6 +26,7 @@ DEVICE=${DEVICE:-cpu}
 RECIPE=${RECIPE:-train/default.toml}
 BUNDLE=${BUNDLE:-$WORK/bundle}
 PYTHON=${PYTHON:-python3}
+STOP_AFTER=${STOP_AFTER:-}
 
 brats() { "$PYTHON" -m brats_cli "$@"; }
 # Many processes share the machine's cores: one thread each for the CPU-bound steps (SimpleITK and
@@ -56,6 +58,7 @@ for case in "$WORK"/shards/*/*/; do
   ln -sfn "$(realpath "$case")" "$WORK/data/$(basename "$case")"
 done
 stamp "phantoms: $(find "$WORK/data" -mindepth 1 -maxdepth 1 | wc -l) cases"
+[ "$STOP_AFTER" = phantoms ] && exit 0
 
 stamp "cache: one process per shard"
 pids=()
@@ -68,6 +71,7 @@ wait_all "${pids[@]}"
 brats train --recipe "$RECIPE" --data "$WORK/data" --out "$WORK/run" --cache "$WORK/cache" --prepare-only \
   >"$WORK/logs/prepare.log" 2>&1
 stamp "cache: done"
+[ "$STOP_AFTER" = cache ] && exit 0
 
 train_job() {  # stage:fold
   local stage=${1%:*} fold=${1#*:} status=0

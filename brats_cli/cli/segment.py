@@ -55,7 +55,9 @@ def segment(
         LabelChoice, typer.Option(help="Output label convention: ET = 4 (2021) or 3 (2023); auto by input names.")
     ] = LabelChoice.AUTO,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists (default: skip them).")] = False,
-    profile: Annotated[bool, typer.Option(help="Print per-stage seconds for each case.")] = False,
+    profile: Annotated[
+        bool, typer.Option(help="Print per-stage seconds for each case (and peak GPU memory on a GPU).")
+    ] = False,
 ) -> None:
     """Segment every case in INPUT; write OUTPUT/<ID>.nii.gz (uint8, the input's geometry)."""
     options = SegmentOptions(
@@ -205,6 +207,10 @@ def run_segment(options: SegmentOptions) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
     _render_summary(results, options.profile)
+    if options.profile and options.backend is Backend.TORCH and str(first.device).startswith("cuda"):
+        import torch
+
+        console.stderr.print(f"peak GPU memory {torch.cuda.max_memory_allocated(first.device) / 2**30:.2f} GiB")
     return console.EXIT_CASE_FAILED if any(r.status is Status.FAILED for r in results) else console.EXIT_OK
 
 
