@@ -81,12 +81,13 @@ def usable_cpus(cpu_max_path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return cpus
 
 
-def auto_precision_reason(device: str) -> str:
-    """Why `--precision auto` chose what it did, for the log."""
+def auto_precision_reason(device: object) -> str:
+    """Why `--precision auto` chose what it did, for the log; `device` is "cpu", "cuda", "cuda:1"
+    or a torch.device (which never equals a string)."""
     import torch
 
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
+    if str(device).split(":")[0] == "cuda":
+        name = torch.cuda.get_device_name(torch.device(str(device)))
         return f"{name} {'computes' if torch.cuda.is_bf16_supported() else 'lacks'} bf16"
     if cpu_has_native_bf16():
         return "CPU has AVX-512 BF16 or AMX"

