@@ -60,21 +60,12 @@ def predictors_for(bundle, precision: Precision, channels_last: bool, fuse_folds
     }
 
 
-def config_for(bundle) -> PipelineConfig:
-    manifest = bundle.manifest
-    return PipelineConfig(
-        convention=manifest.labels,
-        et_threshold=manifest.et_threshold,
-        region_window=manifest.region_window,
-    )
-
-
 def timing(case_dir: Path, widths: dict[Stage, int], folds: int, repeats: int, fast: Precision, warmup: bool) -> None:
     (case,) = discover_cases(case_dir).cases
     image, _ = load_case(case)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(flair_bundle(Path(tmp) / "bundle", widths=widths, folds=folds).root)
-        config = config_for(bundle)
+        config = PipelineConfig.from_manifest(bundle.manifest)
         results: dict[str, dict[str, float]] = {}
         labels: dict[str, np.ndarray] = {}
         for name, options in variants(fast).items():
@@ -128,7 +119,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> float:
 
 def label_agreement(weights: Path | None, cases_dir: Path, fast: Precision) -> None:
     bundle = load_weights(weights)
-    config = config_for(bundle)
+    config = PipelineConfig.from_manifest(bundle.manifest)
     reference = predictors_for(bundle, Precision.FP32, channels_last=True)
     candidate = predictors_for(bundle, fast, channels_last=True)
     same = total = 0

@@ -4,6 +4,8 @@
 #   bench  bench/gpu.py: per-forward time of fp32 / channels-last / bf16 at the paper's widths,
 #          model compute per case, fold batching, peak memory; bench/backends.py with ONNX Runtime
 #          CUDA (fp16) if this machine's onnxruntime has the CUDA provider
+#   profile bench/gpu_profile.py: GroupNorm as PyTorch's kernel and as the network's reductions,
+#          contiguous and channels-last, the heaviest kernels of each, folds fused or not
 #   test   pytest -m gpu (segment on CUDA against the CPU; deterministic crash-and-resume training)
 #   e2e    `brats segment` end to end on 20 phantoms with hand-set paper-width networks (widths
 #          24/64, 5 folds, one window per case) in bf16, with --profile
@@ -17,7 +19,7 @@
 # heldout-eval.json and the bundle as three tar files.
 set -uo pipefail
 OUT=${OUT:-/tmp/brats-gpu}
-STEPS=${STEPS:-"bench test e2e train"}
+STEPS=${STEPS:-"profile bench test e2e train"}
 DEVICE=${DEVICE:-cuda}
 DEADLINE=${DEADLINE:-540}  # seconds from the start by which everything should have ended
 RESERVE=${RESERVE:-110}    # kept back from training: stopping, bundling and scoring the bundle
@@ -54,6 +56,12 @@ prepare_data() {  # in the background: CPU work while the GPU benchmarks
   return "$status"
 }
 
+step_profile() {
+  stamp "bench/gpu_profile.py"
+  timeout 150 python3 bench/gpu_profile.py --stage region --folds 5 >"$OUT/logs/profile.log" 2>&1
+  grep -E " ms|folds" "$OUT/logs/profile.log" | tee -a "$OUT/summary.txt"
+}
+
 step_test() {
   stamp "pytest -m gpu"
   timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_train.py 2>&1 \
@@ -62,7 +70,7 @@ step_test() {
 
 step_bench() {
   stamp "bench/gpu.py"
-  timeout 120 python3 bench/gpu.py --folds 5 --repeats 5 --json "$OUT/gpu-bench.json" 2>&1 | tee -a "$OUT/summary.txt"
+  timeout 180 python3 bench/gpu.py --folds 5 --repeats 5 --json "$OUT/gpu-bench.json" 2>&1 | tee -a "$OUT/summary.txt"
   if python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
     heldout
     stamp "bench/backends.py --device cuda --fp16"

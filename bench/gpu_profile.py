@@ -1,6 +1,7 @@
 """Where a paper-width forward spends its GPU time: bf16 autocast with contiguous (NCDHW) and
-channels-last (NDHWC) activations side by side, the heaviest CUDA kernels of each by
-torch.profiler, and K folds run one by one against one vmapped call. Random weights.
+channels-last (NDHWC) activations, GroupNorm as PyTorch's kernel and as the network's reductions
+(brats_cli.model.GroupNorm), side by side; the heaviest CUDA kernels of each by torch.profiler;
+and K folds run one by one against one vmapped call. Random weights.
 
     python bench/gpu_profile.py [--stage region|base] [--folds 5] [--top 12]
     python bench/gpu_profile.py --smoke     # tiny sizes on the CPU, to check the script itself
@@ -22,7 +23,7 @@ from flops import forward_flop
 from gpu import measure
 
 from brats_cli.choices import Precision
-from brats_cli.model import ResUNet3D
+from brats_cli.model import GroupNorm, ResUNet3D
 from brats_cli.predictors import TorchStagePredictor
 
 STAGES = {"base": (24, (192, 192, 160)), "region": (64, (128, 128, 128))}
@@ -45,7 +46,16 @@ def main() -> None:
     x = torch.randn(1, 4, *size, device=device)
     name = "CPU" if args.smoke else torch.cuda.get_device_name(device)
     print(f"{name}; torch {torch.__version__}; cuDNN {torch.backends.cudnn.version()}")
-    for layout, memory_format in (("contiguous", torch.contiguous_format), ("channels-last", torch.channels_last_3d)):
+    variants = [
+        (norm, layout, memory_format)
+        for norm in ("reductions", "native")
+        for layout, memory_format in (
+            ("contiguous", torch.contiguous_format),
+            ("channels-last", torch.channels_last_3d),
+        )
+    ]
+    for norm, layout, memory_format in variants:
+        GroupNorm.reduce_on_cuda = norm == "reductions"
         model = model.to(memory_format=memory_format)
         inp = x.contiguous(memory_format=memory_format)
 
@@ -56,7 +66,10 @@ def main() -> None:
         with torch.inference_mode():
             seconds = measure(forward, device, args.repeats)
             rate = flop / seconds / 1e12
-            print(f"\n{args.stage} w{width} {size} bf16 {layout}: {seconds * 1000:.1f} ms, {rate:.1f} TFLOP/s")
+            print(
+                f"\n{args.stage} w{width} {size} bf16 {layout}, GroupNorm {norm}: "
+                f"{seconds * 1000:.1f} ms, {rate:.1f} TFLOP/s"
+            )
             activity = ProfilerActivity.CPU if args.smoke else ProfilerActivity.CUDA
             with profile(activities=[activity]) as prof:
                 forward()
@@ -64,6 +77,7 @@ def main() -> None:
                     torch.cuda.synchronize(device)
         sort = "cpu_time_total" if args.smoke else "cuda_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=args.top, max_name_column_width=70))
+    GroupNorm.reduce_on_cuda = True
 
     # The folds as `brats segment` runs them: TorchStagePredictor one by one, and fused (vmap over
     # stacked bf16 weights), host array in and out.

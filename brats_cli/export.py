@@ -86,8 +86,9 @@ class ExportResult:
 
 
 def _group_norm_module() -> type:
-    import torch
     from torch import nn
+
+    from brats_cli.model import group_norm_by_reductions
 
     class ReducedGroupNorm(nn.Module):
         """nn.GroupNorm as two-level float32 reductions (see the module docstring for why)."""
@@ -100,18 +101,7 @@ def _group_norm_module() -> type:
             self.bias = nn.Parameter(norm.bias.detach().float().clone(), requires_grad=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            n, channels = x.shape[0], x.shape[1]
-            per_group = channels // self.groups
-            grouped = x.float().reshape(n, self.groups, per_group * x.shape[2], -1)
-            mean = grouped.mean(-1, keepdim=True).mean(-2, keepdim=True)
-            square = (grouped * grouped).mean(-1, keepdim=True).mean(-2, keepdim=True)
-            inverse_std = torch.rsqrt((square - mean * mean).clamp_min(0) + self.eps)
-            # One scale and shift per channel, so the voxels are touched by a single multiply-add.
-            weight = self.weight.reshape(1, self.groups, per_group)
-            scale = inverse_std.reshape(n, self.groups, 1) * weight
-            shift = self.bias.reshape(1, self.groups, per_group) - mean.reshape(n, self.groups, 1) * scale
-            out = x.float() * scale.reshape(n, channels, 1, 1, 1) + shift.reshape(n, channels, 1, 1, 1)
-            return out.to(x.dtype)
+            return group_norm_by_reductions(x, self.groups, self.weight, self.bias, self.eps)
 
     return ReducedGroupNorm
 

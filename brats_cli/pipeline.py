@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from brats_cli.bundle import REGION_STAGES, Stage
+from brats_cli.bundle import REGION_STAGES, Manifest, Stage
 from brats_cli.choices import Ensemble
 from brats_cli.labels import LabelConvention, apply_et_threshold, compose_labels
 from brats_cli.localise import Window, bounding_box, largest_component, localise_windows
@@ -35,6 +35,24 @@ class PipelineConfig:
             raise ValueError("et_threshold must be >= 0")
         if any(w > g for w, g in zip(self.region_window, MODEL_GRID, strict=True)):
             raise ValueError(f"region_window {self.region_window} exceeds the model grid {MODEL_GRID}")
+
+    @classmethod
+    def from_manifest(
+        cls,
+        manifest: Manifest,
+        *,
+        convention: LabelConvention | None = None,
+        ensemble: Ensemble = Ensemble.MEAN,
+        et_threshold: int | None = None,
+    ) -> PipelineConfig:
+        """The settings a bundle was trained for (labels, ET threshold, region window), with the
+        user's overrides where given."""
+        return cls(
+            convention=manifest.labels if convention is None else convention,
+            ensemble=ensemble,
+            et_threshold=manifest.et_threshold if et_threshold is None else et_threshold,
+            region_window=manifest.region_window,
+        )
 
 
 @dataclass

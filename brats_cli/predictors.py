@@ -117,7 +117,7 @@ class TorchStagePredictor:
         device: str,
         precision: Precision,
         *,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         fuse_folds: bool = False,
     ) -> None:
         import torch
@@ -134,9 +134,15 @@ class TorchStagePredictor:
             # PyTorch starts one thread per physical core of the machine, whatever the container
             # or taskset allows; more threads than granted cores makes every convolution wait.
             torch.set_num_threads(usable_cpus())
-        # channels-last 3D lets oneDNN and cuDNN pick their fastest convolution layouts;
-        # contiguous (channels_last=False) is kept as the plain baseline bench/cpu_pipeline.py
-        # measures against.
+        # Activation layout, by what measured faster (None: per device): channels-last 3D on the
+        # CPU, where oneDNN's convolutions want it (0.80x contiguous fp32, bench/cpu_pipeline.py);
+        # contiguous on CUDA, where channels-last made a bf16 forward slower (H100: 177.6 against
+        # 145.5 ms at width 64, 204.1 against 176.3 ms for the base model, bench/gpu_profile.py:
+        # its GroupNorm layout copies cost more than cuDNN's conversions in the contiguous run),
+        # and where the network's GroupNorm reshapes need it. Contiguous on the CPU is the plain
+        # baseline bench/cpu_pipeline.py measures against.
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.models = [m.to(self.device).eval().to(memory_format=self.memory_format) for m in models]
         self.fused = None

@@ -174,11 +174,8 @@ def run_segment(options: SegmentOptions) -> int:
                     continue
                 _, load = next(loaders)
                 convention = output_convention(case, options.labels)
-                config = PipelineConfig(
-                    convention=convention,
-                    ensemble=options.ensemble,
-                    et_threshold=bundle.manifest.et_threshold if options.et_threshold is None else options.et_threshold,
-                    region_window=bundle.manifest.region_window,
+                config = PipelineConfig.from_manifest(
+                    bundle.manifest, convention=convention, ensemble=options.ensemble, et_threshold=options.et_threshold
                 )
 
                 def on_stage(name: str, case_id: str = case.case_id) -> None:
