@@ -567,3 +567,57 @@ def test_prepare_only_caches_and_writes_folds_without_training(training_data, sh
     assert result.exit_code == 0, result.output
     assert "prepared 5 case(s); 5 folds of 1, 1, 1, 1, 1" in result.output
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["folds.json", "recipe.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# --init-from: fine-tuning and training on from other weights
+
+
+def test_init_from_a_run_starts_the_fold_from_its_weights(smoke_run, training_data, shared_cache, tmp_path):
+    """A learning rate of 1e-12 cannot move the weights in an epoch, so the trained fold shows the
+    weights it started from: the source run's best model of the same stage and fold."""
+    recipe = smoke_recipe_file(
+        tmp_path,
+        epochs="epochs = 1",
+        learning_rate="learning_rate = 1e-12",
+        region_window="region_window = [32, 32, 32]",
+        patch="patch = [32, 32, 32]",
+        validation_size="validation_size = [32, 32, 32]",
+    )
+    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(smoke_run)]
+    result = _train(recipe, training_data, tmp_path / "run", *options)
+    assert result.exit_code == 0, result.output
+    source = smoke_run / "wt" / "fold0" / "best.pt"
+    started = load_checkpoint(source)["model"]
+    trained = load_checkpoint(tmp_path / "run" / "wt" / "fold0" / "last.pt")
+    assert trained["init_from"] == f"{source} (epoch {load_checkpoint(source)['epoch']})"
+    for key, value in started.items():
+        torch.testing.assert_close(trained["model"][key], value, rtol=0, atol=1e-8)
+
+
+def test_init_from_a_bundle_takes_the_same_split_fold(tmp_path):
+    from safetensors.torch import load_file
+
+    from brats_cli.training.run import initial_weights
+
+    weights = ROOT / "weights"  # the default bundle: folds 0 and 1 of each region, fold 0 of base
+    initial = initial_weights(weights, Stage.TC, 1)
+    assert initial.source == str(weights / "tc_fold1.safetensors")
+    expected = load_file(str(weights / "tc_fold1.safetensors"))
+    assert initial.state.keys() == expected.keys()
+    assert all(torch.equal(initial.state[key], expected[key]) for key in expected)
+    with pytest.raises(InputError, match=r"weights: no base model of fold 1 to start from \(folds \[0\]\)"):
+        initial_weights(weights, Stage.BASE, 1)
+    with pytest.raises(InputError, match="neither a weights bundle"):
+        initial_weights(tmp_path, Stage.WT, 0)
+
+
+def test_init_from_weights_of_another_width_is_one_error_line(training_data, shared_cache, tiny_recipe, tmp_path):
+    weights = ROOT / "weights"  # width 8; the smoke recipe is width 4
+    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(weights)]
+    result = _train(tiny_recipe, training_data, tmp_path / "run", *options)
+    assert result.exit_code == 2, result.output
+    assert f"error: {weights / 'wt_fold0.safetensors'}: does not fit the recipe's wt network (width 4" in " ".join(
+        result.output.split()
+    )
+    assert not (tmp_path / "run" / "wt" / "fold0" / "last.pt").exists()

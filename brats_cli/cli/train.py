@@ -47,12 +47,20 @@ def train(
     prepare_only: Annotated[
         bool, typer.Option(help="Only validate and cache the data and write folds.json (e.g. before an array job).")
     ] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start each fold from the same stage and fold of a weights bundle (weights/) or a run folder "
+            "instead of random weights: to fine-tune, or to train on from a finished run. Validation stays "
+            "clean only if those weights never trained on this run's validation cases."
+        ),
+    ] = None,
 ) -> None:
     """Train the selected stages and folds; checkpoints every epoch, logs RUN/<stage>/fold<k>/log.csv."""
     chosen_fold = _parse_fold(fold)
     if prepare_only:
         raise typer.Exit(run_prepare(recipe, data, out, cache))
-    raise typer.Exit(run_train(recipe, data, out, stage, chosen_fold, resume, deterministic, device, cache))
+    raise typer.Exit(run_train(recipe, data, out, stage, chosen_fold, resume, deterministic, device, cache, init_from))
 
 
 def run_prepare(recipe_path: Path, data: Path, out: Path, cache: Path | None) -> int:
@@ -98,6 +106,7 @@ def run_train(
     deterministic: bool,
     device: Device,
     cache: Path | None,
+    init_from: Path | None = None,
 ) -> int:
     from brats_cli.bundle import Stage
     from brats_cli.errors import BratsError
@@ -135,6 +144,7 @@ def run_train(
                 cache=cache,
                 on_case=_print_case,
                 reporter=reporter,
+                init_from=init_from,
             )
     except BratsError as error:
         report(error)

@@ -30,6 +30,7 @@ class TrainedFold:
     epoch: int
     epochs_done: int
     epochs_planned: int
+    init_from: str | None = None  # the weights the fold started from (brats train --init-from)
 
 
 def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
@@ -67,6 +68,7 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
                     int(best["epoch"]),
                     int(last["epoch"]),
                     recipe.stages[stage].epochs,
+                    best.get("init_from"),
                 )
             )
         if not states:
@@ -91,6 +93,8 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
             "epochs_done": item.epochs_done,
             "epochs_planned": item.epochs_planned,
         }
+        if item.init_from:
+            validation[item.stage.value][f"fold{item.fold}"]["init_from"] = item.init_from
     metadata = {
         "trained_with": f"brats {__version__}",
         "recipe": recipe.to_dict(),

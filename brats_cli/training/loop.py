@@ -253,6 +253,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # The loop
 
 
+@dataclass(frozen=True)
+class InitialWeights:
+    """Weights a fold starts from instead of a random initialisation (`brats train --init-from`),
+    and where they came from, for the checkpoints and the bundle's metadata."""
+
+    state: dict[str, torch.Tensor]
+    source: str
+
+
 def build_model(recipe: Recipe, stage: Stage) -> ResUNet3D:
     spec = recipe.stages[stage]
     return ResUNet3D(width=spec.width, levels=spec.levels, norm_groups=spec.norm_groups)
@@ -267,8 +276,10 @@ def train_fold(
     resume: bool = False,
     reporter: Reporter | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    initial: InitialWeights | None = None,
 ) -> FoldResult:
-    """Train one stage and fold to the recipe's epoch count, continuing from `last.pt` if `resume`."""
+    """Train one stage and fold to the recipe's epoch count, continuing from `last.pt` if `resume`;
+    a fresh start begins from `initial`'s weights where given (a resumed one from its checkpoint)."""
     spec = recipe.stages[job.stage]
     device = context.device
     if recipe.batch_size % context.world:
@@ -286,6 +297,17 @@ def train_fold(
 
     seed_everything(recipe.seed * 10_000 + job.stream)
     model = build_model(recipe, job.stage)
+    init_from = None
+    if initial is not None:
+        try:
+            model.load_state_dict(initial.state)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise InputError(
+                f"{initial.source}: does not fit the recipe's {job.stage.value} network "
+                f"(width {spec.width}, {spec.levels} levels): {first}"
+            ) from error
+        init_from = initial.source
     if deterministic and device.type == "cuda":
         use_block_max(model)
     model = model.to(device=device, memory_format=torch.channels_last_3d)
@@ -317,6 +339,7 @@ def train_fold(
         first_epoch = int(state["epoch"])
         best_dice, best_epoch = float(state["best_dice"]), int(state["best_epoch"])
         history = [EpochRecord(**row) for row in state["history"]]
+        init_from = state.get("init_from")  # what the run started from, not what this command names
         _set_rng_state(state["rng"])
         if context.is_main:
             # A run killed between writing last.pt and log.csv left the log an epoch behind.
@@ -403,6 +426,7 @@ def train_fold(
                         "epoch": epoch + 1,
                         "val_dice": val_dice,
                         "val_loss": val_loss,
+                        "init_from": init_from,
                         "model": weights,
                     },
                     best_path,
@@ -420,6 +444,7 @@ def train_fold(
                     "scaler": scaler.state_dict(),
                     "best_dice": best_dice,
                     "best_epoch": best_epoch,
+                    "init_from": init_from,
                     "history": [asdict(r) for r in history],
                     "rng": _rng_state(),
                 },

@@ -23,7 +23,18 @@ from brats_cli.io import Case
 from brats_cli.training import distributed
 from brats_cli.training.cache import CachedCase, prepare_cache, training_cases
 from brats_cli.training.folds import Folds, load_or_create_folds
-from brats_cli.training.loop import STAGE_ORDER, EpochRecord, FoldJob, FoldResult, Reporter, configure, train_fold
+from brats_cli.training.loop import (
+    BEST,
+    STAGE_ORDER,
+    EpochRecord,
+    FoldJob,
+    FoldResult,
+    InitialWeights,
+    Reporter,
+    configure,
+    load_checkpoint,
+    train_fold,
+)
 from brats_cli.training.recipe import Recipe
 
 RECIPE_FILE = "recipe.json"
@@ -93,6 +104,35 @@ def prepare(
     return cached, folds
 
 
+def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
+    """What `brats train --init-from SOURCE` starts `stage` fold `fold` from: the bundle file of
+    that split fold in a torch weights bundle (by its `fold_numbers` metadata where it has them,
+    else file `<stage>_fold<fold>`), or that fold's `best.pt` in a training run folder."""
+    from brats_cli.bundle import MANIFEST, load_bundle
+    from brats_cli.choices import Backend
+    from brats_cli.predictors import require_backend
+
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        bundle = load_bundle(source)
+        require_backend(bundle, Backend.TORCH)
+        paths = bundle.fold_paths(stage)
+        numbers = bundle.manifest.metadata.get("fold_numbers", {}).get(stage.value) or list(range(len(paths)))
+        if fold not in numbers:
+            raise InputError(f"{source}: no {stage.value} model of fold {fold} to start from (folds {numbers})")
+        from safetensors.torch import load_file
+
+        path = paths[numbers.index(fold)]
+        return InitialWeights(load_file(str(path)), str(path))
+    if (source / RECIPE_FILE).is_file():
+        path = fold_folder(source, stage, fold) / BEST
+        if not path.is_file():
+            raise InputError(f"{source}: no {stage.value} fold {fold} to start from ({path} not found)")
+        state = load_checkpoint(path)
+        return InitialWeights(state["model"], f"{path} (epoch {state['epoch']})")
+    raise InputError(f"{source}: neither a weights bundle ({MANIFEST}) nor a training run folder ({RECIPE_FILE})")
+
+
 def plan_jobs(
     recipe: Recipe, run: Path, cached: Sequence[CachedCase], folds: Folds, stages: Sequence[Stage], fold: int | None
 ) -> list[FoldJob]:
@@ -130,8 +170,10 @@ def run_training(
     on_case: Callable[[Case, bool], None] | None = None,
     reporter: Reporter | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    init_from: Path | None = None,
 ) -> list[FoldResult]:
-    """Prepare the data (rank 0), then train every selected stage and fold in turn."""
+    """Prepare the data (rank 0), then train every selected stage and fold in turn; with `init_from`
+    each fold starts from that bundle's or run's weights for the same stage and fold."""
     configure(deterministic)
     run = Path(run)
     prepared, error = None, None
@@ -142,8 +184,10 @@ def run_training(
             error = failure
     cached, folds = distributed.share_outcome(context, prepared, error)
     jobs = plan_jobs(recipe, run, cached, folds, stages, fold)
+    # All of them before any training, so that a missing fold fails the command at once.
+    initial = [initial_weights(init_from, job.stage, job.fold) if init_from else None for job in jobs]
     results = []
-    for job in jobs:
+    for job, start in zip(jobs, initial, strict=True):
         results.append(
             train_fold(
                 job,
@@ -153,6 +197,7 @@ def run_training(
                 resume=resume,
                 reporter=reporter,
                 on_epoch_end=on_epoch_end,
+                initial=start,
             )
         )
     return results
