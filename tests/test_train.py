@@ -587,6 +587,7 @@ def test_init_from_a_run_starts_the_fold_from_its_weights(smoke_run, training_da
     options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(smoke_run)]
     result = _train(recipe, training_data, tmp_path / "run", *options)
     assert result.exit_code == 0, result.output
+    assert "starting from" in result.output
     source = smoke_run / "wt" / "fold0" / "best.pt"
     started = load_checkpoint(source)["model"]
     trained = load_checkpoint(tmp_path / "run" / "wt" / "fold0" / "last.pt")

@@ -128,7 +128,9 @@ def run_train(
     if context.is_main:
         console.stderr.print(
             f"brats train: recipe {recipe.name}, {len(stages)} stage(s), device {context.device}, "
-            f"{context.world} rank(s), global batch {recipe.batch_size}" + (", deterministic" if deterministic else "")
+            f"{context.world} rank(s), global batch {recipe.batch_size}"
+            + (", deterministic" if deterministic else "")
+            + (f", starting from {init_from}" if init_from else "")
         )
     try:
         with reporter or _nothing():
