@@ -100,7 +100,7 @@ step_train() {
   local box=$((DEADLINE - SECONDS - RESERVE))
   if [ "$box" -lt 60 ]; then stamp "default bundle: only $box s left for training; skipped"; return; fi
   stamp "default bundle: training, $box s per model"
-  env "${DATA[@]}" TIME_BOX=$box THREADS=2 LANES="${TRAIN_LANES:-base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1}" \
+  env "${DATA[@]}" TIME_BOX=$box THREADS=2 SECOND_LANES= LANES="${TRAIN_LANES:-base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1}" \
     bash train/default.sh 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
   pack_logs
   [ -f runs/default/bundle/manifest.json ] || { stamp "no bundle"; return; }
