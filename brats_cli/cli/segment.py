@@ -56,7 +56,7 @@ def segment(
     ] = LabelChoice.AUTO,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists (default: skip them).")] = False,
     profile: Annotated[
-        bool, typer.Option(help="Print per-stage seconds for each case (and peak GPU memory on a GPU).")
+        bool, typer.Option(help="Print per-stage seconds for each case (and peak GPU memory with PyTorch on a GPU).")
     ] = False,
 ) -> None:
     """Segment every case in INPUT; write OUTPUT/<ID>.nii.gz (uint8, the input's geometry)."""

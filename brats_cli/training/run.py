@@ -25,6 +25,7 @@ from brats_cli.training.cache import CachedCase, prepare_cache, training_cases
 from brats_cli.training.folds import Folds, load_or_create_folds
 from brats_cli.training.loop import (
     BEST,
+    LAST,
     STAGE_ORDER,
     EpochRecord,
     FoldJob,
@@ -109,21 +110,18 @@ def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
     that split fold in a torch weights bundle (by its `fold_numbers` metadata where it has them,
     else file `<stage>_fold<fold>`), or that fold's `best.pt` in a training run folder."""
     from brats_cli.bundle import MANIFEST, load_bundle
-    from brats_cli.choices import Backend
-    from brats_cli.predictors import require_backend
+    from brats_cli.predictors import load_torch_models
 
     source = Path(source)
     if (source / MANIFEST).is_file():
         bundle = load_bundle(source)
-        require_backend(bundle, Backend.TORCH)
         paths = bundle.fold_paths(stage)
         numbers = bundle.manifest.metadata.get("fold_numbers", {}).get(stage.value) or list(range(len(paths)))
         if fold not in numbers:
             raise InputError(f"{source}: no {stage.value} model of fold {fold} to start from (folds {numbers})")
-        from safetensors.torch import load_file
-
-        path = paths[numbers.index(fold)]
-        return InitialWeights(load_file(str(path)), str(path))
+        index = numbers.index(fold)
+        (model,) = load_torch_models(bundle, stage, [index])
+        return InitialWeights(model.state_dict(), str(paths[index]))
     if (source / RECIPE_FILE).is_file():
         path = fold_folder(source, stage, fold) / BEST
         if not path.is_file():
@@ -184,8 +182,14 @@ def run_training(
             error = failure
     cached, folds = distributed.share_outcome(context, prepared, error)
     jobs = plan_jobs(recipe, run, cached, folds, stages, fold)
-    # All of them before any training, so that a missing fold fails the command at once.
-    initial = [initial_weights(init_from, job.stage, job.fold) if init_from else None for job in jobs]
+    # All of them before any training, so that a missing fold fails the command at once; a fold
+    # that resumes continues from its own last.pt and needs none.
+    initial = [
+        initial_weights(init_from, job.stage, job.fold)
+        if init_from and not (resume and (job.folder / LAST).exists())
+        else None
+        for job in jobs
+    ]
     results = []
     for job, start in zip(jobs, initial, strict=True):
         results.append(
