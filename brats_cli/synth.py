@@ -226,30 +226,38 @@ class Lesion:
     push: float  # mass effect: fraction by which tissue at the centre is pushed out
 
 
-def _draw_lesion(rng: np.random.Generator, centre: np.ndarray, satellite: bool) -> Lesion:
+# Share of lesions whose core does not enhance (lower-grade looking). Of the enhancing ones, about
+# one in four is solid (enhancing throughout, no necrosis): 20% of all lesions at the default share.
+NON_ENHANCING_SHARE = 0.15
+SOLID_SHARE = 0.20 / (1 - NON_ENHANCING_SHARE)
+
+
+def _draw_lesion(rng: np.random.Generator, centre: np.ndarray, satellite: bool, non_enhancing: float) -> Lesion:
     # Main lesions: log-uniform core radius, small (4 mm) to large (22 mm) equally often per octave.
     core = rng.uniform(2.5, 6.0) if satellite else float(np.exp(rng.uniform(np.log(4.0), np.log(22.0))))
     # Edema reaches 2-20 mm past the core: whole tumours of ~0.5 to ~300 ml, the BraTS range.
     edema = core + rng.uniform(2.0, 20.0)
     kind = rng.uniform()
-    enhancing = kind >= 0.15  # ~15% non-enhancing (lower-grade looking) tumours
-    necrosis = enhancing and kind >= 0.35 and core > 7.0  # ~20% solid enhancing tumours
+    enhancing = kind >= non_enhancing
+    necrosis = enhancing and kind >= non_enhancing + SOLID_SHARE * (1 - non_enhancing) and core > 7.0
     push = 0.0 if satellite else min(0.6, 0.15 + 0.02 * core)
     return Lesion(centre, core, edema, necrosis, enhancing, rng.uniform(2.5, 7.0), push)
 
 
-def draw_lesions(rng: np.random.Generator, anatomy: Anatomy, placement: Placement) -> list[Lesion]:
+def draw_lesions(
+    rng: np.random.Generator, anatomy: Anatomy, placement: Placement, non_enhancing: float = NON_ENHANCING_SHARE
+) -> list[Lesion]:
     sites = anatomy.tumour_sites
     site = sites[rng.integers(len(sites))]
     centre = placement.to_output(site[None])[0]
-    lesions = [_draw_lesion(rng, centre, satellite=False)]
+    lesions = [_draw_lesion(rng, centre, satellite=False, non_enhancing=non_enhancing)]
     if rng.uniform() < 0.15:  # an occasional satellite lesion near the main one
         main = lesions[0]
         near = np.linalg.norm(placement.to_output(sites) - centre, axis=1)
         ring = np.nonzero((near > main.edema_radius + 4) & (near < main.edema_radius + 25))[0]
         if len(ring):
             satellite_site = placement.to_output(sites[ring[rng.integers(len(ring))]][None])[0]
-            lesions.append(_draw_lesion(rng, satellite_site, satellite=True))
+            lesions.append(_draw_lesion(rng, satellite_site, satellite=True, non_enhancing=non_enhancing))
     return lesions
 
 
@@ -454,13 +462,18 @@ def _bias_field(rng: np.random.Generator, strength: float, voxels: tuple[np.ndar
     return np.exp(log_field)
 
 
-def make_phantom(seed: int, index: int, naming: Naming = Naming.BRATS2021) -> Phantom:
-    """Case `index` of the phantom series `seed`; depends only on (seed, index)."""
+def make_phantom(
+    seed: int, index: int, naming: Naming = Naming.BRATS2021, non_enhancing: float = NON_ENHANCING_SHARE
+) -> Phantom:
+    """Case `index` of the phantom series `seed`; depends only on (seed, index) and the share of
+    non-enhancing lesions (the default keeps every series as it has always been)."""
+    if not 0.0 <= non_enhancing <= 1.0:
+        raise ValueError(f"non_enhancing is a share in [0, 1], not {non_enhancing}")
     naming = Naming(naming)
     rng = np.random.default_rng([seed, index])
     anatomy = load_anatomy()
     placement = draw_placement(rng)
-    lesions = draw_lesions(rng, anatomy, placement)
+    lesions = draw_lesions(rng, anatomy, placement, non_enhancing)
     field, spacing = displacement_field(rng, placement, lesions)
     low, size = output_box(anatomy, placement)
     warped = warp_anatomy(field, spacing, low, size)
@@ -546,13 +559,14 @@ def write_phantom_cases(
     seed: int,
     naming: Naming = Naming.BRATS2021,
     on_case: Callable[[Phantom], None] | None = None,
+    non_enhancing: float = NON_ENHANCING_SHARE,
 ) -> list[Path]:
     """Write cases 0..n-1 of series `seed` under `root`; `on_case` sees each phantom once written."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
     for index in range(n):
-        phantom = make_phantom(seed, index, naming)
+        phantom = make_phantom(seed, index, naming, non_enhancing)
         folders.append(write_phantom(phantom, root))
         if on_case is not None:
             on_case(phantom)

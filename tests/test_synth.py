@@ -133,6 +133,33 @@ def test_case_mix_over_a_series():
     assert 0.03 < np.mean([len(lesions) > 1 for lesions in series]) < 0.3
 
 
+@pytest.mark.parametrize("share", [0.0, 0.6, 1.0])
+def test_non_enhancing_share_sets_the_lesion_mix(share):
+    """A training set rich in lower-grade looking cores: the share is honoured and, among the
+    enhancing lesions, solid and necrotic keep their default proportions."""
+    anatomy = synth.load_anatomy()
+    main = []
+    for index in range(300):
+        rng = np.random.default_rng([SEED, index])
+        main.append(synth.draw_lesions(rng, anatomy, synth.draw_placement(rng), non_enhancing=share)[0])
+    non_enhancing = np.mean([not lesion.enhancing for lesion in main])
+    assert abs(non_enhancing - share) < 0.08
+    enhancing = [lesion for lesion in main if lesion.enhancing]
+    if enhancing:
+        solid = np.mean([not lesion.necrosis for lesion in enhancing if lesion.core_radius > 7.0])
+        assert abs(solid - synth.SOLID_SHARE) < 0.12
+
+
+def test_fully_non_enhancing_phantom_has_no_et_label():
+    phantom = make_phantom(SEED, 0, Naming.BRATS2021, non_enhancing=1.0)
+    assert 4 not in np.unique(phantom.labels) and 1 in np.unique(phantom.labels)
+
+
+def test_cli_rejects_a_share_outside_0_1(tmp_path):
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--non-enhancing", "1.5"])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+
+
 def test_cli_writes_brats_layout_with_geometry(written, phantom):
     discovery = discover_cases(written / "cases")
     assert [case.case_id for case in discovery.cases] == ["Synth2021_s11_00000", "Synth2021_s11_00001"]

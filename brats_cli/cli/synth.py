@@ -18,6 +18,15 @@ def synth(
     naming: Annotated[
         CaseNaming, typer.Option(help="2021: <ID>_flair.nii.gz, ET = 4; 2023: <ID>-t2f.nii.gz, ET = 3.")
     ] = CaseNaming.BRATS2021,
+    non_enhancing: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of lesions whose core does not enhance (labelled NCR, no ET). The default keeps "
+            "every series as before; a higher share gives training data for lower-grade looking cores.",
+        ),
+    ] = 0.15,
     preview: Annotated[
         Path | None, typer.Option(help="Also write a PNG with a row per case at its slice with most tumour.")
     ] = None,
@@ -52,7 +61,9 @@ def synth(
                     rows.append(phantoms.preview_row(phantom))
                 progress.update(task, advance=1, description=phantom.case_id)
 
-            phantoms.write_phantom_cases(output, n, seed, Naming(naming.value), on_case=on_case)
+            phantoms.write_phantom_cases(
+                output, n, seed, Naming(naming.value), on_case=on_case, non_enhancing=non_enhancing
+            )
         seconds = time.perf_counter() - started
         if preview is not None:
             phantoms.save_preview(rows, preview)
