@@ -30,7 +30,7 @@ from brats_cli.synth import make_phantom
 from brats_cli.training.cache import prepare_cache, training_cases
 from brats_cli.training.data import centred_start
 from brats_cli.training.distributed import Context
-from brats_cli.training.folds import load_or_create_folds, make_folds
+from brats_cli.training.folds import load_or_create_folds, make_folds, read_folds
 from brats_cli.training.loop import BlockMax3d, load_checkpoint
 from brats_cli.training.losses import compute_loss, hard_dice
 from brats_cli.training.recipe import Loss, load_recipe, recipe_from_dict
@@ -169,6 +169,24 @@ def test_folds_are_a_seeded_partition_written_and_reused(tmp_path):
     assert load_or_create_folds(tmp_path, ids, 5, seed=99) == written  # reused, not re-drawn
     with pytest.raises(InputError, match="missing from the data: case022"):
         load_or_create_folds(tmp_path, ids[:-1], 5, seed=3)
+
+
+def test_training_only_cases_train_in_every_fold_and_leave_the_split_alone(tmp_path):
+    ids = [f"case{i:03d}" for i in range(23)]
+    extra = ["extra1", "extra0"]
+    folds = make_folds(ids, 5, seed=3, training_only=extra)
+    assert folds.folds == make_folds(ids, 5, seed=3).folds and folds.case_ids == ids
+    for k in range(5):
+        train, validation = folds.split(k)
+        assert set(extra) <= set(train) and set(extra).isdisjoint(validation)
+        assert len(train) + len(validation) == 25
+    written = load_or_create_folds(tmp_path, ids, 5, seed=3, training_only=extra)
+    assert json.loads((tmp_path / "folds.json").read_text())["training_only"] == ["extra0", "extra1"]
+    assert read_folds(tmp_path / "folds.json") == written == folds
+    with pytest.raises(InputError, match=r"training-only cases \(--extra\) differ .* \(2 in the run, 0 given\)"):
+        load_or_create_folds(tmp_path, ids, 5, seed=3)
+    with pytest.raises(InputError, match="between the training data and the training-only cases: case004"):
+        make_folds(ids, 5, seed=3, training_only=["case004"])
 
 
 def test_region_crop_centres_on_the_tumour_and_stays_inside_the_grid():
@@ -567,6 +585,48 @@ def test_prepare_only_caches_and_writes_folds_without_training(training_data, sh
     assert result.exit_code == 0, result.output
     assert "prepared 5 case(s); 5 folds of 1, 1, 1, 1, 1" in result.output
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["folds.json", "recipe.json"]
+
+
+def test_extra_cases_train_every_fold_and_are_recorded(training_data, shared_cache, tmp_path):
+    """`--extra`: a second folder of labelled cases on the training side of every fold; the
+    checkpoints say how many a fold trained on."""
+    data = copy_data(training_data, tmp_path / "data", ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"])
+    extra = copy_data(training_data, tmp_path / "extra", ["BraTS2021_00003", "BraTS2021_00004"])
+    recipe = smoke_recipe_file(
+        tmp_path,
+        folds="folds = 2",
+        train_folds="train_folds = [0]",
+        epochs="epochs = 1",
+        region_window="region_window = [32, 32, 32]",
+        patch="patch = [32, 32, 32]",
+        validation_size="validation_size = [32, 32, 32]",
+    )
+    options = ["--cache", str(shared_cache), "--extra", str(extra)]
+    result = _train(recipe, data, tmp_path / "run", *options, "--prepare-only")
+    assert result.exit_code == 0, result.output
+    assert "prepared 5 case(s); 2 folds of 2, 1, 2 training-only" in " ".join(result.output.split())
+    folds = read_folds(tmp_path / "run" / "folds.json")
+    assert folds.training_only == ("BraTS2021_00003", "BraTS2021_00004") and len(folds.case_ids) == 3
+
+    result = _train(recipe, data, tmp_path / "run", *options, "--stage", "wt", "--fold", "0")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "run" / "wt" / "fold0" / "last.pt")["training_only"] == 2
+
+    result = _train(recipe, data, tmp_path / "run", "--cache", str(shared_cache), "--stage", "wt", "--resume")
+    assert result.exit_code == 2  # the same run without its --extra cases
+    assert "training-only cases (--extra) differ" in " ".join(result.output.split())
+
+
+def test_an_unusable_extra_case_is_named_before_training(training_data, tmp_path):
+    data = copy_data(training_data, tmp_path / "data", ["BraTS2021_00000", "BraTS2021_00001"])
+    extra = copy_data(training_data, tmp_path / "extra", ["BraTS2021_00002"])
+    next((extra / "BraTS2021_00002").glob("*_seg.nii")).unlink()
+    recipe = smoke_recipe_file(tmp_path, folds="folds = 2", train_folds="train_folds = [0]")
+    result = _train(recipe, data, tmp_path / "run", "--extra", str(extra))
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert f"{extra}: 1 case(s) unusable for training" in output and "BraTS2021_00002: no segmentation" in output
+    assert not (tmp_path / "run" / "cache").exists() and not (tmp_path / "run" / "folds.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------

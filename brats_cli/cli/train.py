@@ -47,6 +47,13 @@ def train(
     prepare_only: Annotated[
         bool, typer.Option(help="Only validate and cache the data and write folds.json (e.g. before an array job).")
     ] = False,
+    extra: Annotated[
+        Path | None,
+        typer.Option(
+            help="A second folder of labelled cases that join the training side of every fold and are never "
+            "validated on (external or synthetic data); the split of the --data cases stays as it was."
+        ),
+    ] = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
@@ -59,23 +66,29 @@ def train(
     """Train the selected stages and folds; checkpoints every epoch, logs RUN/<stage>/fold<k>/log.csv."""
     chosen_fold = _parse_fold(fold)
     if prepare_only:
-        raise typer.Exit(run_prepare(recipe, data, out, cache))
-    raise typer.Exit(run_train(recipe, data, out, stage, chosen_fold, resume, deterministic, device, cache, init_from))
+        raise typer.Exit(run_prepare(recipe, data, out, cache, extra))
+    raise typer.Exit(
+        run_train(recipe, data, out, stage, chosen_fold, resume, deterministic, device, cache, init_from, extra)
+    )
 
 
-def run_prepare(recipe_path: Path, data: Path, out: Path, cache: Path | None) -> int:
+def run_prepare(recipe_path: Path, data: Path, out: Path, cache: Path | None, extra: Path | None = None) -> int:
     from brats_cli.errors import BratsError
     from brats_cli.training.recipe import load_recipe
     from brats_cli.training.run import prepare
 
     try:
         recipe = load_recipe(recipe_path)
-        cached, folds = prepare(recipe, data, out, cache or out / "cache", _print_case)
+        cached, folds = prepare(recipe, data, out, cache or out / "cache", _print_case, extra)
     except BratsError as error:
         report(error)
         return console.EXIT_UNUSABLE
     sizes = ", ".join(str(len(f)) for f in folds.folds)
-    console.stderr.print(f"prepared {len(cached)} case(s); {len(folds.folds)} folds of {sizes} in {out / 'folds.json'}")
+    console.stderr.print(
+        f"prepared {len(cached)} case(s); {len(folds.folds)} folds of {sizes}"
+        + (f", {len(folds.training_only)} training-only" if folds.training_only else "")
+        + f" in {out / 'folds.json'}"
+    )
     return console.EXIT_OK
 
 
@@ -107,6 +120,7 @@ def run_train(
     device: Device,
     cache: Path | None,
     init_from: Path | None = None,
+    extra: Path | None = None,
 ) -> int:
     from brats_cli.bundle import Stage
     from brats_cli.errors import BratsError
@@ -131,6 +145,7 @@ def run_train(
             f"{context.world} rank(s), global batch {recipe.batch_size}"
             + (", deterministic" if deterministic else "")
             + (f", starting from {init_from}" if init_from else "")
+            + (f", training-only cases from {extra}" if extra else "")
         )
     try:
         with reporter or _nothing():
@@ -147,6 +162,7 @@ def run_train(
                 on_case=_print_case,
                 reporter=reporter,
                 init_from=init_from,
+                extra=extra,
             )
     except BratsError as error:
         report(error)

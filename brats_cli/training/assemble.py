@@ -31,6 +31,7 @@ class TrainedFold:
     epochs_done: int
     epochs_planned: int
     init_from: str | None = None  # the weights the fold started from (brats train --init-from)
+    training_only: int = 0  # training-only cases it trained on (brats train --extra)
 
 
 def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
@@ -69,6 +70,7 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
                     int(last["epoch"]),
                     recipe.stages[stage].epochs,
                     best.get("init_from"),
+                    int(best.get("training_only", 0)),
                 )
             )
         if not states:
@@ -95,6 +97,8 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
         }
         if item.init_from:
             validation[item.stage.value][f"fold{item.fold}"]["init_from"] = item.init_from
+        if item.training_only:
+            validation[item.stage.value][f"fold{item.fold}"]["training_only"] = item.training_only
     metadata = {
         "trained_with": f"brats {__version__}",
         "recipe": recipe.to_dict(),

@@ -52,6 +52,7 @@ class FoldJob:
     train: list[CachedCase]
     validation: list[CachedCase]
     folder: Path
+    training_only: int = 0  # how many of `train` are training-only cases (brats train --extra)
 
     @property
     def stream(self) -> int:
@@ -427,6 +428,7 @@ def train_fold(
                         "val_dice": val_dice,
                         "val_loss": val_loss,
                         "init_from": init_from,
+                        "training_only": job.training_only,
                         "model": weights,
                     },
                     best_path,
@@ -445,6 +447,7 @@ def train_fold(
                     "best_dice": best_dice,
                     "best_epoch": best_epoch,
                     "init_from": init_from,
+                    "training_only": job.training_only,
                     "history": [asdict(r) for r in history],
                     "rng": _rng_state(),
                 },

@@ -79,9 +79,15 @@ def record_recipe(run: Path, recipe: Recipe) -> None:
 
 
 def prepare(
-    recipe: Recipe, data: Path, run: Path, cache: Path, on_case: Callable[[Case, bool], None] | None = None
+    recipe: Recipe,
+    data: Path,
+    run: Path,
+    cache: Path,
+    on_case: Callable[[Case, bool], None] | None = None,
+    extra: Path | None = None,
 ) -> tuple[list[CachedCase], Folds]:
-    """Check the recipe against the run, validate and cache every case, and make or read the folds.
+    """Check the recipe against the run, validate and cache every case (those of `extra`, the
+    training-only folder, too), and make or read the folds.
 
     The recipe and the folds are recorded only once every case is usable: a run refused for its
     data holds no record that would tie the next attempt to this recipe or these cases (the cache
@@ -98,11 +104,15 @@ def prepare(
         raise InputError(
             f"{data}: {len(cases)} labelled case(s) for {recipe.folds} folds; every fold needs one validation case"
         )
+    extra_cases = training_cases(extra) if extra is not None else []
     cached = prepare_cache(cases, cache, on_case)
+    cached_extra = prepare_cache(extra_cases, cache, on_case)
     if not recorded:
         record_recipe(run, recipe)
-    folds = load_or_create_folds(run, [c.case_id for c in cached], recipe.folds, recipe.seed)
-    return cached, folds
+    folds = load_or_create_folds(
+        run, [c.case_id for c in cached], recipe.folds, recipe.seed, [c.case_id for c in cached_extra]
+    )
+    return cached + cached_extra, folds
 
 
 def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
@@ -149,6 +159,7 @@ def plan_jobs(
                     [by_id[i] for i in train_ids],
                     [by_id[i] for i in validation_ids],
                     fold_folder(run, stage, k),
+                    training_only=len(folds.training_only),
                 )
             )
     return jobs
@@ -169,6 +180,7 @@ def run_training(
     reporter: Reporter | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     init_from: Path | None = None,
+    extra: Path | None = None,
 ) -> list[FoldResult]:
     """Prepare the data (rank 0), then train every selected stage and fold in turn; with `init_from`
     each fold starts from that bundle's or run's weights for the same stage and fold."""
@@ -177,7 +189,7 @@ def run_training(
     prepared, error = None, None
     if context.is_main:
         try:
-            prepared = prepare(recipe, data, run, cache or run / "cache", on_case)
+            prepared = prepare(recipe, data, run, cache or run / "cache", on_case, extra)
         except BratsError as failure:
             error = failure
     cached, folds = distributed.share_outcome(context, prepared, error)
