@@ -3,15 +3,18 @@
 # parallel, the models of the recipe trained in parallel lanes (each lane trains its jobs one after
 # the other), then `brats bundle`. Run from the repository root:
 #
-#   bash train/default.sh                       # the shipped bundle: 2 CPU cores, about 170 minutes
-#   DEVICE=cuda RECIPE=train/default_gpu.toml TIME_BOX=270 THREADS=2 SECOND_LANES= \
+#   bash train/default.sh                       # the shipped bundle: 2 CPU cores, about 220 minutes
+#   DEVICE=cuda RECIPE=train/default_gpu.toml TIME_BOX=270 THREADS=2 SECOND_LANES= THIRD_LANES= \
 #     LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh   # one GPU
 #
 # Settings (environment): WORK (run folder), SHARDS x PER_SHARD phantoms with seeds SEED0.. (one
 # synth and one cache process per shard), LANES (jobs stage:fold; lanes split by "|"), THREADS per
 # training process, SECOND_LANES (the second round's jobs, from the first round's models),
-# TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE, RECIPE, BUNDLE,
-# STOP_AFTER (phantoms or cache: prepare the data only, e.g. while a GPU is busy with something else).
+# THIRD_LANES (the third round's jobs, from the second round's models, with EXTRA_SHARDS x
+# EXTRA_PER_SHARD training-only phantoms of seeds EXTRA_SEED0.. whose lesions are non-enhancing with
+# share EXTRA_NON_ENHANCING), TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE,
+# RECIPE, BUNDLE, FROM_ROUND (2 or 3: the earlier rounds' run folders exist; train from this round
+# on), STOP_AFTER (phantoms or cache: prepare the data only, e.g. while a GPU is busy).
 set -euo pipefail
 
 WORK=${WORK:-runs/default}
@@ -25,6 +28,16 @@ LANES=${LANES:-"base:0 wt:1 tc:1 | wt:0 tc:0 et:0 et:1"}
 # TC fold 1 0.648, TC fold 0 0.781, WT fold 1 0.922): the recipe's epochs again, from where they
 # stood. Empty: no second round.
 SECOND_LANES=${SECOND_LANES-"base:0 tc:0 | tc:1 wt:1"}
+# A third round for TC, whose second-round models still missed non-enhancing cores (3 of the 20
+# held-out phantoms, TC Dice 0.35-0.51): the recipe's epochs again from round two, with 120 more
+# phantoms, 60% of them non-enhancing, on the training side of both folds (brats train --extra;
+# the validation split stays that of rounds one and two). Empty: no third round.
+THIRD_LANES=${THIRD_LANES-"tc:0 | tc:1"}
+EXTRA_SHARDS=${EXTRA_SHARDS:-2}
+EXTRA_PER_SHARD=${EXTRA_PER_SHARD:-60}
+EXTRA_SEED0=${EXTRA_SEED0:-1100}
+EXTRA_NON_ENHANCING=${EXTRA_NON_ENHANCING:-0.6}
+FROM_ROUND=${FROM_ROUND:-1}
 THREADS=${THREADS:-1}
 TIME_BOX=${TIME_BOX:-0}
 DEVICE=${DEVICE:-cpu}
@@ -48,16 +61,33 @@ stamp() { printf '[%s] %s\n' "$(date +%T)" "$*"; }
 
 mkdir -p "$WORK/shards" "$WORK/data" "$WORK/logs"
 
-stamp "phantoms: $SHARDS x $PER_SHARD, seeds $SEED0.."
-pids=()
-for i in $(seq 0 $((SHARDS - 1))); do
-  # A shard with all its cases (each file is written atomically, the seg last) is kept: a rerun
-  # after a failed training step does not make the same phantoms again.
-  if [ "$(find "$WORK/shards/$i" -name '*_seg.nii.gz' 2>/dev/null | wc -l)" -eq "$PER_SHARD" ]; then continue; fi
-  one_thread "$PYTHON" -m brats_cli synth "$WORK/shards/$i" --n "$PER_SHARD" --seed $((SEED0 + i)) >"$WORK/logs/synth-$i.log" 2>&1 &
-  pids+=($!)
-done
-wait_all "${pids[@]}"
+make_shards() {  # folder shards per_shard seed0 [synth options]: one synth process per shard
+  local folder=$1 shards=$2 per_shard=$3 seed0=$4 pids=() i
+  shift 4
+  stamp "phantoms: $shards x $per_shard in $folder, seeds $seed0.. $*"
+  for i in $(seq 0 $((shards - 1))); do
+    # A shard with all its cases (each file is written atomically, the seg last) is kept: a rerun
+    # after a failed training step does not make the same phantoms again.
+    if [ "$(find "$folder/$i" -name '*_seg.nii.gz' 2>/dev/null | wc -l)" -eq "$per_shard" ]; then continue; fi
+    one_thread "$PYTHON" -m brats_cli synth "$folder/$i" --n "$per_shard" --seed $((seed0 + i)) "$@" \
+      >"$WORK/logs/synth-$(basename "$folder")-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  wait_all "${pids[@]}"
+}
+
+cache_shards() {  # folder shards [train options]: one cache process per shard
+  local folder=$1 shards=$2 pids=() i
+  shift 2
+  for i in $(seq 0 $((shards - 1))); do
+    one_thread "$PYTHON" -m brats_cli train --recipe "$RECIPE" --data "$folder/$i" --out "$WORK/prepare/$(basename "$folder")-$i" \
+      --cache "$WORK/cache" --prepare-only "$@" >"$WORK/logs/prepare-$(basename "$folder")-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  wait_all "${pids[@]}"
+}
+
+make_shards "$WORK/shards" "$SHARDS" "$PER_SHARD" "$SEED0"
 # One training folder of links; the cache keys on resolved paths, so the shards' entries serve it.
 for case in "$WORK"/shards/*/*/; do
   ln -sfn "$(realpath "$case")" "$WORK/data/$(basename "$case")"
@@ -66,25 +96,20 @@ stamp "phantoms: $(find "$WORK/data" -mindepth 1 -maxdepth 1 | wc -l) cases"
 [ "$STOP_AFTER" = phantoms ] && exit 0
 
 stamp "cache: one process per shard"
-pids=()
-for i in $(seq 0 $((SHARDS - 1))); do
-  one_thread "$PYTHON" -m brats_cli train --recipe "$RECIPE" --data "$WORK/shards/$i" --out "$WORK/prepare/$i" --cache "$WORK/cache" \
-    --prepare-only >"$WORK/logs/prepare-$i.log" 2>&1 &
-  pids+=($!)
-done
-wait_all "${pids[@]}"
+cache_shards "$WORK/shards" "$SHARDS"
 brats train --recipe "$RECIPE" --data "$WORK/data" --out "$WORK/run" --cache "$WORK/cache" --prepare-only \
   >"$WORK/logs/prepare.log" 2>&1
 stamp "cache: done"
 [ "$STOP_AFTER" = cache ] && exit 0
 
-RUN_DIR=$WORK/run  # the round being trained: run, then run2
-INIT=()            # round two: --init-from the first round's run
+RUN_DIR=$WORK/run  # the round being trained: run, run2, run3
+INIT=()            # rounds two and three: --init-from the round before
+EXTRA=()           # round three: --extra, the training-only phantoms
 ROUND=""
 train_job() {  # stage:fold
   local stage=${1%:*} fold=${1#*:} status=0
   local command=("$PYTHON" -m brats_cli train --recipe "$RECIPE" --data "$WORK/data" --out "$RUN_DIR"
-    --cache "$WORK/cache" --stage "$stage" --fold "$fold" --device "$DEVICE" "${INIT[@]}")
+    --cache "$WORK/cache" --stage "$stage" --fold "$fold" --device "$DEVICE" "${INIT[@]}" "${EXTRA[@]}")
   local log="$WORK/logs/train$ROUND-$stage-$fold.log"
   stamp "train $stage fold $fold${ROUND:+ (round $ROUND)}"
   if [ "$TIME_BOX" -gt 0 ]; then
@@ -117,23 +142,52 @@ run_lanes() {  # the lanes of "$1" in parallel
   stamp "training: done"
 }
 
-run_lanes "$LANES"
+copy_untrained() {  # from to lanes: the folds of run "from" that "lanes" does not train again
+  local from=$1 to=$2 lanes=$3 folder stage fold
+  for folder in "$from"/*/fold*/; do
+    stage=$(basename "$(dirname "$folder")")
+    fold=$(basename "$folder")
+    if [[ " ${lanes//|/ } " != *" $stage:${fold#fold} "* ]]; then
+      mkdir -p "$to/$stage"
+      cp -r "$folder" "$to/$stage/"
+    fi
+  done
+}
+
+if [ "$FROM_ROUND" -le 1 ]; then run_lanes "$LANES"; fi
 if [ -n "$SECOND_LANES" ]; then
   # Round two: the folds it names train the recipe's epochs again in run2, each starting from its
   # round-one best model (brats train --init-from) on the same split; the other folds are copied.
-  rm -rf "$WORK/run2"
-  mkdir -p "$WORK/run2"
-  cp "$WORK/run/recipe.json" "$WORK/run/folds.json" "$WORK/run2/"
-  for folder in "$WORK"/run/*/fold*/; do
-    stage=$(basename "$(dirname "$folder")")
-    fold=$(basename "$folder")
-    if [[ " ${SECOND_LANES//|/ } " != *" $stage:${fold#fold} "* ]]; then
-      mkdir -p "$WORK/run2/$stage"
-      cp -r "$folder" "$WORK/run2/$stage/"
-    fi
+  if [ "$FROM_ROUND" -le 2 ]; then
+    rm -rf "$WORK/run2"
+    mkdir -p "$WORK/run2"
+    cp "$WORK/run/recipe.json" "$WORK/run/folds.json" "$WORK/run2/"
+    copy_untrained "$WORK/run" "$WORK/run2" "$SECOND_LANES"
+    RUN_DIR=$WORK/run2 INIT=(--init-from "$WORK/run") ROUND=2
+    run_lanes "$SECOND_LANES"
+  fi
+  RUN_DIR=$WORK/run2
+fi
+if [ -n "$THIRD_LANES" ]; then
+  # Round three: as round two, from the round before, with the training-only phantoms. Its
+  # folds.json is written by its first job: the same split, plus the training-only cases.
+  make_shards "$WORK/extra" "$EXTRA_SHARDS" "$EXTRA_PER_SHARD" "$EXTRA_SEED0" --non-enhancing "$EXTRA_NON_ENHANCING"
+  rm -rf "$WORK/extra-data"
+  mkdir -p "$WORK/extra-data"
+  for case in "$WORK"/extra/*/*/; do
+    ln -sfn "$(realpath "$case")" "$WORK/extra-data/$(basename "$case")"
   done
-  RUN_DIR=$WORK/run2 INIT=(--init-from "$WORK/run") ROUND=2
-  run_lanes "$SECOND_LANES"
+  stamp "cache: training-only phantoms"
+  cache_shards "$WORK/extra" "$EXTRA_SHARDS"
+  previous=$RUN_DIR
+  rm -rf "$WORK/run3"
+  mkdir -p "$WORK/run3"
+  cp "$previous/recipe.json" "$WORK/run3/"
+  brats train --recipe "$RECIPE" --data "$WORK/data" --extra "$WORK/extra-data" --out "$WORK/run3" --cache "$WORK/cache" \
+    --prepare-only >"$WORK/logs/prepare-run3.log" 2>&1
+  copy_untrained "$previous" "$WORK/run3" "$THIRD_LANES"
+  RUN_DIR=$WORK/run3 INIT=(--init-from "$previous") EXTRA=(--extra "$WORK/extra-data") ROUND=3
+  run_lanes "$THIRD_LANES"
 fi
 
 rm -rf "$BUNDLE"
