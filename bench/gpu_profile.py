@@ -4,6 +4,7 @@ channels-last (NDHWC) activations, GroupNorm as PyTorch's kernel and as the netw
 and K folds run one by one against one vmapped call. Random weights.
 
     python bench/gpu_profile.py [--stage region|base] [--folds 5] [--top 12]
+    python bench/gpu_profile.py --compile   # torch.compile (inductor) against eager, both GroupNorms
     python bench/gpu_profile.py --smoke     # tiny sizes on the CPU, to check the script itself
 
 Prints tables; no pass/fail. bench/gpu.py times the fp32 / TF32 / bf16 variants.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import forward_flop
-from gpu import measure
+from gpu import measure, sync
 
 from brats_cli.choices import Precision
 from brats_cli.model import GroupNorm, ResUNet3D
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--compile", action="store_true", help="only time torch.compile against eager")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU to check the script")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -46,6 +49,9 @@ def main() -> None:
     x = torch.randn(1, 4, *size, device=device)
     name = "CPU" if args.smoke else torch.cuda.get_device_name(device)
     print(f"{name}; torch {torch.__version__}; cuDNN {torch.backends.cudnn.version()}")
+    if args.compile:
+        compare_compiled(model, x, device, args.repeats, f"{args.stage} w{width} {size} bf16 contiguous")
+        return
     variants = [
         (norm, layout, memory_format)
         for norm in ("reductions", "native")
@@ -81,6 +87,8 @@ def main() -> None:
 
     # The folds as `brats segment` runs them: TorchStagePredictor one by one, and fused (vmap over
     # stacked bf16 weights), host array in and out.
+    if args.folds < 2:
+        return
     models = [ResUNet3D(width=width) for _ in range(args.folds)]
     image = torch.randn(4, *size).numpy()
     seconds, outputs = {}, {}
@@ -94,6 +102,35 @@ def main() -> None:
         f"fused {seconds[True] * 1000:.1f} ms (ratio {seconds[True] / seconds[False]:.2f}, "
         f"max probability difference {difference:.1e})"
     )
+
+
+def compare_compiled(model: ResUNet3D, x: torch.Tensor, device: torch.device, repeats: int, what: str) -> None:
+    """Eager against torch.compile (inductor, default mode) for each GroupNorm; the first compiled
+    call's seconds are the compilation a `brats segment` process would pay once per network shape."""
+    for norm in ("reductions", "native"):
+        GroupNorm.reduce_on_cuda = norm == "reductions"
+        torch._dynamo.reset()
+        compiled = torch.compile(model)
+
+        def run(network) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+                return network(x)
+
+        eager_seconds = measure(lambda: run(model), device, repeats)
+        started = time.perf_counter()
+        out = run(compiled)
+        sync(device)
+        compile_seconds = time.perf_counter() - started
+        seconds = measure(lambda compiled=compiled: run(compiled), device, repeats)
+        reference = run(model).float()
+        error = float((out.float() - reference).abs().max() / reference.abs().max())
+        print(
+            f"{what}, GroupNorm {norm}: eager {eager_seconds * 1000:.1f} ms, compiled {seconds * 1000:.1f} ms "
+            f"(ratio {seconds / eager_seconds:.2f}; compilation {compile_seconds:.0f} s; "
+            f"max difference {error:.1e} of the largest output)",
+            flush=True,
+        )
+    GroupNorm.reduce_on_cuda = True
 
 
 if __name__ == "__main__":

@@ -105,14 +105,18 @@ def flair_bundle(
     *,
     window=(128, 128, 128),
     thresholds: dict[Stage, float] | None = None,
-    folds: int = 1,
+    folds: int | dict[Stage, int] = 1,
     widths: dict[Stage, int] | None = None,
 ) -> Bundle:
     """A bundle of `flair_network`s: finds bright FLAIR tumours (one window per case). Tiny by
-    default; `widths` gives paper-sized networks for benchmarks with realistic localisation."""
+    default; `widths` gives paper-sized networks for benchmarks with realistic localisation, and
+    `folds` per stage the paper's ensembles (base 1, regions 5)."""
     thresholds = {**FLAIR_THRESHOLDS, **(thresholds or {})}
     widths = {stage: 4 for stage in Stage} | (widths or {})
-    weights = {stage: [flair_network(thresholds[stage], widths[stage]).state_dict()] * folds for stage in Stage}
+    counts = folds if isinstance(folds, dict) else {stage: folds for stage in Stage}
+    weights = {
+        stage: [flair_network(thresholds[stage], widths[stage]).state_dict()] * counts.get(stage, 1) for stage in Stage
+    }
     architectures = {
         stage: Architecture(width=widths[stage], input_size=MODEL_GRID if stage is Stage.BASE else window)
         for stage in Stage
