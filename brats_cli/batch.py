@@ -16,8 +16,9 @@ from brats_cli.choices import LabelChoice
 from brats_cli.errors import BratsError, CaseError
 from brats_cli.io import Case, Geometry, Naming, load_case, write_label_map
 from brats_cli.labels import REGIONS, LabelConvention, Region, region_masks
-from brats_cli.pipeline import PipelineConfig, segment_image
+from brats_cli.pipeline import PipelineConfig, segment_preprocessed
 from brats_cli.predictors import StagePredictor
+from brats_cli.preprocess import preprocess
 
 
 class Status(str, Enum):
@@ -44,20 +45,28 @@ def output_convention(case: Case, choice: LabelChoice) -> LabelConvention:
     return LabelConvention(choice.value)
 
 
-Loader = Callable[[], tuple[np.ndarray, Geometry]]
+Loader = Callable[[], tuple[np.ndarray, Geometry]]  # (preprocessed model grid, geometry)
+
+
+def load_preprocessed(case: Case) -> tuple[np.ndarray, Geometry]:
+    """The case's model grid (`preprocess` of its four images) and its geometry."""
+    image, geometry = load_case(case)
+    return preprocess(image), geometry
 
 
 def prefetched(cases: Sequence[Case]) -> Iterator[tuple[Case, Loader]]:
-    """Each case with a loader whose reading started while the previous case was computing.
+    """Each case with a loader whose reading and preprocessing started while the previous case
+    was computing.
 
-    Decompressing four NIfTI files takes a second or more; one reader thread overlaps it with the
-    networks (zlib and the array copies release the GIL). At most two cases are in memory."""
+    Decompressing four NIfTI files takes a second or more, normalising them a tenth of one; one
+    reader thread overlaps both with the networks (zlib and numpy release the GIL). At most two
+    cases are in memory."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brats-read")
     try:
-        pending: Future | None = pool.submit(load_case, cases[0]) if cases else None
+        pending: Future | None = pool.submit(load_preprocessed, cases[0]) if cases else None
         for index, case in enumerate(cases):
             current = pending
-            pending = pool.submit(load_case, cases[index + 1]) if index + 1 < len(cases) else None
+            pending = pool.submit(load_preprocessed, cases[index + 1]) if index + 1 < len(cases) else None
             assert current is not None
             yield case, current.result
     finally:
@@ -74,16 +83,16 @@ def segment_case(
 ) -> CaseResult:
     """Segment one case and write `output`; every failure becomes a FAILED result, never an exception.
 
-    `load` returns the case's image and geometry (default: read it now); the time spent waiting for
-    it is the case's "read" seconds."""
+    `load` returns the case's preprocessed model grid and geometry (default: read and preprocess it
+    now); the time spent waiting for it is the case's "read" seconds."""
     started = time.perf_counter()
     try:
         if on_stage:
             on_stage("read")
         read_started = time.perf_counter()
-        image, geometry = load() if load is not None else load_case(case)
+        model_input, geometry = load() if load is not None else load_preprocessed(case)
         read_seconds = time.perf_counter() - read_started
-        segmentation = segment_image(image, predictors, config, on_stage=on_stage)
+        segmentation = segment_preprocessed(model_input, predictors, config, on_stage=on_stage)
         if on_stage:
             on_stage("write")
         write_started = time.perf_counter()

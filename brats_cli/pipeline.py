@@ -14,6 +14,7 @@ import numpy as np
 
 from brats_cli.bundle import REGION_STAGES, Manifest, Stage
 from brats_cli.choices import Ensemble
+from brats_cli.io import BRATS_SHAPE
 from brats_cli.labels import LabelConvention, apply_et_threshold, compose_labels
 from brats_cli.localise import Window, bounding_box, largest_component, localise_windows
 from brats_cli.predictors import StagePredictor
@@ -96,17 +97,29 @@ def segment_image(
     """Label map for one case. `image` is (4, 240, 240, 155), canonical orientation, raw intensities.
 
     `on_stage` is told the name of each stage as it starts (for progress display)."""
+    if on_stage:
+        on_stage("preprocess")
+    started = time.perf_counter()
+    model_input = preprocess(image)
+    seconds = time.perf_counter() - started
+    return segment_preprocessed(model_input, predictors, config, on_stage, {"preprocess": seconds})
+
+
+def segment_preprocessed(
+    model_input: np.ndarray,
+    predictors: Mapping[Stage, StagePredictor],
+    config: PipelineConfig,
+    on_stage: Callable[[str], None] | None = None,
+    seconds: dict[str, float] | None = None,
+) -> Segmentation:
+    """`segment_image` from the preprocessed model grid (`preprocess`'s output): a batch prepares
+    the next case in its reader thread while this one computes. `seconds` are earlier stages' times."""
 
     def announce(name: str) -> None:
         if on_stage:
             on_stage(name)
 
-    seconds: dict[str, float] = {}
-    announce("preprocess")
-    started = time.perf_counter()
-    model_input = preprocess(image)
-    seconds["preprocess"] = time.perf_counter() - started
-
+    seconds = dict(seconds or {})
     announce("base")
     started = time.perf_counter()
     base = ensemble_mask(predictors[Stage.BASE](model_input), config.ensemble, config.probability_threshold)
@@ -117,7 +130,7 @@ def segment_image(
     seconds["localise"] = time.perf_counter() - started
     if box is None:
         return Segmentation(
-            np.zeros(image.shape[1:], dtype=np.uint8),
+            np.zeros(BRATS_SHAPE, dtype=np.uint8),
             [],
             seconds,
             ["the base model found no tumour; writing an all-background segmentation"],

@@ -1,5 +1,6 @@
 """`brats segment` on a CUDA GPU (marker `gpu`; run on the GPU machine with `pytest -m gpu`): the
-same labels as the CPU in fp32, bf16 chosen by `--precision auto` and said in the log."""
+same labels as the CPU in fp32, bf16 chosen by `--precision auto` and said in the log, and
+`--compile` agreeing with eager."""
 
 import nibabel as nib
 import numpy as np
@@ -53,3 +54,14 @@ def test_cuda_auto_precision_is_bf16_and_says_why(cuda, tmp_path, flair_test_bun
     assert set(np.unique(fast)) <= {0, 1, 2, 3}  # bf16 may move voxels near a threshold
     dice = 2 * ((fast > 0) & (reference > 0)).sum() / ((fast > 0).sum() + (reference > 0).sum())
     assert dice > 0.98
+
+
+def test_cuda_compiled_bf16_agrees_with_eager(cuda, tmp_path, flair_test_bundle):
+    inp = tmp_path / "in"
+    write_case(inp, "BraTS-GLI-00007-000", synthetic_image(), naming=Naming.BRATS2023)
+    options = ("--device", "cuda", "--precision", "bf16", "--et-threshold", "0")
+    eager, _, _ = segment_labels(inp, tmp_path / "eager", flair_test_bundle, *options)
+    compiled, _, _ = segment_labels(inp, tmp_path / "compiled", flair_test_bundle, *options, "--compile")
+    tumour = (eager > 0) | (compiled > 0)
+    assert tumour.sum() > 10_000
+    assert (eager[tumour] == compiled[tumour]).mean() >= 0.995

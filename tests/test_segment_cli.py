@@ -121,6 +121,44 @@ def test_unusable_input_weights_and_output_exit_2(tmp_path, background_bundle):
     assert result.exit_code == 2
 
 
+def test_compile_refusals_are_one_line_before_any_case(tmp_path, background_bundle, monkeypatch):
+    write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
+    options = ("--weights", background_bundle.root, "--compile")
+    result = segment(tmp_path / "in", tmp_path / "out", *options, "--fuse-folds")
+    assert result.exit_code == 2
+    assert "error: --compile and --fuse-folds do not go together: choose one" in " ".join(result.output.split())
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))  # no cc, gcc or clang
+    result = segment(tmp_path / "in", tmp_path / "out", *options)
+    assert result.exit_code == 2
+    assert "--compile needs a C compiler (cc, gcc or clang) on PATH" in " ".join(result.output.split())
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+@pytest.mark.slow
+def test_compiled_networks_give_the_eager_labels(tmp_path, flair_test_bundle):
+    """torch.compile (inductor, here on the CPU; on CUDA in tests/test_gpu.py): the same labels."""
+    inp = tmp_path / "in"
+    write_case(inp, "BraTS-GLI-00007-000", synthetic_image(), naming=Naming.BRATS2023)
+    labels = {}
+    for name, options in {"eager": (), "compiled": ("--compile",)}.items():
+        result = segment(
+            inp,
+            tmp_path / name,
+            "--weights",
+            flair_test_bundle.root,
+            "--precision",
+            "fp32",
+            "--et-threshold",
+            "0",
+            *options,
+        )
+        assert result.exit_code == 0, result.output
+        labels[name] = np.asarray(nib.load(tmp_path / name / "BraTS-GLI-00007-000.nii.gz").dataobj)
+    tumour = (labels["eager"] > 0) | (labels["compiled"] > 0)
+    assert tumour.sum() > 10_000
+    assert (labels["eager"][tumour] == labels["compiled"][tumour]).mean() >= 0.999
+
+
 def test_synthetic_tumour_is_segmented_with_nested_labels(tmp_path, flair_test_bundle):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_case(inp, "BraTS-GLI-00007-000", synthetic_image(), naming=Naming.BRATS2023)

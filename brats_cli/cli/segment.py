@@ -44,6 +44,13 @@ def segment(
         bool,
         typer.Option(help="torch: run each stage's fold models as one batched call on their stacked weights."),
     ] = False,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            help="torch: compile the networks with torch.compile (needs a C compiler): about 20 s per network "
+            "shape at the first case, then faster forwards (H100: 0.44x the time); pays off over many cases."
+        ),
+    ] = False,
     ensemble: Annotated[
         Ensemble, typer.Option(help="mean: average fold probabilities (paper's RVE); vote: majority.")
     ] = Ensemble.MEAN,
@@ -56,7 +63,11 @@ def segment(
     ] = LabelChoice.AUTO,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists (default: skip them).")] = False,
     profile: Annotated[
-        bool, typer.Option(help="Print per-stage seconds for each case (and peak GPU memory with PyTorch on a GPU).")
+        bool,
+        typer.Option(
+            help="Print per-stage seconds for each case (read: waiting for the reader thread, which reads "
+            "and preprocesses each case while the one before computes), and peak GPU memory with PyTorch on a GPU."
+        ),
     ] = False,
 ) -> None:
     """Segment every case in INPUT; write OUTPUT/<ID>.nii.gz (uint8, the input's geometry)."""
@@ -69,6 +80,7 @@ def segment(
         precision=precision,
         folds=_parse_folds(folds),
         fuse_folds=fuse_folds,
+        compile=compile,
         ensemble=ensemble,
         et_threshold=et_threshold,
         labels=labels,
@@ -93,6 +105,7 @@ class SegmentOptions:
     profile: bool
     backend: Backend = Backend.TORCH
     fuse_folds: bool = False
+    compile: bool = False
 
 
 class Interrupted(BaseException):
@@ -137,6 +150,7 @@ def run_segment(options: SegmentOptions) -> int:
                 precision=options.precision,
                 folds=options.folds,
                 fuse_folds=options.fuse_folds,
+                compile=options.compile,
             )
         except BratsError as error:
             console.error(str(error))
@@ -145,6 +159,8 @@ def run_segment(options: SegmentOptions) -> int:
             console.note(message)
         if options.backend is Backend.ONNX and options.precision is Precision.BF16:
             console.note("--precision is ignored with --backend onnx: an ONNX bundle's precision is set at export")
+        if options.backend is Backend.ONNX and (options.compile or options.fuse_folds):
+            console.note("--compile and --fuse-folds are for --backend torch; ignored with --backend onnx")
         first = next(iter(predictors.values()))
         device = f"cpu ({usable_cpus()} threads)" if str(first.device) == "cpu" else str(first.device)
         precision = first.precision.value
