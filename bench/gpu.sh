@@ -9,6 +9,7 @@
 #   test   pytest -m gpu (segment on CUDA against the CPU; deterministic crash-and-resume training)
 #   e2e    `brats segment` end to end on 20 phantoms with hand-set paper-width networks (widths
 #          24/64, folds 1/5, one window per case: the paper's 16 forwards) in bf16, with --profile
+#   e2ecompile the same with --compile (torch.compile), and its label agreement with e2e
 #   compile bench/gpu_profile.py --compile: torch.compile (inductor) of the region model against
 #          eager, compilation time included
 #   train  a GPU default bundle (train/default.sh with train/default_gpu.toml), every model trained
@@ -35,7 +36,9 @@ export PYTHONUNBUFFERED=1
 brats() { python3 -m brats_cli "$@"; }
 stamp() { printf '[%s +%ds] %s\n' "$(date +%T)" "$SECONDS" "$*" | tee -a "$OUT/summary.txt"; }
 pack_logs() {  # eight files at most come back: the logs travel as one tar
-  tar cf "$OUT/logs.tar" -C "$OUT" logs -C "$ROOT" $(ls -d runs/default/logs runs/default/run/*/fold*/log.csv 2>/dev/null)
+  local extra=()
+  mapfile -t extra < <(ls -d runs/default/logs runs/default/run/*/fold*/log.csv 2>/dev/null)
+  tar cf "$OUT/logs.tar" -C "$OUT" logs ${extra[@]+-C "$ROOT" "${extra[@]}"}
 }
 # The training data and the held-out phantoms, as train/default.sh makes them for the GPU recipe.
 # SHARDS, PER_SHARD, HELDOUT (phantoms), RECIPE and TRAIN_LANES are set only to try the script
@@ -90,8 +93,9 @@ step_bench() {
   fi
 }
 
-step_e2e() {
-  stamp "end to end: paper-width hand-set networks, 5 folds, bf16"
+paper_width_run() {  # label [segment options]: the 20 held-out phantoms through paper-width networks
+  local label=$1 started=$SECONDS
+  shift
   python3 -c "
 from pathlib import Path
 from brats_cli.bundle import Stage
@@ -99,11 +103,32 @@ from brats_cli.testing import flair_bundle
 flair_bundle(Path('runs/paper-width'), widths={Stage.BASE: 24, Stage.WT: 64, Stage.TC: 64, Stage.ET: 64},
              folds={Stage.BASE: 1, Stage.WT: 5, Stage.TC: 5, Stage.ET: 5})"
   heldout
-  local started=$SECONDS
-  timeout 200 python3 -m brats_cli segment runs/heldout runs/paper-pred --weights runs/paper-width \
-    --device "$DEVICE" --precision bf16 --et-threshold 0 --profile --overwrite >"$OUT/logs/paper-e2e.log" 2>&1
-  stamp "end to end: $HELDOUT cases in $((SECONDS - started)) s wall (process start and model loading included)"
-  tail -32 "$OUT/logs/paper-e2e.log" | tee -a "$OUT/summary.txt"
+  started=$SECONDS
+  timeout 240 python3 -m brats_cli segment runs/heldout "runs/paper-pred-$label" --weights runs/paper-width \
+    --device "$DEVICE" --precision bf16 --et-threshold 0 --profile --overwrite "$@" >"$OUT/logs/paper-e2e-$label.log" 2>&1
+  stamp "end to end ($label): $HELDOUT cases in $((SECONDS - started)) s wall (process start and model loading included)"
+  tail -32 "$OUT/logs/paper-e2e-$label.log" | tee -a "$OUT/summary.txt"
+}
+
+step_e2e() {
+  stamp "end to end: paper-width hand-set networks, folds 1/5, bf16"
+  paper_width_run eager
+}
+
+step_e2ecompile() {
+  stamp "end to end: the same with --compile"
+  paper_width_run compiled --compile
+  python3 - <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+import glob, os
+import nibabel as nib, numpy as np
+agree = total = 0
+for path in sorted(glob.glob("runs/paper-pred-eager/*.nii.gz")):
+    a = np.asarray(nib.load(path).dataobj)
+    b = np.asarray(nib.load(path.replace("paper-pred-eager", "paper-pred-compiled")).dataobj)
+    tumour = (a > 0) | (b > 0)
+    agree += int((a[tumour] == b[tumour]).sum()); total += int(tumour.sum())
+print(f"--compile against eager: {agree / max(total, 1):.5f} of {total} tumour voxels agree")
+PY
 }
 
 step_train() {
@@ -131,13 +156,13 @@ preparing=
 if [[ " $STEPS " == *" train "* ]]; then
   prepare_data &
   preparing=$!
-elif [[ " $STEPS " == *" e2e "* ]]; then
+elif [[ " $STEPS " == *" e2e"* ]]; then
   heldout &  # only the 20 phantoms: 240 more would load the cores the timing needs
   preparing=$!
 fi
 for step in $STEPS; do
   # The end-to-end timing and the training want the CPU cores and the data: wait for the preparation.
-  if [ -n "$preparing" ] && [[ $step == e2e || $step == train ]]; then
+  if [ -n "$preparing" ] && [[ $step == e2e* || $step == train ]]; then
     stamp "waiting for the phantoms and the cache"
     wait "$preparing" || stamp "data preparation failed (logs/prepare-data.log)"
     preparing=
