@@ -7,8 +7,11 @@ through the pipeline's `segment_image` three times, on the same case, in one pro
 - plain: fp32, contiguous tensors (eager PyTorch as a user's script would run it);
 - channels-last: fp32, channels-last 3D (the layout oneDNN's fastest 3D kernels use);
 - fast: channels-last and bf16 autocast (`--precision auto` on a CPU with AVX-512 BF16 or AMX);
-- fast, folds fused: the same with each stage's folds as one batched call (`--fuse-folds`).
-It prints per-stage seconds and each variant's time as a ratio of plain.
+- fast, folds fused: the same with each stage's folds as one batched call (`--fuse-folds`);
+- fast, compiled: the fast path with torch.compile (`--compile`), timed after one untimed case
+  that compiles (its seconds are printed apart).
+It prints per-stage seconds and each variant's time as a ratio of plain (`--variants` picks some;
+plain always runs).
 
 Agreement (`--weights`, `--cases`): a trained bundle run in fp32 and with the fast path on every
 case of a folder (phantoms), and the fraction of tumour voxels (labelled tumour by either) that get
@@ -42,25 +45,43 @@ DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" 
 STAGES = ("preprocess", "base", "localise", "wt", "tc", "et", "compose")
 
 
-def variants(fast: Precision) -> dict[str, dict]:
-    return {
-        "plain fp32": {"precision": Precision.FP32, "channels_last": False},
-        "channels-last fp32": {"precision": Precision.FP32, "channels_last": True},
-        f"fast ({fast.value}, channels-last)": {"precision": fast, "channels_last": True},
-        "fast, folds fused": {"precision": fast, "channels_last": True, "fuse_folds": True},
+VARIANTS = ("plain", "channels-last", "fast", "fused", "compiled")
+
+
+def variants(fast: Precision, chosen: tuple[str, ...] = VARIANTS) -> dict[str, dict]:
+    every = {
+        "plain": ("plain fp32", {"precision": Precision.FP32, "channels_last": False}),
+        "channels-last": ("channels-last fp32", {"precision": Precision.FP32, "channels_last": True}),
+        "fast": (f"fast ({fast.value}, channels-last)", {"precision": fast, "channels_last": True}),
+        "fused": ("fast, folds fused", {"precision": fast, "channels_last": True, "fuse_folds": True}),
+        "compiled": ("fast, compiled", {"precision": fast, "channels_last": True, "compile": True}),
     }
+    return dict(every[key] for key in VARIANTS if key == "plain" or key in chosen)
 
 
-def predictors_for(bundle, precision: Precision, channels_last: bool, fuse_folds: bool = False):
+def predictors_for(bundle, precision: Precision, channels_last: bool, fuse_folds: bool = False, compile: bool = False):
     return {
         stage: TorchStagePredictor(
-            load_torch_models(bundle, stage), "cpu", precision, channels_last=channels_last, fuse_folds=fuse_folds
+            load_torch_models(bundle, stage),
+            "cpu",
+            precision,
+            channels_last=channels_last,
+            fuse_folds=fuse_folds,
+            compile=compile,
         )
         for stage in Stage
     }
 
 
-def timing(case_dir: Path, widths: dict[Stage, int], folds: int, repeats: int, fast: Precision, warmup: bool) -> None:
+def timing(
+    case_dir: Path,
+    widths: dict[Stage, int],
+    folds: int,
+    repeats: int,
+    fast: Precision,
+    warmup: bool,
+    chosen: tuple[str, ...] = VARIANTS,
+) -> None:
     (case,) = discover_cases(case_dir).cases
     image, _ = load_case(case)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,10 +89,13 @@ def timing(case_dir: Path, widths: dict[Stage, int], folds: int, repeats: int, f
         config = PipelineConfig.from_manifest(bundle.manifest)
         results: dict[str, dict[str, float]] = {}
         labels: dict[str, np.ndarray] = {}
-        for name, options in variants(fast).items():
+        for name, options in variants(fast, chosen).items():
             predictors = predictors_for(bundle, **options)
-            if warmup:  # oneDNN creates its kernels on a shape's first call; a user's first case pays it
+            if warmup or options.get("compile"):  # oneDNN (and inductor) build kernels on a shape's first call
+                started = time.perf_counter()
                 segment_image(image, predictors, config)
+                if options.get("compile"):
+                    print(f"  {name}: first case (compiling) {time.perf_counter() - started:.1f} s", flush=True)
             best: dict[str, float] | None = None
             for _ in range(repeats):
                 started = time.perf_counter()
@@ -156,12 +180,19 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="trained bundle (default: the bundled one)")
     parser.add_argument("--cases", type=Path, default=None, help="folder of cases for the label agreement")
     parser.add_argument("--fast", choices=["auto", "bf16", "fp32"], default="auto", help="the fast path's precision")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)} (plain always runs)"
+    )
     args = parser.parse_args()
+    chosen = tuple(v.strip() for v in args.variants.split(","))
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
 
     fast = resolve_precision(Precision(args.fast), "cpu")
     if args.timing:
         widths = {stage: args.widths[0] if stage is Stage.BASE else args.widths[1] for stage in Stage}
-        timing(args.case, widths, args.folds, args.repeats, fast, args.warmup)
+        timing(args.case, widths, args.folds, args.repeats, fast, args.warmup, chosen)
     if args.cases:
         label_agreement(args.weights, args.cases, fast)
 
