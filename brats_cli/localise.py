@@ -1,9 +1,15 @@
 """Paper section 2.3, localisation: from the base model's whole-tumour mask, the 128^3 windows the
 region models see.
 
-Choice: the crop centres on the bounding box of the largest 26-connected component. Speckle false
-positives of the base model far from the tumour would otherwise stretch the box; satellite lesions
-near the main one still fall inside the window and are segmented by the region models.
+Choice: the crop centres on the bounding box of one 26-connected component (the paper does not say
+which). Speckle false positives of the base model far from the tumour would otherwise stretch the
+box; satellite lesions near the main one still fall inside the window and are segmented by the
+region models. The component is the one with the most voxels the base ensemble is confident about
+(mean probability above CONFIDENT), ties broken by size: the largest component is not always the
+tumour. On the default bundle's held-out phantoms the base model's false-positive components were
+sometimes larger than the tumour's (28,110 against 19,145 voxels) but much less sure of themselves
+(mean probability 0.88-0.92 against 0.98-0.99; voxels above 0.98: 5,457 against 17,478), so the
+window landed on the false positive. Where the model is confident everywhere the two rules agree.
 
 The paper assumes every tumour fits in 128^3. One that does not is covered by overlapping windows
 (averaged where they overlap) so that no tumour voxel is ever cut off.
@@ -20,14 +26,27 @@ from scipy import ndimage
 Window = tuple[slice, slice, slice]
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean mask (all False if the mask is empty)."""
+# Mean base-model probability above which a voxel counts as confident tumour.
+CONFIDENT = 0.98
+
+
+def tumour_component(
+    mask: np.ndarray, probability: np.ndarray | None = None, confident: float = CONFIDENT
+) -> np.ndarray:
+    """The 26-connected component of `mask` to localise on: the one with the most voxels whose
+    `probability` exceeds `confident`, ties (no confident voxel at all, or no `probability`)
+    broken by size. All False if the mask is empty."""
     labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labelled.ravel())
+    sizes = np.bincount(labelled.ravel(), minlength=count + 1)
     sizes[0] = 0
-    return labelled == int(np.argmax(sizes))
+    sure = np.zeros_like(sizes)
+    if probability is not None:
+        sure = np.bincount(labelled.ravel(), weights=(probability > confident).ravel(), minlength=count + 1)
+        sure[0] = 0
+    best = max(range(1, count + 1), key=lambda k: (sure[k], sizes[k]))
+    return labelled == best
 
 
 def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...] | None:

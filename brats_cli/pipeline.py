@@ -16,7 +16,7 @@ from brats_cli.bundle import REGION_STAGES, Manifest, Stage
 from brats_cli.choices import Ensemble
 from brats_cli.io import BRATS_SHAPE
 from brats_cli.labels import LabelConvention, apply_et_threshold, compose_labels
-from brats_cli.localise import Window, bounding_box, largest_component, localise_windows
+from brats_cli.localise import Window, bounding_box, localise_windows, tumour_component
 from brats_cli.predictors import StagePredictor
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
 
@@ -122,11 +122,12 @@ def segment_preprocessed(
     seconds = dict(seconds or {})
     announce("base")
     started = time.perf_counter()
-    base = ensemble_mask(predictors[Stage.BASE](model_input), config.ensemble, config.probability_threshold)
+    base_probabilities = predictors[Stage.BASE](model_input)
+    base = ensemble_mask(base_probabilities, config.ensemble, config.probability_threshold)
     seconds["base"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    box = bounding_box(largest_component(base))
+    box = bounding_box(tumour_component(base, base_probabilities.mean(axis=0)))
     seconds["localise"] = time.perf_counter() - started
     if box is None:
         return Segmentation(

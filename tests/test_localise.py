@@ -1,19 +1,36 @@
 import numpy as np
 
-from brats_cli.localise import bounding_box, largest_component, localise_windows
+from brats_cli.localise import bounding_box, localise_windows, tumour_component
 from brats_cli.preprocess import MODEL_GRID
 
 WINDOW = (128, 128, 128)
 
 
-def test_largest_component_keeps_only_the_biggest_blob():
+def test_without_probabilities_the_largest_component_is_kept():
     mask = np.zeros((30, 30, 30), dtype=bool)
     mask[2:10, 2:10, 2:10] = True  # 512 voxels
     mask[20:23, 20:23, 20:23] = True  # 27 voxels
     mask[15, 15, 15] = True
-    kept = largest_component(mask)
+    kept = tumour_component(mask)
     assert kept.sum() == 512 and kept[5, 5, 5] and not kept[21, 21, 21]
-    assert not largest_component(np.zeros((4, 4, 4), dtype=bool)).any()
+    assert not tumour_component(np.zeros((4, 4, 4), dtype=bool)).any()
+
+
+def test_a_large_unsure_false_positive_loses_to_a_confident_tumour():
+    """The default bundle's failure on held-out phantoms: a false positive larger than the tumour
+    but with few confident voxels."""
+    mask = np.zeros((40, 40, 40), dtype=bool)
+    probability = np.zeros(mask.shape, dtype=np.float32)
+    mask[2:14, 2:14, 2:14] = True  # false positive, 1728 voxels at 0.9
+    probability[2:14, 2:14, 2:14] = 0.9
+    probability[2:5, 2:5, 2:5] = 0.99  # with a sure spot of 27
+    mask[25:35, 25:35, 25:35] = True  # tumour, 1000 voxels at 0.99
+    probability[25:35, 25:35, 25:35] = 0.99
+    kept = tumour_component(mask, probability)
+    assert kept.sum() == 1000 and kept[30, 30, 30]
+    # With no confident voxel anywhere the rule is the largest component again.
+    kept = tumour_component(mask, np.minimum(probability, 0.9))
+    assert kept.sum() == 1728
 
 
 def test_window_is_centred_on_the_tumour_and_clamped_inside_the_volume():
