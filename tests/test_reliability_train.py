@@ -29,7 +29,7 @@ import pytest
 import torch
 from conftest import write_case
 from test_reliability import Planted, _break, _save, leftovers, snapshot
-from test_train import _assert_same_training_state, labelled_case, smoke_recipe_file
+from test_train import CROPS_32, _assert_same_training_state, labelled_case, smoke_recipe_file
 from typer.testing import CliRunner
 
 from brats_cli.cli.app import app
@@ -59,9 +59,7 @@ def recipe(tmp_path_factory) -> Path:
         folds="folds = 2",
         train_folds="train_folds = [0]",
         epochs="epochs = 2",
-        region_window="region_window = [32, 32, 32]",
-        patch="patch = [32, 32, 32]",
-        validation_size="validation_size = [32, 32, 32]",
+        **CROPS_32,
     )
 
 
@@ -289,9 +287,7 @@ _RECIPE_LINES = {
     "folds": "folds = 2",
     "train_folds": "train_folds = [0]",
     "epochs": "epochs = 2",
-    "region_window": "region_window = [32, 32, 32]",
-    "patch": "patch = [32, 32, 32]",
-    "validation_size": "validation_size = [32, 32, 32]",
+    **CROPS_32,
 }
 
 PLANTED_ROWS = [

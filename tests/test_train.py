@@ -86,6 +86,15 @@ def copy_data(source: Path, target: Path, case_ids: list[str] | None = None) -> 
     return target
 
 
+# The smoke recipe's windows, patches and validation crops at 32^3: the default suite's training
+# tests stay small on a loaded 2-core machine.
+CROPS_32 = {
+    "region_window": "region_window = [32, 32, 32]",
+    "patch": "patch = [32, 32, 32]",
+    "validation_size": "validation_size = [32, 32, 32]",
+}
+
+
 def smoke_recipe_file(folder: Path, **replace: str) -> Path:
     """The smoke recipe with every line starting `key =` replaced, e.g. epochs='epochs = 1'."""
     text = SMOKE.read_text()
@@ -317,9 +326,7 @@ def tiny_recipe(tmp_path_factory) -> Path:
     return smoke_recipe_file(
         tmp_path_factory.mktemp("recipe"),
         epochs="epochs = 2",
-        region_window="region_window = [32, 32, 32]",
-        patch="patch = [32, 32, 32]",
-        validation_size="validation_size = [32, 32, 32]",
+        **CROPS_32,
     )
 
 
@@ -597,9 +604,7 @@ def test_extra_cases_train_every_fold_and_are_recorded(training_data, shared_cac
         folds="folds = 2",
         train_folds="train_folds = [0]",
         epochs="epochs = 1",
-        region_window="region_window = [32, 32, 32]",
-        patch="patch = [32, 32, 32]",
-        validation_size="validation_size = [32, 32, 32]",
+        **CROPS_32,
     )
     options = ["--cache", str(shared_cache), "--extra", str(extra)]
     result = _train(recipe, data, tmp_path / "run", *options, "--prepare-only")
@@ -640,9 +645,7 @@ def test_init_from_a_run_starts_the_fold_from_its_weights(smoke_run, training_da
         tmp_path,
         epochs="epochs = 1",
         learning_rate="learning_rate = 1e-12",
-        region_window="region_window = [32, 32, 32]",
-        patch="patch = [32, 32, 32]",
-        validation_size="validation_size = [32, 32, 32]",
+        **CROPS_32,
     )
     options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(smoke_run)]
     result = _train(recipe, training_data, tmp_path / "run", *options)
