@@ -3,13 +3,20 @@
 Timing. A paper-width bundle (base width 24, WT/TC/ET width 64, `--folds` per stage) of hand-set
 FLAIR networks (`brats_cli.testing.flair_bundle`: the real architecture, so the same FLOPs as
 trained weights, with deterministic localisation, so every variant runs the same windows) goes
-through the pipeline's `segment_image` three times, on the same case, in one process:
-- plain: fp32, contiguous tensors (eager PyTorch as a user's script would run it);
-- channels-last: fp32, channels-last 3D (the layout oneDNN's fastest 3D kernels use);
-- fast: channels-last and bf16 autocast (`--precision auto` on a CPU with AVX-512 BF16 or AMX);
-- fast, folds fused: the same with each stage's folds as one batched call (`--fuse-folds`);
-- fast, compiled: the fast path with torch.compile (`--compile`), timed after one untimed case
-  that compiles (its seconds are printed apart).
+through the pipeline's `segment_image`, on the same case, once per variant, each variant in a
+fresh process of its own (the allocator setting cannot be undone within a process, and no variant
+inherits another's heap):
+- plain: fp32, contiguous tensors, glibc's default allocator (eager PyTorch as a user's script
+  would run it);
+- plain-heap: the same with freed memory kept in the heap (`brats_cli.allocator`), alone;
+- channels-last: fp32, channels-last 3D (the layout oneDNN's fastest 3D kernels use), heap kept
+  (`brats segment --precision fp32`);
+- fast-mmap: channels-last and bf16 autocast with glibc's default allocator;
+- fast: channels-last, bf16 autocast, heap kept: `brats segment`'s default on a CPU with
+  AVX-512 BF16 or AMX;
+- fused: fast with each stage's folds as one batched call (`--fuse-folds`);
+- compiled: fast with torch.compile (`--compile`), timed after one untimed case that compiles
+  (its seconds are printed apart).
 It prints per-stage seconds and each variant's time as a ratio of plain (`--variants` picks some;
 plain always runs).
 
@@ -24,6 +31,8 @@ the same label. bf16 is only a default where this is at least 99.5%.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import sys
 import tempfile
 import time
@@ -34,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from brats_cli.allocator import keep_freed_memory
 from brats_cli.bundle import Stage, load_bundle, load_weights
 from brats_cli.choices import Precision
 from brats_cli.io import discover_cases, load_case
@@ -45,14 +55,19 @@ DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" 
 STAGES = ("preprocess", "base", "localise", "wt", "tc", "et", "compose")
 
 
-VARIANTS = ("plain", "channels-last", "fast", "fused", "compiled")
+VARIANTS = ("plain", "plain-heap", "channels-last", "fast-mmap", "fast", "fused", "compiled")
 
 
 def variants(fast: Precision, chosen: tuple[str, ...] = VARIANTS) -> dict[str, dict]:
     every = {
-        "plain": ("plain fp32", {"precision": Precision.FP32, "channels_last": False}),
+        "plain": ("plain fp32", {"precision": Precision.FP32, "channels_last": False, "keep_freed": False}),
+        "plain-heap": ("plain fp32, heap kept", {"precision": Precision.FP32, "channels_last": False}),
         "channels-last": ("channels-last fp32", {"precision": Precision.FP32, "channels_last": True}),
-        "fast": (f"fast ({fast.value}, channels-last)", {"precision": fast, "channels_last": True}),
+        "fast-mmap": (
+            f"{fast.value}, channels-last, glibc default",
+            {"precision": fast, "channels_last": True, "keep_freed": False},
+        ),
+        "fast": (f"fast ({fast.value}, channels-last, heap)", {"precision": fast, "channels_last": True}),
         "fused": ("fast, folds fused", {"precision": fast, "channels_last": True, "fuse_folds": True}),
         "compiled": ("fast, compiled", {"precision": fast, "channels_last": True, "compile": True}),
     }
@@ -73,6 +88,36 @@ def predictors_for(bundle, precision: Precision, channels_last: bool, fuse_folds
     }
 
 
+def run_variant(
+    name: str, options: dict, bundle_root: Path, case_dir: Path, repeats: int, warmup: bool
+) -> tuple[dict[str, float], np.ndarray, int]:
+    """One variant in this (fresh) process: best-of-`repeats` stage seconds, labels, windows."""
+    options = dict(options)
+    if options.pop("keep_freed", True):
+        keep_freed_memory()  # as `brats segment` does first
+    (case,) = discover_cases(case_dir).cases
+    image, _ = load_case(case)
+    bundle = load_bundle(bundle_root)
+    config = PipelineConfig.from_manifest(bundle.manifest)
+    predictors = predictors_for(bundle, **options)
+    if warmup or options.get("compile"):  # oneDNN (and inductor) build kernels on a shape's first call
+        started = time.perf_counter()
+        segment_image(image, predictors, config)
+        if options.get("compile"):
+            print(f"  {name}: first case (compiling) {time.perf_counter() - started:.1f} s", flush=True)
+    best: dict[str, float] | None = None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        segment = segment_image(image, predictors, config)
+        total = time.perf_counter() - started
+        if best is None or total < best["total"]:
+            best = {**segment.seconds, "total": total}
+    assert best is not None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"  {name}: {best['total']:.1f} s, peak resident {peak:.1f} GiB", flush=True)
+    return best, segment.labels, len(segment.windows)
+
+
 def timing(
     case_dir: Path,
     widths: dict[Stage, int],
@@ -83,31 +128,16 @@ def timing(
     chosen: tuple[str, ...] = VARIANTS,
 ) -> None:
     (case,) = discover_cases(case_dir).cases
-    image, _ = load_case(case)
+    results: dict[str, dict[str, float]] = {}
+    labels: dict[str, np.ndarray] = {}
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = load_bundle(flair_bundle(Path(tmp) / "bundle", widths=widths, folds=folds).root)
-        config = PipelineConfig.from_manifest(bundle.manifest)
-        results: dict[str, dict[str, float]] = {}
-        labels: dict[str, np.ndarray] = {}
+        root = flair_bundle(Path(tmp) / "bundle", widths=widths, folds=folds).root
         for name, options in variants(fast, chosen).items():
-            predictors = predictors_for(bundle, **options)
-            if warmup or options.get("compile"):  # oneDNN (and inductor) build kernels on a shape's first call
-                started = time.perf_counter()
-                segment_image(image, predictors, config)
-                if options.get("compile"):
-                    print(f"  {name}: first case (compiling) {time.perf_counter() - started:.1f} s", flush=True)
-            best: dict[str, float] | None = None
-            for _ in range(repeats):
-                started = time.perf_counter()
-                segment = segment_image(image, predictors, config)
-                total = time.perf_counter() - started
-                if best is None or total < best["total"]:
-                    best = {**segment.seconds, "total": total}
-            assert best is not None
-            results[name] = best
-            labels[name] = segment.labels
-            windows = len(segment.windows)
-            print(f"  {name}: {best['total']:.1f} s", flush=True)
+            with spawn.Pool(1) as pool:
+                results[name], labels[name], windows = pool.apply(
+                    run_variant, (name, options, root, case_dir, repeats, warmup)
+                )
 
     plain = next(iter(results))
     print(
@@ -115,14 +145,15 @@ def timing(
         f"{folds} fold(s) per stage, {windows} window(s), "
         f"CPU {usable_cpus()} threads, torch {torch.__version__}; best of {repeats}"
         + (" after one warm-up case" if warmup else ", no warm-up")
+        + "; one process per variant"
     )
     names = list(results)
-    print(f"{'stage':<12}" + "".join(f"{n:>32}" for n in names))
+    print(f"{'stage':<12}" + "".join(f"{n:>40}" for n in names))
     for stage in (*STAGES, "total"):
         row = f"{stage:<12}"
         for name in names:
             seconds = results[name].get(stage, 0.0)
-            row += f"{seconds:>22.2f} s {seconds / results[plain][stage]:>6.2f}x" if results[plain].get(stage) else ""
+            row += f"{seconds:>30.2f} s {seconds / results[plain][stage]:>6.2f}x" if results[plain].get(stage) else ""
         print(row)
     networks = sum(results[plain][s] for s in ("base", "wt", "tc", "et"))
     print(f"outside the networks (plain): {1 - networks / results[plain]['total']:.1%} of the case")
@@ -142,6 +173,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def label_agreement(weights: Path | None, cases_dir: Path, fast: Precision) -> None:
+    keep_freed_memory()
     bundle = load_weights(weights)
     config = PipelineConfig.from_manifest(bundle.manifest)
     reference = predictors_for(bundle, Precision.FP32, channels_last=True)

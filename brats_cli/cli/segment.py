@@ -124,6 +124,7 @@ def run_segment(options: SegmentOptions) -> int:
     """Resolve weights and cases, segment each, render progress and the summary; the exit code."""
     import signal
 
+    from brats_cli.allocator import keep_freed_memory
     from brats_cli.batch import CaseResult, Status, output_convention, prefetched, segment_case
     from brats_cli.bundle import load_weights
     from brats_cli.errors import BratsError
@@ -131,6 +132,7 @@ def run_segment(options: SegmentOptions) -> int:
     from brats_cli.pipeline import PipelineConfig
     from brats_cli.predictors import auto_precision_reason, require_backend, stage_predictors, usable_cpus
 
+    keep_freed_memory()  # before the first large allocation: every case reuses the pages of the last
     results: list[CaseResult] = []
     in_progress: Path | None = None  # the output of the case being segmented
     # From the start, so that a signal during set-up (loading weights) also ends with a one-line
