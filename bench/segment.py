@@ -26,7 +26,7 @@ from brats_cli.bundle import Architecture, Stage, load_bundle, write_torch_bundl
 from brats_cli.choices import Device, Precision
 from brats_cli.io import discover_cases, load_case, write_label_map
 from brats_cli.labels import LabelConvention, apply_et_threshold, compose_labels
-from brats_cli.localise import bounding_box, localise_windows, tumour_component
+from brats_cli.localise import localise_windows, tumour_box
 from brats_cli.model import ResUNet3D
 from brats_cli.predictors import torch_predictors
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
@@ -81,7 +81,7 @@ def main() -> None:
         base, seconds = timed(lambda: predictors[Stage.BASE](model_input), args.repeats, args.device)
         rows.append(("base (w24, 192x192x160)", seconds, forward_flop(ResUNet3D(width=24), MODEL_GRID)))
         mask = base[0] > 0.5
-        box, seconds = timed(lambda: bounding_box(tumour_component(mask)), 1, args.device)
+        box, seconds = timed(lambda: tumour_box(mask), 1, args.device)
         rows.append(("localise", seconds, 0))
         # The timing must not depend on what random weights found: one window at the grid centre.
         (window,) = localise_windows(((32, 160), (32, 160), (16, 144)), MODEL_GRID, WINDOW)

@@ -30,23 +30,28 @@ Window = tuple[slice, slice, slice]
 CONFIDENT = 0.98
 
 
-def tumour_component(
+def tumour_box(
     mask: np.ndarray, probability: np.ndarray | None = None, confident: float = CONFIDENT
-) -> np.ndarray:
-    """The 26-connected component of `mask` to localise on: the one with the most voxels whose
-    `probability` exceeds `confident`, ties (no confident voxel at all, or no `probability`)
-    broken by size. All False if the mask is empty."""
-    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
+) -> tuple[tuple[int, int], ...] | None:
+    """The bounding box (per axis [start, stop)) of the 26-connected component of `mask` to localise
+    on: the one with the most voxels whose `probability` exceeds `confident`, ties (no confident
+    voxel at all, or no `probability`) broken by size. None if the mask is empty.
+
+    Components are labelled inside the box of the whole mask, not the whole model grid: no
+    component reaches outside it, and the base mask usually fills a small part of the grid (on the
+    GPU, labelling all 5.9 M voxels was most of localisation's 0.12 s a case)."""
+    outer = bounding_box(mask)
+    if outer is None:
+        return None
+    crop = tuple(slice(start, stop) for start, stop in outer)
+    labelled, count = ndimage.label(mask[crop], structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)
-    sizes[0] = 0
     sure = np.zeros_like(sizes)
     if probability is not None:
-        sure = np.bincount(labelled.ravel(), weights=(probability > confident).ravel(), minlength=count + 1)
-        sure[0] = 0
+        sure = np.bincount(labelled.ravel(), weights=(probability[crop] > confident).ravel(), minlength=count + 1)
     best = max(range(1, count + 1), key=lambda k: (sure[k], sizes[k]))
-    return labelled == best
+    found = ndimage.find_objects(labelled, max_label=best)[best - 1]
+    return tuple((start + s.start, start + s.stop) for s, (start, _) in zip(found, outer, strict=True))
 
 
 def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...] | None:

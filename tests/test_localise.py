@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
+from scipy import ndimage
 
-from brats_cli.localise import bounding_box, localise_windows, tumour_component
+from brats_cli.localise import CONFIDENT, bounding_box, localise_windows, tumour_box
 from brats_cli.preprocess import MODEL_GRID
 
 WINDOW = (128, 128, 128)
@@ -11,9 +13,8 @@ def test_without_probabilities_the_largest_component_is_kept():
     mask[2:10, 2:10, 2:10] = True  # 512 voxels
     mask[20:23, 20:23, 20:23] = True  # 27 voxels
     mask[15, 15, 15] = True
-    kept = tumour_component(mask)
-    assert kept.sum() == 512 and kept[5, 5, 5] and not kept[21, 21, 21]
-    assert not tumour_component(np.zeros((4, 4, 4), dtype=bool)).any()
+    assert tumour_box(mask) == ((2, 10), (2, 10), (2, 10))
+    assert tumour_box(np.zeros((4, 4, 4), dtype=bool)) is None
 
 
 def test_a_large_unsure_false_positive_loses_to_a_confident_tumour():
@@ -26,11 +27,37 @@ def test_a_large_unsure_false_positive_loses_to_a_confident_tumour():
     probability[2:5, 2:5, 2:5] = 0.99  # with a sure spot of 27
     mask[25:35, 25:35, 25:35] = True  # tumour, 1000 voxels at 0.99
     probability[25:35, 25:35, 25:35] = 0.99
-    kept = tumour_component(mask, probability)
-    assert kept.sum() == 1000 and kept[30, 30, 30]
+    assert tumour_box(mask, probability) == ((25, 35), (25, 35), (25, 35))
     # With no confident voxel anywhere the rule is the largest component again.
-    kept = tumour_component(mask, np.minimum(probability, 0.9))
-    assert kept.sum() == 1728
+    assert tumour_box(mask, np.minimum(probability, 0.9)) == ((2, 14), (2, 14), (2, 14))
+
+
+def reference_box(mask: np.ndarray, probability: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The same rule on the whole volume, one component at a time."""
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    scores = [
+        (int((probability[labelled == k] > CONFIDENT).sum()), int((labelled == k).sum()), k)
+        for k in range(1, count + 1)
+    ]
+    best = max(scores)[2]
+    where = np.nonzero(labelled == best)
+    return tuple((int(axis.min()), int(axis.max()) + 1) for axis in where)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_box_is_the_one_labelling_the_whole_volume_gives(seed: int):
+    # Scattered blobs anywhere in the model grid, some touching its faces: labelling only inside the
+    # mask's own box must choose the same component and give its box in grid coordinates.
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(MODEL_GRID, dtype=bool)
+    probability = np.zeros(MODEL_GRID, dtype=np.float32)
+    for _ in range(6):
+        corner = [int(rng.integers(0, size - 4)) for size in MODEL_GRID]
+        extent = [int(rng.integers(2, 30)) for _ in MODEL_GRID]
+        blob = tuple(slice(c, c + e) for c, e in zip(corner, extent, strict=True))
+        mask[blob] = True
+        probability[blob] = rng.uniform(0.6, 1.0, size=probability[blob].shape)
+    assert tumour_box(mask, probability) == reference_box(mask, probability)
 
 
 def test_window_is_centred_on_the_tumour_and_clamped_inside_the_volume():

@@ -7,7 +7,7 @@ from conftest import synthetic_image
 from brats_cli.bundle import Stage
 from brats_cli.choices import Ensemble
 from brats_cli.labels import LabelConvention, Region, region_masks
-from brats_cli.pipeline import PipelineConfig, ensemble_mask, segment_image
+from brats_cli.pipeline import PipelineConfig, ensemble_mask, fold_reduction, predict_windows, segment_image
 from brats_cli.preprocess import MODEL_GRID
 
 
@@ -92,6 +92,36 @@ def test_mean_and_vote_ensembles():
     assert ensemble_mask(q, Ensemble.VOTE).tolist() == [True, False]
     tie = np.array([[0.9], [0.1]], dtype=np.float32)
     assert ensemble_mask(tie, Ensemble.VOTE).tolist() == [False]  # a tie is no majority
+
+
+def test_folds_averaged_per_window_give_the_mask_of_the_averaged_fold_maps():
+    """The mean ensemble averages each window's folds before the windows are pasted; with
+    overlapping windows that must be the mask of the K window-averaged fold maps."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((4, 40, 36, 32)).astype(np.float32)
+
+    def folds(window_image: np.ndarray) -> np.ndarray:  # five different maps that depend on the window
+        return np.stack([1 / (1 + np.exp(-(window_image[0] * k + window_image[1]))) for k in range(1, 6)])
+
+    windows = [
+        (slice(0, 24), slice(0, 24), slice(0, 24)),
+        (slice(16, 40), slice(0, 24), slice(8, 32)),
+        (slice(8, 32), slice(12, 36), slice(4, 28)),
+    ]
+    every_fold = predict_windows(folds, image, windows)
+    reduced = predict_windows(folds, image, windows, fold_reduction(Ensemble.MEAN))
+    assert every_fold.shape == (5, 40, 36, 32) and reduced.shape == (1, 40, 36, 32)
+    np.testing.assert_allclose(reduced[0], every_fold.mean(axis=0), atol=1e-6)
+    clear = np.abs(every_fold.mean(axis=0) - 0.5) > 1e-5  # float rounding may only matter at 0.5 itself
+    assert clear.mean() > 0.99
+    expected = ensemble_mask(every_fold, Ensemble.MEAN)
+    assert np.array_equal(ensemble_mask(reduced, Ensemble.MEAN)[clear], expected[clear])
+    assert expected[clear].any() and not expected[clear].all()  # a mask with both sides
+    outside = np.ones(image.shape[1:], dtype=bool)
+    for window in windows:
+        outside[window] = False
+    assert outside.any() and not reduced[0][outside].any()  # no window: probability 0
+    assert fold_reduction(Ensemble.VOTE) is None  # a vote needs every fold
 
 
 def test_invalid_config_is_refused():
