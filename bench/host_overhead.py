@@ -57,7 +57,7 @@ def main() -> None:
         f"host work of one case, {args.folds} fold(s) per region stage, one 128^3 window, median of "
         f"{args.repeats}, {'glibc default allocator' if args.glibc_default else 'freed memory kept'}:"
     )
-    for stage in (*runs[0].keys(),):
+    for stage in runs[0]:
         print(f"  {stage:<10} {statistics.median(run[stage] for run in runs) * 1000:7.1f} ms")
 
 

@@ -38,8 +38,9 @@ def tumour_box(
     voxel at all, or no `probability`) broken by size. None if the mask is empty.
 
     Components are labelled inside the box of the whole mask, not the whole model grid: no
-    component reaches outside it, and the base mask usually fills a small part of the grid (on the
-    GPU, labelling all 5.9 M voxels was most of localisation's 0.12 s a case)."""
+    component reaches outside it, and the base mask usually fills a small part of the grid
+    (labelling and counting all 5.9 M voxels took about 0.1 s a case on the development CPU,
+    bench/host_overhead.py)."""
     outer = bounding_box(mask)
     if outer is None:
         return None

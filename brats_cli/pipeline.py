@@ -101,8 +101,8 @@ def predict_windows(
 def fold_reduction(mode: Ensemble) -> Callable[[np.ndarray], np.ndarray] | None:
     """What of a window's K fold maps the ensemble needs. The mean is linear, so averaging the folds
     inside each window, before the windows are pasted and averaged, gives the same mask with one
-    grid-sized map instead of K (five 192x192x160 float32 maps were about 0.1 s of host time a
-    stage); a vote needs every fold's map."""
+    grid-sized map instead of K (five 192x192x160 float32 maps were about 0.05 s of host time a
+    stage on the development CPU, bench/host_overhead.py); a vote needs every fold's map."""
     if mode is Ensemble.MEAN:
         return lambda probabilities: probabilities.mean(axis=0, keepdims=True)
     return None
@@ -164,10 +164,11 @@ def segment_preprocessed(
     windows = localise_windows(box, MODEL_GRID, config.region_window)
 
     masks: dict[Stage, np.ndarray] = {}
+    reduce = fold_reduction(config.ensemble)
     for stage in REGION_STAGES:
         announce(stage.value)
         started = time.perf_counter()
-        probabilities = predict_windows(predictors[stage], model_input, windows, fold_reduction(config.ensemble))
+        probabilities = predict_windows(predictors[stage], model_input, windows, reduce)
         masks[stage] = ensemble_mask(probabilities, config.ensemble, config.probability_threshold)
         seconds[stage.value] = time.perf_counter() - started
 
