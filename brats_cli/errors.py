@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 
 class BratsError(Exception):
     """Base of every error this tool raises on purpose; its message is shown to the user as is."""
@@ -20,6 +23,18 @@ class CaseError(BratsError):
         self.reason = reason
 
 
+class UnusableCases(InputError):
+    """Cases that cannot be trained on. The message summarises them on one line (the first five);
+    `problems` holds one line per case, `<case ID>: <what is wrong>`, for the CLI to print them all."""
+
+    def __init__(self, where: Path | None, problems: Sequence[str]) -> None:
+        prefix = f"{where}: " if where is not None else ""
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        super().__init__(f"{prefix}{len(problems)} case(s) unusable for training: {shown}")
+        self.problems = list(problems)
+        self.where = where
+
+
 class ImageReadError(BratsError):
     """A single NIfTI file is unreadable or not usable (corrupt, truncated, wrong dimensionality)."""
 
@@ -34,3 +49,16 @@ class OutputError(BratsError):
 
 class DependencyError(BratsError):
     """An optional extra a feature needs is not installed (the message names the extra)."""
+
+
+class ExportError(BratsError):
+    """An export that cannot be done or whose verification failed."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when it has none:
+    what a one-line error message quotes of a library's exception."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__

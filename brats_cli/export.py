@@ -39,7 +39,7 @@ from brats_cli.bundle import (
     write_manifest,
 )
 from brats_cli.choices import Backend, ExportPrecision
-from brats_cli.errors import BratsError, WeightsError
+from brats_cli.errors import ExportError, WeightsError
 from brats_cli.files import atomic_path
 
 if TYPE_CHECKING:
@@ -59,10 +59,6 @@ TOLERANCE = {
     # moves a 0.5 threshold decision only for voxels already within 0.01 of it.
     ExportPrecision.FP16: 1e-2,
 }
-
-
-class ExportError(BratsError):
-    """An export that cannot be done or whose verification failed."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from nibabel.spatialimages import HeaderDataError, ImageDataError
 
-from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
+from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError, first_line
 from brats_cli.files import TEMP_MARKER, atomic_path, remove_stale_temporaries, temporary_sibling  # noqa: F401
 
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
@@ -277,7 +277,7 @@ def _load_header(path: Path) -> nib.Nifti1Image:
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
     except _READ_ERRORS as error:
-        raise ImageReadError(f"{path}: not a readable NIfTI file ({_reason(error)})") from error
+        raise ImageReadError(f"{path}: not a readable NIfTI file ({first_line(error)})") from error
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ImageReadError(f"{path}: not a NIfTI image")
     if len(image.shape) != 3:
@@ -303,7 +303,7 @@ def _check_data_size(image: nib.Nifti1Image, path: Path, voxels: int) -> None:
         needed = offset + voxels * image.header.get_data_dtype().itemsize
         size = path.stat().st_size
     except _READ_ERRORS as error:
-        raise ImageReadError(f"{path}: not a readable NIfTI file ({_reason(error)})") from error
+        raise ImageReadError(f"{path}: not a readable NIfTI file ({first_line(error)})") from error
     compressed = path.name.endswith(".gz")
     holds = size * DEFLATE_MAX_RATIO if compressed else size
     if needed > holds:
@@ -313,18 +313,13 @@ def _check_data_size(image: nib.Nifti1Image, path: Path, voxels: int) -> None:
         )
 
 
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def _read_data(image: nib.Nifti1Image, path: Path, dtype: type) -> np.ndarray:
     try:
         if path.name.endswith(".gz"):
             image = _verified_gzip_image(image, path)
         return np.asarray(image.get_fdata(dtype=np.float32) if dtype is np.float32 else image.dataobj)
     except _READ_ERRORS as error:
-        raise ImageReadError(f"{path}: corrupt or truncated image data ({_reason(error)})") from error
+        raise ImageReadError(f"{path}: corrupt or truncated image data ({first_line(error)})") from error
 
 
 def _geometry(image: nib.Nifti1Image) -> Geometry:
@@ -426,7 +421,7 @@ def save_nifti(image: nib.Nifti1Image, path: Path) -> None:
             nib.save(image, temporary)
     except OSError as error:
         # strerror alone: the error's own file name is the temporary, already removed.
-        raise OutputError(f"{path}: cannot write ({error.strerror or _reason(error)})") from error
+        raise OutputError(f"{path}: cannot write ({error.strerror or first_line(error)})") from error
 
 
 def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
@@ -454,7 +449,7 @@ def ensure_output_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"{folder}: cannot create output folder ({_reason(error)})") from error
+        raise OutputError(f"{folder}: cannot create output folder ({first_line(error)})") from error
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{folder}: output folder is not writable")
     return folder

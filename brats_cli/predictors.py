@@ -18,7 +18,7 @@ import numpy as np
 
 from brats_cli.bundle import Bundle, Stage
 from brats_cli.choices import Backend, Device, ExportPrecision, Precision
-from brats_cli.errors import BratsError, WeightsError
+from brats_cli.errors import BratsError, WeightsError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -196,7 +196,7 @@ class TorchStagePredictor:
                     outputs.append(torch.sigmoid(model(x).float())[0, 0])
                 except torch._dynamo.exc.TorchDynamoException as error:
                     # A compilation that failed once fails for every case: one line each, no retry.
-                    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    first = first_line(error)
                     self.compile_error = f"torch.compile failed ({first[:200]}); run without --compile"
                     raise BratsError(self.compile_error) from error
         return torch.stack(outputs).cpu().numpy()
@@ -220,7 +220,7 @@ def load_torch_models(bundle: Bundle, stage: Stage, folds: Sequence[int] | None 
             state = load_file(str(paths[index]))
             model.load_state_dict(state, strict=True)
         except (SafetensorError, RuntimeError, OSError) as error:
-            raise WeightsError(f"{paths[index]}: cannot load weights ({str(error).splitlines()[0]})") from error
+            raise WeightsError(f"{paths[index]}: cannot load weights ({first_line(error)})") from error
         models.append(model)
     return models
 
@@ -310,8 +310,7 @@ def onnx_session(path: Path, providers: Sequence[str]) -> onnxruntime.InferenceS
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(f"{path}: ONNX Runtime cannot load this model ({first})") from error
+        raise WeightsError(f"{path}: ONNX Runtime cannot load this model ({first_line(error)})") from error
 
 
 class OnnxStagePredictor:

@@ -19,8 +19,8 @@ from brats_cli import export as export_module
 from brats_cli.bundle import MANIFEST, Architecture, Bundle, Stage, load_bundle, sha256_file, write_torch_bundle
 from brats_cli.choices import Backend, Device, ExportPrecision
 from brats_cli.cli.app import app
-from brats_cli.errors import BratsError, WeightsError
-from brats_cli.export import TOLERANCE, ExportError, export_bundle
+from brats_cli.errors import BratsError, ExportError, WeightsError
+from brats_cli.export import TOLERANCE, export_bundle
 from brats_cli.model import ResUNet3D
 from brats_cli.predictors import (
     CPU_PROVIDER,

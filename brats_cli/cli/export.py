@@ -26,8 +26,8 @@ def export(
 
     from brats_cli.bundle import load_weights
     from brats_cli.choices import ExportPrecision
-    from brats_cli.errors import BratsError
-    from brats_cli.export import ExportError, export_bundle
+    from brats_cli.errors import BratsError, ExportError
+    from brats_cli.export import export_bundle
 
     precision = ExportPrecision.FP16 if fp16 else ExportPrecision.FP32
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_cli.errors import BratsError, CaseError, InputError
+from brats_cli.errors import BratsError, CaseError, InputError, UnusableCases
 from brats_cli.files import atomic_path, write_text_atomically
 from brats_cli.io import Case, Naming, discover_cases, load_case, read_label_map
 from brats_cli.labels import LabelConvention, Region, region_masks, unexpected_labels
@@ -78,16 +78,6 @@ def cache_key(case: Case) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class UnusableCases(InputError):
-    """Cases that cannot be trained on. The message summarises them on one line (the first five);
-    `problems` holds one line per case, `<case ID>: <what is wrong>`, for the CLI to print them all."""
-
-    def __init__(self, where: Path | None, problems: Sequence[str]) -> None:
-        super().__init__(_summary(where, problems))
-        self.problems = list(problems)
-        self.where = where
-
-
 def training_cases(data: Path) -> list[Case]:
     """The labelled cases of a BraTS training folder; every unusable one is reported at once."""
     discovery = discover_cases(data)
@@ -103,12 +93,6 @@ def training_cases(data: Path) -> list[Case]:
     if problems:
         raise UnusableCases(data, problems)
     return discovery.cases
-
-
-def _summary(data: Path | None, problems: Sequence[str]) -> str:
-    where = f"{data}: " if data is not None else ""
-    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-    return f"{where}{len(problems)} case(s) unusable for training: {shown}"
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from brats_cli.bundle import Stage
-from brats_cli.errors import InputError
+from brats_cli.errors import InputError, first_line
 from brats_cli.files import atomic_path, remove_stale_temporaries, write_text_atomically
 from brats_cli.model import ResUNet3D
 from brats_cli.training.cache import CachedCase
@@ -210,7 +210,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     except FileNotFoundError as error:
         raise InputError(f"{path}: checkpoint not found") from error
     except Exception as error:  # torch.load raises RuntimeError, UnpicklingError, EOFError, IndexError, ...
-        first = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+        first = first_line(error).split(". ")[0]
         raise InputError(f"{path}: unreadable checkpoint ({first.rstrip('.')})") from error
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a brats training checkpoint")
@@ -303,7 +303,7 @@ def train_fold(
         try:
             model.load_state_dict(initial.state)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
+            first = first_line(error)
             raise InputError(
                 f"{initial.source}: does not fit the recipe's {job.stage.value} network "
                 f"(width {spec.width}, {spec.levels} levels): {first}"
