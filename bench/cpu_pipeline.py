@@ -1,7 +1,7 @@
 """CPU: plain fp32 eager PyTorch against the fast path of `brats segment`, same case, one run.
 
 Timing. A paper-width bundle (base width 24, WT/TC/ET width 64, `--folds` per stage) of hand-set
-FLAIR networks (`brats_cli.testing.flair_bundle`: the real architecture, so the same FLOPs as
+FLAIR networks (`tests.builders.flair_bundle`: the real architecture, so the same FLOPs as
 trained weights, with deterministic localisation, so every variant runs the same windows) goes
 through the pipeline's `segment_image`, on the same case, once per variant, each variant in a
 fresh process of its own (the allocator setting cannot be undone within a process, and no variant
@@ -49,7 +49,7 @@ from brats_cli.choices import Precision
 from brats_cli.io import discover_cases, load_case
 from brats_cli.pipeline import PipelineConfig, segment_image
 from brats_cli.predictors import TorchStagePredictor, load_torch_models, resolve_precision, usable_cpus
-from brats_cli.testing import flair_bundle
+from tests.builders import flair_bundle
 
 DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "BraTS-GLI-00001-000"
 STAGES = ("preprocess", "base", "localise", "wt", "tc", "et", "compose")

@@ -99,7 +99,7 @@ paper_width_run() {  # label [segment options]: the 20 held-out phantoms through
   python3 -c "
 from pathlib import Path
 from brats_cli.bundle import Stage
-from brats_cli.testing import flair_bundle
+from tests.builders import flair_bundle
 flair_bundle(Path('runs/paper-width'), widths={Stage.BASE: 24, Stage.WT: 64, Stage.TC: 64, Stage.ET: 64},
              folds={Stage.BASE: 1, Stage.WT: 5, Stage.TC: 5, Stage.ET: 5})"
   heldout

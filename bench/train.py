@@ -33,7 +33,7 @@ from brats_cli.training.data import CropDataset
 from brats_cli.training.loop import autocast_dtype
 from brats_cli.training.losses import compute_loss
 from brats_cli.training.recipe import load_recipe
-from tests.conftest import synthetic_image, write_case
+from tests.builders import synthetic_image, write_case
 
 
 def make_cases(root: Path, count: int) -> None:

@@ -1,6 +1,6 @@
 """Shared fixtures: synthetic BraTS-space cases with known geometry, tiny weight bundles, and the
-real public cases in ../shared/data/real. The builders live in brats_cli.testing (benchmarks use
-them too) and are re-exported here."""
+real public cases in ../shared/data/real. The builders live in tests/builders.py (benchmarks use
+them too, as `tests.builders`) and are re-exported here."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from brats_cli.bundle import Bundle
-from brats_cli.testing import (  # noqa: F401  (re-exported for the tests)
+from builders import (  # noqa: F401  (re-exported for the tests)
     FLAIR_THRESHOLDS,
     LPS_AFFINE,
     flair_bundle,
@@ -20,6 +18,8 @@ from brats_cli.testing import (  # noqa: F401  (re-exported for the tests)
     synthetic_image,
     write_case,
 )
+
+from brats_cli.bundle import Bundle
 
 # ../shared/data/real beside the checkout; a git worktree one level deeper (wt/<name>) finds it
 # one more level up.

@@ -109,7 +109,7 @@ def image() -> str:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    from brats_cli.testing import flair_bundle
+    from builders import flair_bundle
 
     root = tmp_path_factory.mktemp("bundle")
     flair_bundle(root)

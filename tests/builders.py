@@ -1,6 +1,7 @@
 """Hand-made data and networks for tests and benchmarks: synthetic BraTS-space cases with known
 geometry, tiny random bundles, and hand-set "FLAIR networks" that find bright tumours through the
-real architecture. Not used by the tool itself."""
+real architecture. Not part of the product: pytest finds this file on its path (tests/ has no
+__init__.py), benchmarks import it as `tests.builders` from the repository root."""
 
 from __future__ import annotations
 
