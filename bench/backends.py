@@ -5,8 +5,8 @@ on the real case's preprocessed input: the base model on the 192x192x160 grid, t
 one 128^3 window at the centre of the grid (the size every localised window has). Prints seconds
 per stage for each backend, the ratio, and the largest probability difference between the two.
 
-    python bench/backends.py                                  # paper widths 24/64, CPU
-    python bench/backends.py --device cuda --fp16 --torch-precision bf16
+    python -m bench.backends                                  # paper widths 24/64, CPU
+    python -m bench.backends --device cuda --fp16 --torch-precision bf16
 """
 
 from __future__ import annotations

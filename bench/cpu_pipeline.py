@@ -24,8 +24,8 @@ Agreement (`--weights`, `--cases`): a trained bundle run in fp32 and with the fa
 case of a folder (phantoms), and the fraction of tumour voxels (labelled tumour by either) that get
 the same label. bf16 is only a default where this is at least 99.5%.
 
-    PYTHONPATH=. python bench/cpu_pipeline.py [--case DIR] [--folds 5] [--repeats 1]
-    PYTHONPATH=. python bench/cpu_pipeline.py --no-timing --weights weights --cases runs/heldout
+    python -m bench.cpu_pipeline [--case DIR] [--folds 5] [--repeats 1]
+    python -m bench.cpu_pipeline --no-timing --weights weights --cases runs/heldout
 """
 
 from __future__ import annotations
@@ -33,15 +33,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brats_cli.allocator import keep_freed_memory
 from brats_cli.bundle import Stage, load_bundle, load_weights

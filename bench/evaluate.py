@@ -6,7 +6,7 @@ The official package must live in its own virtual environment (it pins its own n
 pandas...); pass its `brats-evaluate` executable:
 
     python3 -m venv /work/venv-bench && /work/venv-bench/bin/pip install brats-evaluation
-    PYTHONPATH=. python bench/evaluate.py --official /work/venv-bench/bin/brats-evaluate
+    python -m bench.evaluate --official /work/venv-bench/bin/brats-evaluate
 
 The pairs are the real segmentations in ../shared/data/real, relabelled to the 2023 convention
 (4 -> 3; the stray labels 3, 5, 6 of one file -> 0, so both tools see the same label set) and named

@@ -3,8 +3,8 @@
 Both variants are exported from the same random ResUNet3D folds and run side by side on the same
 random image with the predictor's session options; prints seconds per stage call and the ratio.
 
-    python bench/fused_folds.py --width 4 --size 64 --folds 5
-    python bench/fused_folds.py --width 64 --size 128 --folds 2 --repeats 1
+    python -m bench.fused_folds --width 4 --size 64 --folds 5
+    python -m bench.fused_folds --width 64 --size 128 --folds 2 --repeats 1
 """
 
 from __future__ import annotations

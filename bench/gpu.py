@@ -2,8 +2,8 @@
 model compute of a full case (1 base forward + 3 regions x K folds on one 128^3 window), accuracy
 of the fast variants against fp32, and peak GPU memory. Random weights; no downloads.
 
-    python bench/gpu.py [--folds 5] [--repeats 10] [--compile] [--json OUT.json]
-    python bench/gpu.py --smoke          # tiny sizes on the CPU, to check the script itself
+    python -m bench.gpu [--folds 5] [--repeats 10] [--compile] [--json OUT.json]
+    python -m bench.gpu --smoke          # tiny sizes on the CPU, to check the script itself
 
 Prints a table; writes the numbers as JSON when asked. No pass/fail.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +20,7 @@ from pathlib import Path
 import torch
 from torch.func import functional_call, stack_module_state
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import forward_flop
-
+from bench.flops import forward_flop
 from brats_cli.model import ResUNet3D
 
 

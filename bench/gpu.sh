@@ -63,14 +63,14 @@ prepare_data() {  # in the background: CPU work while the GPU benchmarks
 
 step_profile() {
   stamp "bench/gpu_profile.py"
-  timeout 150 python3 bench/gpu_profile.py --stage region --folds 5 >"$OUT/logs/profile.log" 2>&1
-  timeout 90 python3 bench/gpu_profile.py --stage base --folds 1 --top 6 >"$OUT/logs/profile-base.log" 2>&1
+  timeout 150 python3 -m bench.gpu_profile --stage region --folds 5 >"$OUT/logs/profile.log" 2>&1
+  timeout 90 python3 -m bench.gpu_profile --stage base --folds 1 --top 6 >"$OUT/logs/profile-base.log" 2>&1
   grep -hE " ms|folds" "$OUT/logs/profile.log" "$OUT/logs/profile-base.log" | tee -a "$OUT/summary.txt"
 }
 
 step_compile() {
   stamp "bench/gpu_profile.py --compile"
-  timeout 200 python3 bench/gpu_profile.py --stage region --compile >"$OUT/logs/compile.log" 2>&1
+  timeout 200 python3 -m bench.gpu_profile --stage region --compile >"$OUT/logs/compile.log" 2>&1
   grep -E " ms|compil" "$OUT/logs/compile.log" | tee -a "$OUT/summary.txt"
 }
 
@@ -82,11 +82,11 @@ step_test() {
 
 step_bench() {
   stamp "bench/gpu.py"
-  timeout 180 python3 bench/gpu.py --folds 5 --repeats 5 --json "$OUT/gpu-bench.json" 2>&1 | tee -a "$OUT/summary.txt"
+  timeout 180 python3 -m bench.gpu --folds 5 --repeats 5 --json "$OUT/gpu-bench.json" 2>&1 | tee -a "$OUT/summary.txt"
   if python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
     heldout
     stamp "bench/backends.py --device cuda --fp16"
-    timeout 100 python3 bench/backends.py --case "runs/heldout/$(ls runs/heldout | head -1)" --device cuda --fp16 \
+    timeout 100 python3 -m bench.backends --case "runs/heldout/$(ls runs/heldout | head -1)" --device cuda --fp16 \
       --torch-precision bf16 --warmup 1 2>&1 | tail -15 | tee -a "$OUT/summary.txt"
   else
     stamp "ONNX Runtime here has no CUDA provider: no ONNX CUDA timing"

@@ -3,9 +3,9 @@ channels-last (NDHWC) activations, GroupNorm as PyTorch's kernel and as the netw
 (brats_cli.model.GroupNorm), side by side; the heaviest CUDA kernels of each by torch.profiler;
 and K folds run one by one against one vmapped call. Random weights.
 
-    python bench/gpu_profile.py [--stage region|base] [--folds 5] [--top 12]
-    python bench/gpu_profile.py --compile   # torch.compile (inductor) against eager, both GroupNorms
-    python bench/gpu_profile.py --smoke     # tiny sizes on the CPU, to check the script itself
+    python -m bench.gpu_profile [--stage region|base] [--folds 5] [--top 12]
+    python -m bench.gpu_profile --compile   # torch.compile (inductor) against eager, both GroupNorms
+    python -m bench.gpu_profile --smoke     # tiny sizes on the CPU, to check the script itself
 
 Prints tables; no pass/fail. bench/gpu.py times the fp32 / TF32 / bf16 variants.
 """
@@ -13,17 +13,13 @@ Prints tables; no pass/fail. bench/gpu.py times the fp32 / TF32 / bf16 variants.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import forward_flop
-from gpu import measure, sync
-
+from bench.flops import forward_flop
+from bench.gpu import measure, sync
 from brats_cli.choices import Precision
 from brats_cli.model import GroupNorm, ResUNet3D
 from brats_cli.predictors import TorchStagePredictor

@@ -6,20 +6,16 @@ pipeline's: ensembling, pasting windows, localisation, composing. This is the pa
 overhead that does not depend on the accelerator (reading and writing are timed by `brats segment
 --profile`).
 
-    PYTHONPATH=. python bench/host_overhead.py [--folds 5] [--repeats 5] [--glibc-default]
+    python -m bench.host_overhead [--folds 5] [--repeats 5] [--glibc-default]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brats_cli.allocator import keep_freed_memory
 from brats_cli.bundle import REGION_STAGES, Stage

@@ -4,14 +4,13 @@ Random weights (timing does not depend on them), one fold per stage: the base mo
 192x192x160 and one 128^3 window for each region model (width 64), as for a tumour that fits one
 window. Prints a table; no pass/fail.
 
-    python bench/segment.py [--case DIR] [--device cpu|cuda] [--precision fp32|bf16] [--repeats N]
+    python -m bench.segment [--case DIR] [--device cpu|cuda] [--precision fp32|bf16] [--repeats N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import forward_flop
-
+from bench.flops import forward_flop
 from brats_cli.bundle import Architecture, Stage, load_bundle, write_torch_bundle
 from brats_cli.choices import Device, Precision
 from brats_cli.io import discover_cases, load_case, write_label_map

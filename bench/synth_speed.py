@@ -1,7 +1,7 @@
 """Seconds per `brats synth` case: template set-up once, then per case the phantom (warp, tumours,
 contrasts) and the five NIfTI writes, wall and CPU time side by side.
 
-    PYTHONPATH=. python bench/synth_speed.py [--n 5] [--seed 11]
+    python -m bench.synth_speed [--n 5] [--seed 11]
 """
 
 from __future__ import annotations

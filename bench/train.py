@@ -1,7 +1,7 @@
 """Training throughput of a region model (width 64, 128^3 crops, the paper's WT/TC/ET setting) and
 the data loader's share of each step, measured side by side in one run.
 
-    PYTHONPATH=. python bench/train.py [--steps 2] [--batch 1] [--workers 0] [--device cpu|cuda]
+    python -m bench.train [--steps 2] [--batch 1] [--workers 0] [--device cpu|cuda]
 
 Makes a few labelled synthetic cases, caches them (as `brats train` does), then times
 - loader: seconds to produce one batch of augmented 128^3 crops from the memory-mapped cache;
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brats_cli.bundle import Stage
 from brats_cli.io import BRATS_SHAPE
