@@ -21,10 +21,17 @@ from torch.profiler import ProfilerActivity, profile
 from bench.flops import forward_flop
 from bench.gpu import measure, sync
 from brats_cli.choices import Precision
-from brats_cli.model import GroupNorm, ResUNet3D
+from brats_cli.model import ResUNet3D
 from brats_cli.predictors import TorchStagePredictor
 
 STAGES = {"base": (24, (192, 192, 160)), "region": (64, (128, 128, 128))}
+NORMS = ("reductions", "native")  # brats_cli.model.GroupNorm as float32 reductions, or PyTorch's kernel
+
+
+def build_model(width: int, norm: str, device: torch.device) -> ResUNet3D:
+    """The same random weights (seed 0) for either GroupNorm."""
+    torch.manual_seed(0)
+    return ResUNet3D(width=width, reduce_norm_on_cuda=norm == "reductions").to(device).eval()
 
 
 def main() -> None:
@@ -41,24 +48,22 @@ def main() -> None:
     width, size = (4, (32, 32, 32)) if args.smoke else STAGES[args.stage]
     flop = forward_flop(ResUNet3D(width=width), size)
     torch.manual_seed(0)
-    model = ResUNet3D(width=width).to(device).eval()
     x = torch.randn(1, 4, *size, device=device)
     name = "CPU" if args.smoke else torch.cuda.get_device_name(device)
     print(f"{name}; torch {torch.__version__}; cuDNN {torch.backends.cudnn.version()}")
     if args.compile:
-        compare_compiled(model, x, device, args.repeats, f"{args.stage} w{width} {size} bf16 contiguous")
+        compare_compiled(width, x, device, args.repeats, f"{args.stage} w{width} {size} bf16 contiguous")
         return
     variants = [
         (norm, layout, memory_format)
-        for norm in ("reductions", "native")
+        for norm in NORMS
         for layout, memory_format in (
             ("contiguous", torch.contiguous_format),
             ("channels-last", torch.channels_last_3d),
         )
     ]
     for norm, layout, memory_format in variants:
-        GroupNorm.reduce_on_cuda = norm == "reductions"
-        model = model.to(memory_format=memory_format)
+        model = build_model(width, norm, device).to(memory_format=memory_format)
         inp = x.contiguous(memory_format=memory_format)
 
         def forward(model=model, inp=inp) -> torch.Tensor:
@@ -79,7 +84,6 @@ def main() -> None:
                     torch.cuda.synchronize(device)
         sort = "cpu_time_total" if args.smoke else "cuda_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=args.top, max_name_column_width=70))
-    GroupNorm.reduce_on_cuda = True
 
     # The folds as `brats segment` runs them: TorchStagePredictor one by one, and fused (vmap over
     # stacked bf16 weights), host array in and out.
@@ -100,11 +104,11 @@ def main() -> None:
     )
 
 
-def compare_compiled(model: ResUNet3D, x: torch.Tensor, device: torch.device, repeats: int, what: str) -> None:
+def compare_compiled(width: int, x: torch.Tensor, device: torch.device, repeats: int, what: str) -> None:
     """Eager against torch.compile (inductor, default mode) for each GroupNorm; the first compiled
     call's seconds are the compilation a `brats segment` process would pay once per network shape."""
-    for norm in ("reductions", "native"):
-        GroupNorm.reduce_on_cuda = norm == "reductions"
+    for norm in NORMS:
+        model = build_model(width, norm, device)
         torch._dynamo.reset()
         compiled = torch.compile(model)
 
@@ -112,7 +116,7 @@ def compare_compiled(model: ResUNet3D, x: torch.Tensor, device: torch.device, re
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
                 return network(x)
 
-        eager_seconds = measure(lambda: run(model), device, repeats)
+        eager_seconds = measure(lambda model=model: run(model), device, repeats)
         started = time.perf_counter()
         out = run(compiled)
         sync(device)
@@ -126,7 +130,6 @@ def compare_compiled(model: ResUNet3D, x: torch.Tensor, device: torch.device, re
             f"max difference {error:.1e} of the largest output)",
             flush=True,
         )
-    GroupNorm.reduce_on_cuda = True
 
 
 if __name__ == "__main__":

@@ -55,9 +55,17 @@ class GroupNorm(nn.GroupNorm):
     base model's 59.0 against 175.6 ms (bench/gpu_profile.py, H100, bf16, 2026-11-27). On the CPU
     the native kernel is 7x faster than these reductions, so it stays. Training (gradients on) keeps
     the native kernel too: its backward is fused and keeps no float32 copies of the activations,
-    and the reductions' effect on a training step has not been measured."""
+    and the reductions' effect on a training step has not been measured.
 
-    reduce_on_cuda = True  # bench/gpu_profile.py turns it off to time the native kernel
+    `reduce_on_cuda=False` keeps the native kernel on CUDA as well, to time one against the other
+    (bench/gpu_profile.py). Other keywords are nn.GroupNorm's."""
+
+    def __init__(self, num_groups: int, num_channels: int, *, reduce_on_cuda: bool = True, **kwargs) -> None:
+        super().__init__(num_groups, num_channels, **kwargs)
+        self.reduce_on_cuda = reduce_on_cuda
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.reduce_on_cuda else ", reduce_on_cuda=False")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and self.reduce_on_cuda and not torch.is_grad_enabled():
@@ -66,13 +74,16 @@ class GroupNorm(nn.GroupNorm):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, norm_groups: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_groups: int, *, reduce_norm_on_cuda: bool = True
+    ) -> None:
         super().__init__()
-        self.norm1 = GroupNorm(_groups(in_channels, norm_groups), in_channels)
+        reduce = reduce_norm_on_cuda
+        self.norm1 = GroupNorm(_groups(in_channels, norm_groups), in_channels, reduce_on_cuda=reduce)
         self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = GroupNorm(_groups(out_channels, norm_groups), out_channels)
+        self.norm2 = GroupNorm(_groups(out_channels, norm_groups), out_channels, reduce_on_cuda=reduce)
         self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
-        self.norm3 = GroupNorm(_groups(out_channels, norm_groups), out_channels)
+        self.norm3 = GroupNorm(_groups(out_channels, norm_groups), out_channels, reduce_on_cuda=reduce)
         self.conv3 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
 
@@ -86,10 +97,12 @@ class ResidualBlock(nn.Module):
 class EncodingBlock(nn.Module):
     """ERB: MaxPool3d(2) then a residual block."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm_groups: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_groups: int, *, reduce_norm_on_cuda: bool = True
+    ) -> None:
         super().__init__()
         self.pool = nn.MaxPool3d(2)
-        self.block = ResidualBlock(in_channels, out_channels, norm_groups)
+        self.block = ResidualBlock(in_channels, out_channels, norm_groups, reduce_norm_on_cuda=reduce_norm_on_cuda)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # max_pool3d is on CPU autocast's float32 list: under bf16 autocast it would copy the block
@@ -104,10 +117,12 @@ class EncodingBlock(nn.Module):
 class DecodingBlock(nn.Module):
     """DRB: ConvTranspose3d up to the skip's size, concatenation with the skip, residual block."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm_groups: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_groups: int, *, reduce_norm_on_cuda: bool = True
+    ) -> None:
         super().__init__()
         self.up = nn.ConvTranspose3d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
-        self.block = ResidualBlock(2 * out_channels, out_channels, norm_groups)
+        self.block = ResidualBlock(2 * out_channels, out_channels, norm_groups, reduce_norm_on_cuda=reduce_norm_on_cuda)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.block(torch.cat([self.up(x), skip], dim=1))
@@ -116,7 +131,8 @@ class DecodingBlock(nn.Module):
 class ResUNet3D(nn.Module):
     """Residual 3D U-Net returning logits (apply a sigmoid for region probabilities).
 
-    Spatial input sizes must be multiples of 2**(levels-1)."""
+    Spatial input sizes must be multiples of 2**(levels-1). `reduce_norm_on_cuda=False` keeps
+    PyTorch's GroupNorm kernel on CUDA (see `GroupNorm`); it changes no parameter."""
 
     def __init__(
         self,
@@ -126,6 +142,7 @@ class ResUNet3D(nn.Module):
         width: int = 24,
         levels: int = 4,
         norm_groups: int = 8,
+        reduce_norm_on_cuda: bool = True,
     ) -> None:
         super().__init__()
         for name, value, minimum in (
@@ -137,12 +154,18 @@ class ResUNet3D(nn.Module):
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"ResUNet3D: {name} must be an integer >= {minimum}, got {value!r}")
+        if not isinstance(reduce_norm_on_cuda, bool):
+            raise ValueError(f"ResUNet3D: reduce_norm_on_cuda must be a bool, got {reduce_norm_on_cuda!r}")
         self.levels = levels
         widths = [width * 2**level for level in range(levels)]
-        self.stem = ResidualBlock(in_channels, widths[0], norm_groups)
-        self.encoders = nn.ModuleList(EncodingBlock(a, b, norm_groups) for a, b in itertools.pairwise(widths))
+        reduce = reduce_norm_on_cuda
+        self.stem = ResidualBlock(in_channels, widths[0], norm_groups, reduce_norm_on_cuda=reduce)
+        self.encoders = nn.ModuleList(
+            EncodingBlock(a, b, norm_groups, reduce_norm_on_cuda=reduce) for a, b in itertools.pairwise(widths)
+        )
         self.decoders = nn.ModuleList(
-            DecodingBlock(a, b, norm_groups) for a, b in zip(widths[::-1], widths[::-1][1:], strict=False)
+            DecodingBlock(a, b, norm_groups, reduce_norm_on_cuda=reduce)
+            for a, b in zip(widths[::-1], widths[::-1][1:], strict=False)
         )
         self.head = nn.Conv3d(widths[0], out_channels, 1)
 
