@@ -2,14 +2,12 @@
 
 glibc serves every allocation above its mmap threshold (32 MiB at most) with a fresh mapping and
 unmaps it on free. A width-64 forward at 128^3 allocates and frees 256 MiB activations dozens of
-times, and the kernel zeroes each fresh mapping page by page on first touch: on the development CPU
-(2-core KVM guest) that made a bf16 forward 13.7 s instead of 12.1 s, and a plain fp32 one 37 s
-instead of 27-29 s (GroupNorm, additions and concatenations, which write into new outputs, took
-twice as long). Serving large blocks from the heap and never trimming it lets every forward reuse
-the pages of the one before. The price is a higher resident peak, kept until the process exits: a
-paper-width case peaked at 3.8-4.5 instead of 3.4-3.5 GiB in bf16, 8.5-10.6 instead of 6.1 GiB in
-plain fp32 (bench/cpu_pipeline.py, two runs); it reaches its plateau within the first forwards and
-stays there (ten rounds of two window sizes: 1.48 GiB after each). `MALLOC_MMAP_MAX_=65536` in the
+times, and the kernel zeroes each fresh mapping page by page on first touch, so the operations that
+write into new outputs (GroupNorm, additions, concatenations) pay for page faults on every forward
+(measured in bench/RESULTS.md, 'CPU, fifth session'). Serving large blocks from the heap and never
+trimming it lets every forward reuse the pages of the one before. The price is a higher resident
+peak, kept until the process exits; it reaches its plateau within the first forwards and stays
+there (both measured in bench/RESULTS.md, 'CPU, fifth session'). `MALLOC_MMAP_MAX_=65536` in the
 environment keeps glibc's default behaviour.
 
 jemalloc or tcmalloc do the same but have to be preloaded before the interpreter starts, and

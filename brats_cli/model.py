@@ -49,11 +49,11 @@ def group_norm_by_reductions(
 
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters, same state-dict keys) that runs as `group_norm_by_reductions`
-    on CUDA tensors. PyTorch's CUDA kernel gives each (sample, group) pair one thread block: for a
-    batch of one with 8 groups, 8 blocks on an H100's 132 multiprocessors, and 79% of a width-64
-    region forward's GPU time (114 of 145 ms). With the reductions that forward takes 44.9 ms, the
-    base model's 59.0 against 175.6 ms (bench/gpu_profile.py, H100, bf16, 2026-11-27). On the CPU
-    the native kernel is 7x faster than these reductions, so it stays. Training (gradients on) keeps
+    on CUDA tensors without gradients. PyTorch's CUDA kernel gives each (sample, group) pair one
+    thread block: a batch of one with 8 groups runs 8 blocks on an H100's 132 multiprocessors, and
+    that kernel dominated a forward (measured in bench/RESULTS.md, 'GPU machine, second session';
+    the reductions in 'GPU machine, third session'). On the CPU the native kernel is the faster
+    one, so it stays (bench/RESULTS.md, 'After these measurements'). Training (gradients on) keeps
     the native kernel too: its backward is fused and keeps no float32 copies of the activations,
     and the reductions' effect on a training step has not been measured.
 
@@ -107,8 +107,9 @@ class EncodingBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # max_pool3d is on CPU autocast's float32 list: under bf16 autocast it would copy the block
         # output to float32, pool, and hand the next GroupNorm float32 activations that the next
-        # convolution copies back to bf16 (0.26 s of a 14 s width-64 forward at 128^3 on the
-        # development CPU). The maximum of bf16 values is a bf16 value, so pool in x's own dtype.
+        # convolution copies back to bf16, time wasted on every encoder (measured in
+        # bench/RESULTS.md, 'CPU, fifth session'). The maximum of bf16 values is a bf16 value, so
+        # pool in x's own dtype.
         with torch.autocast(x.device.type, enabled=False):
             pooled = self.pool(x)
         return self.block(pooled)
