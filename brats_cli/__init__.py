@@ -1,3 +1,34 @@
-"""brats: the residual 3D U-Net with localisation (BraTS 2021) for glioma segmentation."""
+"""brats: the residual 3D U-Net with localisation (BraTS 2021) for glioma segmentation.
+
+The library's entry points, imported on first use so that `import brats_cli` (and `brats --help`)
+stays instant: `Segmenter` and `Settings` (segmentation, `brats_cli.segmenter`), `evaluate` and
+`Evaluation` (scoring, `brats_cli.scoring`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Segmenter": "brats_cli.segmenter",
+    "CaseResult": "brats_cli.segmenter",
+    "Status": "brats_cli.segmenter",
+    "Settings": "brats_cli.settings",
+    "evaluate": "brats_cli.scoring",
+    "Evaluation": "brats_cli.scoring",
+}
+__all__ = ["CaseResult", "Evaluation", "Segmenter", "Settings", "Status", "__version__", "evaluate"]
+
+if TYPE_CHECKING:
+    from brats_cli.scoring import Evaluation, evaluate
+    from brats_cli.segmenter import CaseResult, Segmenter, Status
+    from brats_cli.settings import Settings
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'brats_cli' has no attribute {name!r}")

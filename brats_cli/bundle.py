@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from brats_cli.choices import Backend
+from brats_cli.choices import REGION_STAGES, Backend, Stage
 from brats_cli.errors import WeightsError
 from brats_cli.files import atomic_path, write_text_atomically
 from brats_cli.labels import LabelConvention
@@ -23,14 +22,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class Stage(str, Enum):
-    BASE = "base"
-    WT = "wt"
-    TC = "tc"
-    ET = "et"
-
-
-REGION_STAGES: tuple[Stage, ...] = (Stage.WT, Stage.TC, Stage.ET)
 WEIGHT_SUFFIX = {Backend.TORCH: ".safetensors", Backend.ONNX: ".onnx"}
 
 
@@ -38,6 +29,12 @@ WEIGHT_SUFFIX = {Backend.TORCH: ".safetensors", Backend.ONNX: ".onnx"}
 class FoldFile:
     file: str
     sha256: str
+
+
+class ModelKwargs(TypedDict):
+    width: int
+    levels: int
+    norm_groups: int
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class StageSpec:
     norm_groups: int = 8
     threshold: float = 0.5
 
-    def model_kwargs(self) -> dict[str, int]:
+    def model_kwargs(self) -> ModelKwargs:
         return {"width": self.width, "levels": self.levels, "norm_groups": self.norm_groups}
 
 

@@ -1,4 +1,5 @@
-"""The user-facing choices, as str Enums used directly as CLI option types.
+"""The tool's vocabulary: the choices a user makes and the words the BraTS data uses, as str Enums
+(also the CLI's option types).
 
 Kept free of heavy imports so that `brats --help` stays instant."""
 
@@ -29,17 +30,60 @@ class Ensemble(str, Enum):
     VOTE = "vote"  # classification voting ensemble: binarise each fold, then strict majority
 
 
-class LabelChoice(str, Enum):
-    AUTO = "auto"  # 2023 labels (ET = 3) for 2023-named inputs, 2021 labels (ET = 4) otherwise
+class Naming(str, Enum):
+    """File naming of a release: `<ID>_flair.nii.gz` (2017-2021) or `<ID>-t2f.nii.gz` (2023+)."""
+
     BRATS2021 = "2021"
     BRATS2023 = "2023"
 
 
-class CaseNaming(str, Enum):
-    """File naming of written cases (the values of io.Naming, kept here so the CLI need not import io)."""
+NECROSIS = 1
+EDEMA = 2
 
-    BRATS2021 = "2021"  # <ID>_flair.nii.gz ..., ET = 4
-    BRATS2023 = "2023"  # <ID>-t2f.nii.gz ..., ET = 3
+
+class LabelConvention(str, Enum):
+    """The labels of a segmentation: BraTS 2017-2021 marks enhancing tumour with 4, BraTS 2023+
+    with 3; necrosis (1) and edema (2) are shared."""
+
+    BRATS2021 = "2021"
+    BRATS2023 = "2023"
+
+    @property
+    def enhancing(self) -> int:
+        return 4 if self is LabelConvention.BRATS2021 else 3
+
+    @property
+    def labels(self) -> tuple[int, int, int]:
+        return (NECROSIS, EDEMA, self.enhancing)
+
+    @classmethod
+    def of_naming(cls, naming: Naming | None) -> LabelConvention:
+        """The convention of a release's file naming: each release's files and labels go together,
+        so 2023-named cases carry ET = 3 and every other case ET = 4."""
+        return cls.BRATS2023 if naming is Naming.BRATS2023 else cls.BRATS2021
+
+
+class Stage(str, Enum):
+    """The paper's four models: the base (whole tumour on the 192x192x160 grid) and the three regions."""
+
+    BASE = "base"
+    WT = "wt"
+    TC = "tc"
+    ET = "et"
+
+
+REGION_STAGES: tuple[Stage, ...] = (Stage.WT, Stage.TC, Stage.ET)
+
+# The words a command line accepts where a choice can also be left to the tool or cover every stage.
+AUTO = "auto"
+ALL = "all"
+
+
+class ExportPrecision(str, Enum):
+    """Arithmetic of an exported ONNX graph (fixed at export; its input and output stay float32)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
 
 
 class StageChoice(str, Enum):
@@ -50,10 +94,3 @@ class StageChoice(str, Enum):
     WT = "wt"
     TC = "tc"
     ET = "et"
-
-
-class ExportPrecision(str, Enum):
-    """Arithmetic of an exported ONNX graph (fixed at export; its input and output stay float32)."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"

@@ -47,6 +47,10 @@ class OutputError(BratsError):
     """The output location cannot be written."""
 
 
+class SettingsError(BratsError, ValueError):
+    """A segmentation setting out of its range or of the wrong kind."""
+
+
 class DependencyError(BratsError):
     """An optional extra a feature needs is not installed (the message names the extra)."""
 

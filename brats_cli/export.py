@@ -217,7 +217,7 @@ def verify_model(
 ) -> tuple[float, str]:
     """Max absolute difference of probabilities, ONNX Runtime vs PyTorch, on one random image
     (standard normal, like a normalised MRI), and the provider that ran the graph."""
-    from brats_cli.predictors import onnx_session
+    from brats_cli.predictors.onnx_backend import onnx_session
 
     image = np.random.default_rng(seed).standard_normal((1, 4, *input_size), dtype=np.float32)
     session = onnx_session(path, verification_providers(precision))
@@ -241,7 +241,7 @@ def export_bundle(
     The bundle is built in a hidden sibling folder and renamed to `out` only when every model has
     passed, so `out` is either a complete verified bundle or untouched. `out` must not exist or be an
     empty folder. A model beyond tolerance raises ExportError naming it and its difference."""
-    from brats_cli.predictors import load_torch_models
+    from brats_cli.predictors.torch_backend import load_torch_models
 
     if source.manifest.backend is not Backend.TORCH:
         kind = source.manifest.backend.value

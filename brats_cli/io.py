@@ -23,6 +23,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from nibabel.spatialimages import HeaderDataError, ImageDataError
 
+from brats_cli.choices import Naming
 from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError, first_line
 from brats_cli.files import TEMP_MARKER, atomic_path, remove_stale_temporaries, temporary_sibling  # noqa: F401
 
@@ -48,13 +49,6 @@ class Modality(str, Enum):
 
 # The paper's channel order.
 CHANNEL_ORDER: tuple[Modality, ...] = (Modality.FLAIR, Modality.T1, Modality.T1CE, Modality.T2)
-
-
-class Naming(str, Enum):
-    """File naming of a release: `<ID>_flair.nii.gz` (2017-2021) or `<ID>-t2f.nii.gz` (2023+)."""
-
-    BRATS2021 = "2021"
-    BRATS2023 = "2023"
 
 
 SUFFIX: dict[Naming, dict[Modality, str]] = {

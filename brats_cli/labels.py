@@ -10,21 +10,7 @@ from enum import Enum
 
 import numpy as np
 
-NECROSIS = 1
-EDEMA = 2
-
-
-class LabelConvention(str, Enum):
-    BRATS2021 = "2021"
-    BRATS2023 = "2023"
-
-    @property
-    def enhancing(self) -> int:
-        return 4 if self is LabelConvention.BRATS2021 else 3
-
-    @property
-    def labels(self) -> tuple[int, int, int]:
-        return (NECROSIS, EDEMA, self.enhancing)
+from brats_cli.choices import EDEMA, NECROSIS, LabelConvention
 
 
 class Region(str, Enum):

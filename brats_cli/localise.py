@@ -86,4 +86,7 @@ def localise_windows(box: tuple[tuple[int, int], ...], shape: tuple[int, ...], w
     """The window-sized crops, clamped inside `shape`, that together cover the bounding box: one
     centred on the box when it fits, overlapping ones along any axis where it does not."""
     per_axis = [_axis_starts(lo, hi, size, w) for (lo, hi), size, w in zip(box, shape, window, strict=True)]
-    return [tuple(slice(s, s + w) for s, w in zip(starts, window, strict=True)) for starts in product(*per_axis)]
+    return [
+        (slice(x, x + wx), slice(y, y + wy), slice(z, z + wz))
+        for (x, y, z), (wx, wy, wz) in ((starts, window) for starts in product(*per_axis))
+    ]

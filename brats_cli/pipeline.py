@@ -12,26 +12,39 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from brats_cli.bundle import REGION_STAGES, Manifest, Stage
-from brats_cli.choices import Ensemble
+from brats_cli.bundle import Manifest
+from brats_cli.choices import REGION_STAGES, Ensemble, LabelConvention, Stage
 from brats_cli.io import BRATS_SHAPE
-from brats_cli.labels import LabelConvention, apply_et_threshold, compose_labels
+from brats_cli.labels import apply_et_threshold, compose_labels
 from brats_cli.localise import Window, localise_windows, tumour_box
 from brats_cli.predictors import StagePredictor
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
+from brats_cli.settings import Settings
+
+
+def _every_stage(value: float) -> dict[Stage, float]:
+    return dict.fromkeys(Stage, value)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """What the pipeline does with the networks' probabilities, for one case."""
+
     convention: LabelConvention = LabelConvention.BRATS2021
     ensemble: Ensemble = Ensemble.MEAN
     et_threshold: int = 600
-    probability_threshold: float = 0.5
+    # Per stage, the probability above which a voxel is in the stage's region (the manifest's
+    # `threshold`; 0.5 unless a bundle was calibrated otherwise).
+    thresholds: Mapping[Stage, float] = field(default_factory=lambda: _every_stage(0.5))
     region_window: tuple[int, int, int] = (128, 128, 128)
+    # Test-time augmentation: the axis flips averaged in every stage; ((),) is none.
+    mirrors: tuple[tuple[int, ...], ...] = ((),)
 
     def __post_init__(self) -> None:
-        if not 0 < self.probability_threshold < 1:
-            raise ValueError("probability_threshold must lie strictly between 0 and 1")
+        if set(self.thresholds) != set(Stage):
+            raise ValueError("thresholds must give one probability per stage")
+        if not all(0 < t < 1 for t in self.thresholds.values()):
+            raise ValueError("every stage's probability threshold must lie strictly between 0 and 1")
         if self.et_threshold < 0:
             raise ValueError("et_threshold must be >= 0")
         if any(w > g for w, g in zip(self.region_window, MODEL_GRID, strict=True)):
@@ -41,18 +54,22 @@ class PipelineConfig:
     def from_manifest(
         cls,
         manifest: Manifest,
+        settings: Settings | None = None,
         *,
         convention: LabelConvention | None = None,
-        ensemble: Ensemble = Ensemble.MEAN,
-        et_threshold: int | None = None,
     ) -> PipelineConfig:
-        """The settings a bundle was trained for (labels, ET threshold, region window), with the
-        user's overrides where given."""
+        """The settings a bundle was made for (labels, ET threshold, per-stage probability
+        thresholds, region window), with the user's settings where they override them.
+        `convention` is the case's own (by its file names) when the settings leave it open."""
+        settings = settings or Settings()
+        chosen = settings.labels or convention or manifest.labels
         return cls(
-            convention=manifest.labels if convention is None else convention,
-            ensemble=ensemble,
-            et_threshold=manifest.et_threshold if et_threshold is None else et_threshold,
+            convention=chosen,
+            ensemble=settings.ensemble,
+            et_threshold=manifest.et_threshold if settings.et_threshold is None else settings.et_threshold,
+            thresholds={stage: spec.threshold for stage, spec in manifest.stages.items()},
             region_window=manifest.region_window,
+            mirrors=settings.mirrors,
         )
 
 
@@ -101,11 +118,48 @@ def predict_windows(
 def fold_reduction(mode: Ensemble) -> Callable[[np.ndarray], np.ndarray] | None:
     """What of a window's K fold maps the ensemble needs. The mean is linear, so averaging the folds
     inside each window, before the windows are pasted and averaged, gives the same mask with one
-    grid-sized map instead of K (five 192x192x160 float32 maps were about 0.05 s of host time a
-    stage on the development CPU, bench/host_overhead.py); a vote needs every fold's map."""
+    grid-sized map instead of K (host time saved: bench/RESULTS.md, bench/host_overhead.py); a vote
+    needs every fold's map."""
     if mode is Ensemble.MEAN:
         return lambda probabilities: probabilities.mean(axis=0, keepdims=True)
     return None
+
+
+def mirrored(predictor: StagePredictor, mirrors: tuple[tuple[int, ...], ...]) -> StagePredictor:
+    """`predictor` averaged over axis flips of its input (test-time augmentation, as nnU-Net's
+    mirroring): each flip's (K, ...) fold maps are flipped back and the flips' maps averaged per
+    fold, so the ensemble downstream still sees one map per fold."""
+    if mirrors == ((),):
+        return predictor
+    return _Mirrored(predictor, mirrors)
+
+
+class _Mirrored:
+    def __init__(self, predictor: StagePredictor, mirrors: tuple[tuple[int, ...], ...]) -> None:
+        self.predictor = predictor
+        self.mirrors = mirrors
+
+    @property
+    def device(self) -> object:
+        return self.predictor.device
+
+    @property
+    def precision(self) -> str:
+        return self.predictor.precision
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        total: np.ndarray | None = None
+        for axes in self.mirrors:
+            # Spatial axes of the (4, X, Y, Z) input are 1..3; of the (K, X, Y, Z) output too.
+            spatial = tuple(axis + 1 for axis in axes)
+            flipped = np.flip(image, spatial) if axes else image
+            probabilities = self.predictor(np.ascontiguousarray(flipped))
+            if axes:
+                probabilities = np.flip(probabilities, spatial)
+            total = probabilities.astype(np.float32, copy=True) if total is None else total + probabilities
+        assert total is not None
+        total /= len(self.mirrors)
+        return total
 
 
 def segment_image(
@@ -142,12 +196,12 @@ def segment_preprocessed(
     seconds = dict(seconds or {})
     announce("base")
     started = time.perf_counter()
-    base_probabilities = predictors[Stage.BASE](model_input)
+    base_probabilities = mirrored(predictors[Stage.BASE], config.mirrors)(model_input)
     base_mean = base_probabilities.mean(axis=0, keepdims=True)
     base = ensemble_mask(
         base_mean if config.ensemble is Ensemble.MEAN else base_probabilities,
         config.ensemble,
-        config.probability_threshold,
+        config.thresholds[Stage.BASE],
     )
     seconds["base"] = time.perf_counter() - started
 
@@ -168,8 +222,9 @@ def segment_preprocessed(
     for stage in REGION_STAGES:
         announce(stage.value)
         started = time.perf_counter()
-        probabilities = predict_windows(predictors[stage], model_input, windows, reduce)
-        masks[stage] = ensemble_mask(probabilities, config.ensemble, config.probability_threshold)
+        predictor = mirrored(predictors[stage], config.mirrors)
+        probabilities = predict_windows(predictor, model_input, windows, reduce)
+        masks[stage] = ensemble_mask(probabilities, config.ensemble, config.thresholds[stage])
         seconds[stage.value] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -129,7 +129,7 @@ def template_paths(package: str | None = None) -> dict[str, Path]:
 def _read_template(path: Path) -> np.ndarray:
     # The templates are package data in a fixed, known format (uint8, RAS, 1 mm), not user input,
     # so they are read here rather than through io.read_image's validation.
-    return np.asarray(nib.load(path).dataobj, dtype=np.float32) / 255.0
+    return np.asarray(nib.Nifti1Image.from_filename(path).dataobj, dtype=np.float32) / 255.0
 
 
 @functools.cache
@@ -358,7 +358,7 @@ class TumourMaps:
     enhancing: np.ndarray
     edema: np.ndarray
     non_enhancing: np.ndarray
-    soft: dict[Tissue, np.ndarray]
+    soft: dict[Tissue, np.ndarray | None]  # None: the tissue is absent from this tumour
     heterogeneity: np.ndarray
 
 
@@ -435,7 +435,7 @@ def draw_tumours(
     enhancing &= ~(necrosis | non_enhancing)
     necrosis &= ~non_enhancing
     edema &= ~(necrosis | enhancing | non_enhancing)
-    soft: dict[Tissue, np.ndarray] = {}
+    soft: dict[Tissue, np.ndarray | None] = {}
     masks = {
         Tissue.NECROSIS: necrosis,
         Tissue.ENHANCING: enhancing,
@@ -457,7 +457,9 @@ def _bias_field(rng: np.random.Generator, strength: float, voxels: tuple[np.ndar
     log_field = np.zeros(len(voxels[0]), np.float32)
     for axis, size in enumerate(BRATS_SHAPE):
         t = np.linspace(0, np.pi, size)
-        profile = sum(rng.normal(0, strength / order) * np.cos(order * t + rng.uniform(0, np.pi)) for order in (1, 2))
+        profile = np.zeros(size)
+        for order in (1, 2):
+            profile += rng.normal(0, strength / order) * np.cos(order * t + rng.uniform(0, np.pi))
         log_field += profile.astype(np.float32)[voxels[axis]]
     return np.exp(log_field)
 
@@ -503,7 +505,7 @@ def make_phantom(
         signal = np.zeros(len(inside[0]), np.float32)
         for tissue, fraction in fractions.items():
             # Per-case contrast jitter, small enough that the tissue order of each sequence holds.
-            level = CONTRAST[tissue][channel] * rng.uniform(0.95, 1.05)
+            level: float | np.ndarray = CONTRAST[tissue][channel] * rng.uniform(0.95, 1.05)
             level = level * (1.0 + (0.1 * texture if tissue in TUMOUR else 0.03 * anatomy_texture))
             signal += fraction * level
         white_level = float(np.exp(rng.uniform(np.log(250.0), np.log(2500.0))))
@@ -516,7 +518,7 @@ def make_phantom(
         # Every brain voxel stays nonzero, so the brain mask is exactly the nonzero voxels.
         image[channel][inside] = np.clip(np.rint(magnitude), 1, np.iinfo(np.int16).max).astype(np.int16)
 
-    convention = LabelConvention(naming.value)
+    convention = LabelConvention.of_naming(naming)
     labels = np.zeros(BRATS_SHAPE, np.uint8)
     labels[tumours.edema] = EDEMA
     labels[tumours.necrosis | tumours.non_enhancing] = NECROSIS
@@ -594,7 +596,7 @@ class PreviewRow:
 
 def preview_row(phantom: Phantom) -> PreviewRow:
     z = tumour_slice(phantom.labels)
-    convention = LabelConvention(phantom.naming.value)
+    convention = LabelConvention.of_naming(phantom.naming)
     return PreviewRow(
         phantom.case_id, phantom.image[:, :, :, z].copy(), phantom.labels[:, :, z].copy(), convention.enhancing, z
     )

@@ -8,7 +8,7 @@ from conftest import random_bundle
 
 from brats_cli.bundle import FORMAT_VERSION, MANIFEST, Stage, load_bundle
 from brats_cli.errors import WeightsError
-from brats_cli.predictors import load_torch_models
+from brats_cli.predictors.torch_backend import load_torch_models
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,8 @@ def test_a_pickled_weight_file_is_refused(bundle_dir, tmp_path, capsys):
 
 def test_auto_precision_follows_the_hardware():
     from brats_cli.choices import Precision
-    from brats_cli.predictors import cpu_has_native_bf16, resolve_precision
+    from brats_cli.host import cpu_has_native_bf16
+    from brats_cli.predictors.torch_backend import resolve_precision
 
     assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
     assert cpu_has_native_bf16("flags\t\t: fpu amx_bf16 amx_tile\n")
@@ -110,7 +111,7 @@ def test_auto_precision_names_the_gpu_for_a_torch_device(monkeypatch):
     the reason must still name the GPU, not the CPU (seen wrong on an H100)."""
     import torch
 
-    from brats_cli.predictors import auto_precision_reason
+    from brats_cli.predictors.torch_backend import auto_precision_reason
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
@@ -122,7 +123,7 @@ def test_auto_precision_names_the_gpu_for_a_torch_device(monkeypatch):
 def test_cpu_threads_follow_the_cgroup_quota_and_the_affinity_mask(tmp_path, monkeypatch):
     import os
 
-    from brats_cli.predictors import cgroup_cpu_quota, usable_cpus
+    from brats_cli.host import cgroup_cpu_quota, usable_cpus
 
     assert cgroup_cpu_quota("max 100000\n") is None
     assert cgroup_cpu_quota("250000 100000\n") == 2.5
@@ -144,7 +145,7 @@ def test_cpu_threads_follow_the_cgroup_quota_and_the_affinity_mask(tmp_path, mon
 def test_fused_folds_predict_what_the_folds_predict_one_by_one():
     from brats_cli.choices import Precision
     from brats_cli.model import ResUNet3D
-    from brats_cli.predictors import TorchStagePredictor
+    from brats_cli.predictors.torch_backend import TorchStagePredictor
 
     torch.manual_seed(0)
     models = [ResUNet3D(width=4) for _ in range(3)]

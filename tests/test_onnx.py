@@ -22,15 +22,11 @@ from brats_cli.cli.app import app
 from brats_cli.errors import BratsError, ExportError, WeightsError
 from brats_cli.export import TOLERANCE, export_bundle
 from brats_cli.model import ResUNet3D
-from brats_cli.predictors import (
-    CPU_PROVIDER,
-    OnnxStagePredictor,
-    onnx_predictors,
-    onnx_providers,
-    stage_predictors,
-    torch_predictors,
-)
+from brats_cli.predictors import stage_predictors
+from brats_cli.predictors.onnx_backend import CPU_PROVIDER, OnnxStagePredictor, onnx_predictors, onnx_providers
+from brats_cli.predictors.torch_backend import torch_predictors
 from brats_cli.preprocess import MODEL_GRID
+from brats_cli.settings import Settings
 
 runner = CliRunner()
 WINDOW = (64, 64, 64)
@@ -96,8 +92,8 @@ def test_export_writes_a_verified_onnx_bundle(exported) -> None:
 
 def test_onnx_predictor_matches_torch_on_random_input(exported) -> None:
     source, target, _ = exported
-    onnx_side = onnx_predictors(load_bundle(target), device=Device.CPU)
-    torch_side = torch_predictors(load_bundle(source), device=Device.CPU)
+    onnx_side = onnx_predictors(load_bundle(target), Settings(backend=Backend.ONNX, device=Device.CPU))
+    torch_side = torch_predictors(load_bundle(source), Settings(device=Device.CPU, precision="fp32"))
     image = np.random.default_rng(1).standard_normal((4, *WINDOW), dtype=np.float32)
     for stage in (Stage.WT, Stage.ET):
         expected = torch_side[stage](image)
@@ -175,7 +171,7 @@ def test_backend_and_bundle_mismatch_is_one_clear_error(exported, make_case, tmp
         assert f"this is {article[kind]} bundle, not {article[backend]} one; use --backend {kind}" in message
         assert not out.exists() or not any(out.iterdir())
     with pytest.raises(WeightsError, match="this is a torch bundle"):
-        stage_predictors(load_bundle(source), Backend.ONNX)
+        stage_predictors(load_bundle(source), Settings(backend=Backend.ONNX))
 
 
 def test_missing_onnxruntime_is_a_one_line_install_hint(exported, make_case, tmp_path, monkeypatch) -> None:

@@ -126,6 +126,6 @@ def test_folds_averaged_per_window_give_the_mask_of_the_averaged_fold_maps():
 
 def test_invalid_config_is_refused():
     with pytest.raises(ValueError):
-        PipelineConfig(probability_threshold=1.5)
+        PipelineConfig(thresholds={**dict.fromkeys(Stage, 0.5), Stage.WT: 1.5})
     with pytest.raises(ValueError):
         PipelineConfig(region_window=(256, 128, 128))

@@ -778,10 +778,10 @@ class _Predictor:
 
 @pytest.fixture
 def numpy_predictors(monkeypatch):
-    import brats_cli.predictors
+    import brats_cli.predictors.torch_backend
 
     fake = dict.fromkeys(Stage, _Predictor())
-    monkeypatch.setattr(brats_cli.predictors, "torch_predictors", lambda bundle, **_: fake)
+    monkeypatch.setattr(brats_cli.predictors.torch_backend, "torch_predictors", lambda bundle, settings: fake)
 
 
 @pytest.mark.usefixtures("numpy_predictors")
@@ -976,7 +976,7 @@ def test_weights_load_without_unpickling(background_bundle, monkeypatch):
     import torch
 
     from brats_cli.bundle import load_bundle
-    from brats_cli.predictors import load_torch_models
+    from brats_cli.predictors.torch_backend import load_torch_models
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("weights went through pickle")

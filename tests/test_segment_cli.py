@@ -76,15 +76,16 @@ def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, background_bund
 
 
 def test_the_log_says_what_precision_auto_chose_and_why(tmp_path, background_bundle, monkeypatch):
-    import brats_cli.predictors
+    import brats_cli.host
+    from brats_cli.predictors.torch_backend import auto_precision_reason
 
-    monkeypatch.setattr(brats_cli.predictors, "cpu_has_native_bf16", lambda: True)
-    assert brats_cli.predictors.auto_precision_reason("cpu") == "CPU has AVX-512 BF16 or AMX"
-    monkeypatch.setattr(brats_cli.predictors, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(brats_cli.host, "cpu_has_native_bf16", lambda: True)
+    assert auto_precision_reason("cpu") == "CPU has AVX-512 BF16 or AMX"
+    monkeypatch.setattr(brats_cli.host, "cpu_has_native_bf16", lambda: False)
     write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
     result = segment(tmp_path / "in", tmp_path / "out", "--weights", background_bundle.root, "--precision", "auto")
     assert result.exit_code == 0, result.output
-    threads = brats_cli.predictors.usable_cpus()
+    threads = brats_cli.host.usable_cpus()
     expected = f"device cpu ({threads} threads), precision fp32 (auto: CPU lacks AVX-512 BF16 and AMX)"
     assert expected in " ".join(result.output.split())
 

@@ -221,9 +221,3 @@ def test_cli_refuses_a_preview_that_is_not_png(tmp_path):
     assert result.exit_code == 2
     assert "png" in result.output
     assert not (tmp_path / "out").exists()
-
-
-def test_cli_naming_choices_are_the_io_namings():
-    from brats_cli.choices import CaseNaming
-
-    assert [choice.value for choice in CaseNaming] == [naming.value for naming in Naming]

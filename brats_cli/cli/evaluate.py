@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from brats_cli.choices import LabelChoice
+from brats_cli.choices import LabelConvention
 from brats_cli.cli import console
+from brats_cli.cli.options import LabelWord, label_convention
 
 
 def evaluate(
@@ -23,9 +24,9 @@ def evaluate(
         ),
     ],
     labels: Annotated[
-        LabelChoice,
+        LabelWord,
         typer.Option(help="Label convention: ET = 4 (2021) or 3 (2023); auto from the ground-truth names or labels."),
-    ] = LabelChoice.AUTO,
+    ] = "auto",
     csv: Annotated[Path | None, typer.Option("--csv", help="Write one row per case and region to this CSV.")] = None,
     json: Annotated[Path | None, typer.Option("--json", help="Write the rows and the summary to this JSON.")] = None,
     lesion_wise: Annotated[
@@ -34,86 +35,67 @@ def evaluate(
 ) -> None:
     """Score PRED against GT per case and region (WT, TC, ET): Dice, HD95, sensitivity,
     specificity with the BraTS 2021 rules; a summary table per region."""
-    raise typer.Exit(run_evaluate(prediction, reference, labels, csv, json, lesion_wise))
+    convention = label_convention(labels)
+    raise typer.Exit(run_evaluate(prediction, reference, convention, csv, json, lesion_wise))
 
 
 def run_evaluate(
     prediction: Path,
     reference: Path,
-    labels: LabelChoice,
+    labels: LabelConvention | None,
     csv_path: Path | None,
     json_path: Path | None,
     with_lesion_wise: bool,
 ) -> int:
-    """Pair, score, render and write; the exit code."""
-    from collections import Counter
-
-    from brats_cli.errors import BratsError, CaseError
-    from brats_cli.evaluate import pair_files, rows, score_pair, summarise, write_csv, write_json
+    """Pair, score while rendering progress, render the summary, write; the exit code."""
+    from brats_cli.errors import BratsError
+    from brats_cli.scoring import Evaluation
 
     for path, option in ((csv_path, "--csv"), (json_path, "--json")):
         if path is not None and not Path(path).parent.is_dir():
             console.error(f"{path}: folder for {option} does not exist")
             return console.EXIT_UNUSABLE
     try:
-        pairing = pair_files(prediction, reference)
+        evaluation = Evaluation.of(prediction, reference, labels=labels, lesion_wise=with_lesion_wise)
     except BratsError as error:
         console.error(str(error))
         return console.EXIT_UNUSABLE
-    for message in pairing.notes:
+    for message in evaluation.notes:
         console.note(message)
 
-    results = []
-    failures: list[CaseError] = []
     progress = console.progress()
     with progress:
-        task = progress.add_task("evaluate", total=len(pairing.pairs))
-        for pair in pairing.pairs:
+        task = progress.add_task("evaluate", total=len(evaluation))
+        for pair, result in evaluation.cases():
             progress.update(task, description=pair.case_id)
-            try:
-                result = score_pair(pair, labels, with_lesion_wise)
-            except CaseError as error:
-                failures.append(error)
-                console.error(str(error))
+            if isinstance(result, BratsError):
+                console.error(str(result))
             else:
-                results.append(result)
                 for message in result.warnings:
                     console.warning(f"{pair.case_id}: {message}")
             progress.advance(task)
 
-    conventions = Counter((r.convention.value, r.convention_reason) for r in results)
+    conventions = evaluation.conventions()
     described = "; ".join(
-        f"{value} ({reason}{f', {count} cases' if len(conventions) > 1 else ''})"
-        for (value, reason), count in sorted(conventions.items())
+        f"{convention.value} ({reason}{f', {count} cases' if len(conventions) > 1 else ''})"
+        for convention, reason, count in conventions
     )
-    missing = [r.case_id for r in results if r.missing]
-    summary = summarise(results, with_lesion_wise)
     console.stderr.print(
-        f"brats evaluate: {len(results)} of {len(pairing.pairs)} case(s) scored, labels {described or '-'}"
+        f"brats evaluate: {len(evaluation.scores)} of {len(evaluation)} case(s) scored, labels {described or '-'}"
     )
-    _render_summary(summary, len(results), missing)
-    if failures:
-        console.stderr.print(f"{len(failures)} case(s) not scored: {', '.join(f.case_id for f in failures)}")
-
-    table = rows(results, with_lesion_wise)
+    _render_summary(evaluation.summary(), len(evaluation.scores), evaluation.missing)
+    if evaluation.failures:
+        failed = ", ".join(f.case_id for f in evaluation.failures)
+        console.stderr.print(f"{len(evaluation.failures)} case(s) not scored: {failed}")
     try:
         if csv_path is not None:
-            write_csv(csv_path, table, with_lesion_wise)
+            evaluation.write_csv(csv_path)
         if json_path is not None:
-            write_json(
-                json_path,
-                {
-                    "cases": table,
-                    "labels": {r.case_id: r.convention.value for r in results},
-                    "summary": summary,
-                    "missing": missing,
-                    "errors": {f.case_id: f.reason for f in failures},
-                },
-            )
+            evaluation.write_json(json_path)
     except BratsError as error:
         console.error(str(error))
         return console.EXIT_UNUSABLE
-    return console.EXIT_CASE_FAILED if failures else console.EXIT_OK
+    return console.EXIT_CASE_FAILED if evaluation.failures else console.EXIT_OK
 
 
 _TITLES = {

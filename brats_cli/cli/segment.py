@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from brats_cli.choices import Backend, Device, Ensemble, LabelChoice, Precision
+from brats_cli.choices import Backend, Device, Ensemble, Precision
 from brats_cli.cli import console
+from brats_cli.cli.options import LabelWord, label_convention
+from brats_cli.errors import SettingsError
+from brats_cli.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from brats_cli.segmenter import CaseResult
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
@@ -59,8 +67,9 @@ def segment(
         typer.Option(min=0, help="Relabel ET as necrosis when fewer voxels remain (default: the bundle's, 600)."),
     ] = None,
     labels: Annotated[
-        LabelChoice, typer.Option(help="Output label convention: ET = 4 (2021) or 3 (2023); auto by input names.")
-    ] = LabelChoice.AUTO,
+        LabelWord,
+        typer.Option(help="Output label convention: ET = 4 (2021) or 3 (2023); auto by input names."),
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists (default: skip them).")] = False,
     profile: Annotated[
         bool,
@@ -71,165 +80,97 @@ def segment(
     ] = False,
 ) -> None:
     """Segment every case in INPUT; write OUTPUT/<ID>.nii.gz (uint8, the input's geometry)."""
-    options = SegmentOptions(
-        input=input,
-        output=output,
-        weights=weights,
-        backend=backend,
-        device=device,
-        precision=precision,
-        folds=_parse_folds(folds),
-        fuse_folds=fuse_folds,
-        compile=compile,
-        ensemble=ensemble,
-        et_threshold=et_threshold,
-        labels=labels,
-        overwrite=overwrite,
-        profile=profile,
-    )
+    chosen_folds = _parse_folds(folds)
+    try:
+        settings = Settings(
+            backend=backend,
+            device=device,
+            precision=precision,
+            folds=None if chosen_folds is None else tuple(chosen_folds),
+            fuse_folds=fuse_folds,
+            compile=compile,
+            ensemble=ensemble,
+            et_threshold=et_threshold,
+            labels=label_convention(labels),
+        )
+    except SettingsError as error:
+        console.error(str(error))
+        raise typer.Exit(console.EXIT_UNUSABLE) from None
+    options = SegmentOptions(input, output, weights, settings, overwrite=overwrite, profile=profile)
     raise typer.Exit(run_segment(options))
 
 
 @dataclass(frozen=True)
 class SegmentOptions:
+    """What the command line asked for: the files, the settings, and how to report."""
+
     input: Path
     output: Path
     weights: Path | None
-    device: Device
-    precision: Precision
-    folds: list[int] | None
-    ensemble: Ensemble
-    et_threshold: int | None
-    labels: LabelChoice
-    overwrite: bool
-    profile: bool
-    backend: Backend = Backend.TORCH
-    fuse_folds: bool = False
-    compile: bool = False
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT: unwind (removing temporary files on the way) and report."""
-
-    def __init__(self, signal_number: int) -> None:
-        super().__init__(signal_number)
-        self.exit_code = 128 + signal_number
-
-
-def _raise_interrupted(signal_number: int, _frame: object) -> None:
-    raise Interrupted(signal_number)
+    settings: Settings
+    overwrite: bool = False
+    profile: bool = False
 
 
 def run_segment(options: SegmentOptions) -> int:
-    """Resolve weights and cases, segment each, render progress and the summary; the exit code."""
-    import signal
-
+    """Set up, segment each case while rendering progress, render the summary; the exit code."""
     from brats_cli.allocator import keep_freed_memory
-    from brats_cli.batch import CaseResult, Status, output_convention, prefetched, segment_case
-    from brats_cli.bundle import load_weights
     from brats_cli.errors import BratsError
-    from brats_cli.io import discover_cases, ensure_output_folder, remove_stale_temporaries
-    from brats_cli.pipeline import PipelineConfig
-    from brats_cli.predictors import auto_precision_reason, require_backend, stage_predictors, usable_cpus
+    from brats_cli.interrupts import Interrupted, interruptible
+    from brats_cli.segmenter import Batch, Segmenter, Status
 
     keep_freed_memory()  # before the first large allocation: every case reuses the pages of the last
-    results: list[CaseResult] = []
-    in_progress: Path | None = None  # the output of the case being segmented
+    batch: Batch | None = None
     # From the start, so that a signal during set-up (loading weights) also ends with a one-line
     # message and the signal's exit code rather than a traceback.
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            bundle = load_weights(options.weights, backend=options.backend)
-            require_backend(bundle, options.backend)
-            discovery = discover_cases(options.input)
-            output = ensure_output_folder(options.output)
-            remove_stale_temporaries(output)
-            predictors = stage_predictors(
-                bundle,
-                options.backend,
-                device=options.device,
-                precision=options.precision,
-                folds=options.folds,
-                fuse_folds=options.fuse_folds,
-                compile=options.compile,
+        with interruptible():
+            try:
+                settings = options.settings
+                segmenter = Segmenter(options.weights, settings)
+                batch = segmenter.segment_folder(options.input, options.output, overwrite=options.overwrite)
+                segmenter.load()
+            except BratsError as error:
+                console.error(str(error))
+                return console.EXIT_UNUSABLE
+            for message in [*batch.notes, *settings.ignored()]:
+                console.note(message)
+            device = segmenter.device if segmenter.threads is None else f"cpu ({segmenter.threads} threads)"
+            reason = segmenter.precision_reason
+            precision = segmenter.precision + (f" (auto: {reason})" if reason else "")
+            console.stderr.print(
+                f"brats: {len(batch)} case(s), weights {segmenter.bundle.root}, backend {settings.backend.value}, "
+                f"device {device}, precision {precision}"
             )
-        except BratsError as error:
-            console.error(str(error))
-            return console.EXIT_UNUSABLE
-        for message in discovery.notes:
-            console.note(message)
-        if options.backend is Backend.ONNX and options.precision is Precision.BF16:
-            console.note("--precision is ignored with --backend onnx: an ONNX bundle's precision is set at export")
-        if options.backend is Backend.ONNX and (options.compile or options.fuse_folds):
-            console.note("--compile and --fuse-folds are for --backend torch; ignored with --backend onnx")
-        first = next(iter(predictors.values()))
-        device = f"cpu ({usable_cpus()} threads)" if str(first.device) == "cpu" else str(first.device)
-        precision = first.precision.value
-        if options.precision is Precision.AUTO and options.backend is Backend.TORCH:
-            precision += f" (auto: {auto_precision_reason(first.device)})"
-        console.stderr.print(
-            f"brats: {len(discovery.cases)} case(s), weights {bundle.root}, backend {options.backend.value}, "
-            f"device {device}, precision {precision}"
-        )
-        progress = console.progress()
-        with progress:
-            task = progress.add_task("cases", total=len(discovery.cases))
+            progress = console.progress()
+            with progress:
+                task = progress.add_task("cases", total=len(batch))
 
-            # Decided once, so the prefetched list and this loop cannot disagree.
-            skipped = {
-                case.case_id
-                for case in discovery.cases
-                if (output / case.output_name).exists() and not options.overwrite
-            }
-            # The next case is read while the current one computes.
-            loaders = prefetched([case for case in discovery.cases if case.case_id not in skipped])
-            for case in discovery.cases:
-                target = output / case.output_name
-                if case.case_id in skipped:
-                    results.append(CaseResult(case.case_id, Status.SKIPPED, message="output exists"))
-                    progress.advance(task)
-                    continue
-                _, load = next(loaders)
-                convention = output_convention(case, options.labels)
-                config = PipelineConfig.from_manifest(
-                    bundle.manifest, convention=convention, ensemble=options.ensemble, et_threshold=options.et_threshold
-                )
-
-                def on_stage(name: str, case_id: str = case.case_id) -> None:
+                def on_stage(case_id: str, name: str) -> None:
                     progress.update(task, description=f"{case_id}: {name}")
 
-                in_progress = None if target.exists() else target  # --overwrite: cannot tell
-                result = segment_case(case, target, predictors, config, on_stage, load)
-                results.append(result)
-                in_progress = None
-                if result.status is Status.FAILED:
-                    console.error(f"{case.case_id}: {result.message}")
-                for message in result.warnings:
-                    console.warning(f"{case.case_id}: {message}")
-                progress.advance(task)
+                for result in batch.segment(on_stage):
+                    if result.status is Status.FAILED:
+                        console.error(f"{result.case_id}: {result.message}")
+                    for message in result.warnings:
+                        console.warning(f"{result.case_id}: {message}")
+                    progress.advance(task)
     except Interrupted as interrupted:
-        done = [r.case_id for r in results if r.status is Status.DONE]
-        if in_progress is not None and in_progress.exists():  # written, interrupted before its summary
-            done.append(in_progress.name.removesuffix(".nii.gz"))
+        done = batch.finished() if batch is not None else []
         console.error(
             f"interrupted; {len(done)} case(s) finished and written"
             + (f" ({', '.join(done)})" if done else "")
             + "; rerun the same command to continue"
         )
         return interrupted.exit_code
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    _render_summary(results, options.profile)
-    if options.profile and options.backend is Backend.TORCH and str(first.device).startswith("cuda"):
-        import torch
-
-        console.stderr.print(f"peak GPU memory {torch.cuda.max_memory_allocated(first.device) / 2**30:.2f} GiB")
-    return console.EXIT_CASE_FAILED if any(r.status is Status.FAILED for r in results) else console.EXIT_OK
+    _render_summary(batch.results, options.profile)
+    peak = segmenter.peak_gpu_memory_gib() if options.profile else None
+    if peak is not None:
+        console.stderr.print(f"peak GPU memory {peak:.2f} GiB")
+    return console.EXIT_CASE_FAILED if batch.failed else console.EXIT_OK
 
 
-def _render_summary(results: list, profile: bool) -> None:
+def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
     from rich.table import Table
 
     from brats_cli.labels import REGIONS

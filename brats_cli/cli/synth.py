@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from brats_cli.choices import CaseNaming
+from brats_cli.choices import Naming
 from brats_cli.cli import console
 
 
@@ -16,8 +16,8 @@ def synth(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of cases.")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Series seed; case i depends only on (seed, i).")] = 0,
     naming: Annotated[
-        CaseNaming, typer.Option(help="2021: <ID>_flair.nii.gz, ET = 4; 2023: <ID>-t2f.nii.gz, ET = 3.")
-    ] = CaseNaming.BRATS2021,
+        Naming, typer.Option(help="2021: <ID>_flair.nii.gz, ET = 4; 2023: <ID>-t2f.nii.gz, ET = 3.")
+    ] = Naming.BRATS2021,
     non_enhancing: Annotated[
         float,
         typer.Option(
@@ -38,7 +38,6 @@ def synth(
 
     from brats_cli import synth as phantoms
     from brats_cli.errors import BratsError
-    from brats_cli.io import Naming
 
     rows: list[phantoms.PreviewRow] = []
     try:
@@ -61,9 +60,7 @@ def synth(
                     rows.append(phantoms.preview_row(phantom))
                 progress.update(task, advance=1, description=phantom.case_id)
 
-            phantoms.write_phantom_cases(
-                output, n, seed, Naming(naming.value), on_case=on_case, non_enhancing=non_enhancing
-            )
+            phantoms.write_phantom_cases(output, n, seed, naming, on_case=on_case, non_enhancing=non_enhancing)
         seconds = time.perf_counter() - started
         if preview is not None:
             phantoms.save_preview(rows, preview)

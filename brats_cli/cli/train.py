@@ -124,7 +124,7 @@ def run_train(
 ) -> int:
     from brats_cli.bundle import Stage
     from brats_cli.errors import BratsError
-    from brats_cli.predictors import resolve_device
+    from brats_cli.predictors.torch_backend import resolve_device
     from brats_cli.training import distributed
     from brats_cli.training.loop import STAGE_ORDER
     from brats_cli.training.recipe import load_recipe

@@ -28,7 +28,7 @@ import numpy as np
 
 from brats_cli.errors import BratsError, CaseError, InputError, UnusableCases
 from brats_cli.files import atomic_path, write_text_atomically
-from brats_cli.io import Case, Naming, discover_cases, load_case, read_label_map
+from brats_cli.io import SEPARATOR, Case, discover_cases, load_case, read_label_map
 from brats_cli.labels import LabelConvention, Region, region_masks, unexpected_labels
 from brats_cli.localise import bounding_box
 from brats_cli.preprocess import CROP_START, MODEL_GRID, crop_to_model_grid, preprocess
@@ -63,11 +63,6 @@ class CachedCase:
         return np.load(self.folder / LABELS_FILE, mmap_mode="r")
 
 
-def case_convention(case: Case) -> LabelConvention:
-    """2023-named data carries 2023 labels (ET = 3), older data 2021 labels (ET = 4)."""
-    return LabelConvention.BRATS2023 if case.naming is Naming.BRATS2023 else LabelConvention.BRATS2021
-
-
 def cache_key(case: Case) -> str:
     assert case.segmentation is not None
     sources = []
@@ -86,7 +81,7 @@ def training_cases(data: Path) -> list[Case]:
         if case.problem:
             problems.append(f"{case.case_id}: {case.problem}")
         elif case.segmentation is None:
-            separator = "-" if case.naming is Naming.BRATS2023 else "_"
+            separator = SEPARATOR[case.naming]
             problems.append(
                 f"{case.case_id}: no segmentation ({case.case_id}{separator}seg.nii.gz); training needs labels"
             )
@@ -118,7 +113,7 @@ def preprocess_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
     if not label_geometry.matches(geometry):
         raise CaseError(case.case_id, f"affine mismatch between {seg_name} and the images")
     labels = geometry.to_canonical(labels)
-    convention = case_convention(case)
+    convention = LabelConvention.of_naming(case.naming)
     unexpected = unexpected_labels(labels, convention)
     if unexpected:
         allowed = ", ".join(map(str, (0, *convention.labels)))
@@ -201,7 +196,7 @@ def _prepare_one(case: Case, cache: Path, on_case: Callable[[Case, bool], None] 
     folder.mkdir(exist_ok=True)
     _atomic_save(folder / IMAGE_FILE, image)
     _atomic_save(folder / LABELS_FILE, labels)
-    convention = case_convention(case)
+    convention = LabelConvention.of_naming(case.naming)
     box = bounding_box(region_masks(labels, convention)[Region.WT])
     meta = {
         "case_id": case.case_id,

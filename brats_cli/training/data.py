@@ -17,6 +17,7 @@ Crops, per stage (paper 2.3):
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,8 +80,8 @@ def augment(
     image = np.ascontiguousarray(image)
     target = np.ascontiguousarray(target)
     channels = image.shape[0]
-    scale = 1 + rng.uniform(-settings.intensity_scale, settings.intensity_scale, channels)
-    shift = rng.uniform(-settings.intensity_shift, settings.intensity_shift, channels)
+    scale = 1 + np.asarray(rng.uniform(-settings.intensity_scale, settings.intensity_scale, channels))
+    shift = np.asarray(rng.uniform(-settings.intensity_shift, settings.intensity_shift, channels))
     for channel in range(channels):
         brain = image[channel] != 0
         image[channel][brain] = image[channel][brain] * scale[channel] + shift[channel]
@@ -138,7 +139,11 @@ class EpochSampler(Sampler[tuple[int, int]]):
     epoch, so the dataset can seed each sample's random draws from (epoch, index)."""
 
     def __init__(self, size: int, *, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> None:
-        self.inner = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        # DistributedSampler only needs len() of its dataset; a range of indices is one.
+        indices: Any = range(size)
+        self.inner: DistributedSampler = DistributedSampler(
+            indices, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

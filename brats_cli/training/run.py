@@ -120,7 +120,7 @@ def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
     that split fold in a torch weights bundle (by its `fold_numbers` metadata where it has them,
     else file `<stage>_fold<fold>`), or that fold's `best.pt` in a training run folder."""
     from brats_cli.bundle import MANIFEST, load_bundle
-    from brats_cli.predictors import load_torch_models
+    from brats_cli.predictors.torch_backend import load_torch_models
 
     source = Path(source)
     if (source / MANIFEST).is_file():

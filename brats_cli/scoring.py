@@ -1,6 +1,9 @@
 """Scoring predictions against ground truth: pairing files by case ID, choosing the label
 convention, scoring each case and region, summarising as the paper's Table 3, writing CSV/JSON.
 
+From Python: `evaluate(predictions, ground_truth)` scores every pair and returns the
+`Evaluation`; `brats evaluate` iterates `Evaluation.cases()` to show progress.
+
 The metrics themselves are in `metrics.py`; files are read through `io.py`.
 """
 
@@ -9,17 +12,19 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from brats_cli.choices import LabelChoice
 from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
 from brats_cli.io import (
     SEGMENTATION_SUFFIX,
+    SEPARATOR,
     TEMP_MARKER,
+    Geometry,
     Naming,
     atomic_path,
     is_nifti,
@@ -163,14 +168,17 @@ def label_values(label_map: np.ndarray) -> set[int]:
     return {int(v) for v in np.unique(label_map)}
 
 
-def resolve_convention(choice: LabelChoice, naming: Naming | None, present: set[int]) -> tuple[LabelConvention, str]:
+def resolve_convention(
+    choice: LabelConvention | None, naming: Naming | None, present: set[int]
+) -> tuple[LabelConvention, str]:
     """The convention to score with and why: the user's choice; else the ground-truth file
     naming (`_seg` 2021, `-seg` 2023); else the labels present (4 -> 2021, else 3 -> 2023; with
     neither, ET is empty under both conventions and the scores agree)."""
-    if choice is not LabelChoice.AUTO:
-        return LabelConvention(choice.value), "--labels"
+    if choice is not None:
+        return choice, "--labels"
     if naming is not None:
-        return LabelConvention(naming.value), f"ground-truth name ({'-' if naming is Naming.BRATS2023 else '_'}seg)"
+        separator = SEPARATOR[naming]
+        return LabelConvention.of_naming(naming), f"ground-truth name ({separator}seg)"
     if LabelConvention.BRATS2021.enhancing in present:
         return LabelConvention.BRATS2021, "label 4 present"
     if LabelConvention.BRATS2023.enhancing in present:
@@ -193,14 +201,14 @@ class CaseScores:
     warnings: list[str] = field(default_factory=list)
 
 
-def _read(case_id: str, path: Path) -> tuple[np.ndarray, object]:
+def _read(case_id: str, path: Path) -> tuple[np.ndarray, Geometry]:
     try:
         return read_label_map(path)
     except ImageReadError as error:
         raise CaseError(case_id, str(error)) from error
 
 
-def score_pair(pair: Pair, choice: LabelChoice = LabelChoice.AUTO, with_lesion_wise: bool = False) -> CaseScores:
+def score_pair(pair: Pair, choice: LabelConvention | None = None, with_lesion_wise: bool = False) -> CaseScores:
     """Score one case on WT, TC and ET. Raises CaseError when a file is unreadable or the
     prediction's shape or affine differs from the ground truth's."""
     reference, reference_geometry = _read(pair.case_id, pair.reference)
@@ -328,3 +336,100 @@ def write_json(path: Path, document: dict[str, object]) -> None:
             handle.write("\n")
     except OSError as error:
         raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run
+
+
+@dataclass
+class Evaluation:
+    """One scoring run: the pairs are found when it is made (`Evaluation.of`, InputError when
+    the folders cannot be used at all); `cases()` scores them in order; the summary, the table
+    and the JSON document describe what was scored. A case that cannot be scored (unreadable,
+    another shape or affine) is a failure of its own; the others are still scored."""
+
+    pairing: Pairing
+    labels: LabelConvention | None = None
+    lesion_wise: bool = False
+    scores: list[CaseScores] = field(default_factory=list)
+    failures: list[CaseError] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        prediction: Path,
+        reference: Path,
+        *,
+        labels: LabelConvention | str | None = None,
+        lesion_wise: bool = False,
+    ) -> Evaluation:
+        chosen = None if labels is None else LabelConvention(getattr(labels, "value", labels))
+        return cls(pair_files(Path(prediction), Path(reference)), chosen, lesion_wise)
+
+    @property
+    def notes(self) -> list[str]:
+        return self.pairing.notes
+
+    def __len__(self) -> int:
+        return len(self.pairing.pairs)
+
+    def cases(self) -> Iterator[tuple[Pair, CaseScores | CaseError]]:
+        """Score each pair, yielding it with its scores or the reason it could not be scored."""
+        for pair in self.pairing.pairs:
+            try:
+                scores = score_pair(pair, self.labels, self.lesion_wise)
+            except CaseError as error:
+                self.failures.append(error)
+                yield pair, error
+            else:
+                self.scores.append(scores)
+                yield pair, scores
+
+    def run(self) -> Evaluation:
+        for _ in self.cases():
+            pass
+        return self
+
+    @property
+    def missing(self) -> list[str]:
+        """Cases with ground truth and no prediction (scored as the BraTS rules score them)."""
+        return [r.case_id for r in self.scores if r.missing]
+
+    def conventions(self) -> list[tuple[LabelConvention, str, int]]:
+        """The label conventions scored with, each with why and how many cases."""
+        counted = Counter((r.convention, r.convention_reason) for r in self.scores)
+        return [(convention, reason, count) for (convention, reason), count in sorted(counted.items())]
+
+    def rows(self) -> list[dict[str, object]]:
+        return rows(self.scores, self.lesion_wise)
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        return summarise(self.scores, self.lesion_wise)
+
+    def document(self) -> dict[str, object]:
+        """What `--json` writes: every row, each case's labels, the summary, missing and failed cases."""
+        return {
+            "cases": self.rows(),
+            "labels": {r.case_id: r.convention.value for r in self.scores},
+            "summary": self.summary(),
+            "missing": self.missing,
+            "errors": {f.case_id: f.reason for f in self.failures},
+        }
+
+    def write_csv(self, path: Path) -> None:
+        write_csv(path, self.rows(), self.lesion_wise)
+
+    def write_json(self, path: Path) -> None:
+        write_json(path, self.document())
+
+
+def evaluate(
+    prediction: Path | str,
+    reference: Path | str,
+    *,
+    labels: LabelConvention | str | None = None,
+    lesion_wise: bool = False,
+) -> Evaluation:
+    """`brats evaluate PRED GT` from Python: every pair scored."""
+    return Evaluation.of(Path(prediction), Path(reference), labels=labels, lesion_wise=lesion_wise).run()

@@ -1,0 +1,403 @@
+"""Segmentation from Python: a `Segmenter` built once from a weights bundle and `Settings`, then
+used on arrays (`predict`), one case (`segment_case`) or a folder of cases (`segment_folder`).
+
+`brats segment` is this module's `segment_folder` with a progress bar and a table; everything a
+run decides (which cases to skip, the label convention of each, prefetching the next case, atomic
+writes, what an interrupted run finished) is decided here.
+
+    from brats_cli import Segmenter
+    segmenter = Segmenter()                        # the bundled default weights, default settings
+    result = segmenter.segment_case("BraTS2021_00000/", "predictions/")
+    labels = segmenter.predict(image, affine).labels
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brats_cli import host
+from brats_cli.bundle import Bundle, load_weights
+from brats_cli.choices import Backend, LabelConvention, Naming, Precision, Stage
+from brats_cli.errors import BratsError, CaseError, InputError
+from brats_cli.io import (
+    BRATS_SHAPE,
+    CHANNEL_ORDER,
+    Case,
+    Geometry,
+    Modality,
+    discover_cases,
+    ensure_output_folder,
+    load_case,
+    parse_name,
+    remove_stale_temporaries,
+    write_label_map,
+)
+from brats_cli.labels import REGIONS, Region, region_masks
+from brats_cli.pipeline import PipelineConfig, Segmentation, segment_image, segment_preprocessed
+from brats_cli.predictors import StagePredictor, require_backend, stage_predictors
+from brats_cli.preprocess import preprocess
+from brats_cli.settings import Settings
+
+__all__ = ["Batch", "CaseResult", "Prediction", "Segmenter", "Settings", "Status", "case_from_files"]
+
+
+class Status(str, Enum):
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass
+class CaseResult:
+    """What became of one case: DONE (written to `output`), SKIPPED (its output existed) or
+    FAILED (`message` says why, in one line)."""
+
+    case_id: str
+    status: Status
+    seconds: float = 0.0
+    message: str = ""
+    volumes_ml: dict[Region, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    output: Path | None = None
+
+
+@dataclass
+class Prediction:
+    """A label map from arrays: `labels` on the input's own voxel grid, uint8."""
+
+    labels: np.ndarray
+    convention: LabelConvention
+    seconds: dict[str, float]
+    warnings: list[str]
+
+
+OnStage = Callable[[str, str], None]  # (case ID, stage name) as each stage starts
+Loader = Callable[[], tuple[np.ndarray, Geometry]]  # (preprocessed model grid, geometry)
+
+
+def load_preprocessed(case: Case) -> tuple[np.ndarray, Geometry]:
+    """The case's model grid (`preprocess` of its four images) and its geometry."""
+    image, geometry = load_case(case)
+    return preprocess(image), geometry
+
+
+def prefetched(cases: Sequence[Case]) -> Generator[tuple[Case, Loader], None, None]:
+    """Each case with a loader whose reading and preprocessing started while the previous case
+    was computing.
+
+    Decompressing four NIfTI files takes longer than normalising them; one reader thread overlaps
+    both with the networks (zlib and numpy release the GIL). At most two cases are in memory."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brats-read")
+    try:
+        pending: Future | None = pool.submit(load_preprocessed, cases[0]) if cases else None
+        for index, case in enumerate(cases):
+            current = pending
+            pending = pool.submit(load_preprocessed, cases[index + 1]) if index + 1 < len(cases) else None
+            assert current is not None
+            yield case, current.result
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+CaseFiles = str | Path | Case | Sequence[str | Path] | Mapping[Modality | str, str | Path]
+
+
+def case_from_files(files: CaseFiles, case_id: str | None = None) -> Case:
+    """A case from what a user has at hand: a case folder; the four image files in the paper's
+    channel order (FLAIR, T1, T1ce, T2); or a mapping from modality (`"flair"`, `"t1"`, `"t1ce"`,
+    `"t2"`) to file. The case ID is `case_id`, else the one in BraTS file names, else the folder's
+    name; the naming (and so the default label convention) follows the file names."""
+    if isinstance(files, Case):
+        return files
+    if isinstance(files, (str, Path)):
+        folder = Path(files)
+        if not folder.is_dir():
+            raise InputError(f"{folder}: not a case folder (give a folder or the four image files)")
+        cases = discover_cases(folder).cases
+        if len(cases) != 1:
+            found = ", ".join(case.case_id for case in cases)
+            raise InputError(f"{folder}: holds {len(cases)} cases ({found}), not one; use segment_folder")
+        case = cases[0]
+        return case if case_id is None else Case(case_id, case.naming, case.files, case.segmentation, case.problem)
+    if isinstance(files, Mapping):
+        try:
+            paths = {Modality(getattr(key, "value", key)): Path(path) for key, path in files.items()}
+        except ValueError as error:
+            raise InputError(f"unknown modality in {sorted(map(str, files))}: {error}") from None
+    else:
+        listed = [Path(path) for path in files]
+        if len(listed) != len(CHANNEL_ORDER):
+            raise InputError(f"expected four image files (FLAIR, T1, T1ce, T2), got {len(listed)}")
+        paths = dict(zip(CHANNEL_ORDER, listed, strict=True))
+    missing = [m.value for m in CHANNEL_ORDER if m not in paths]
+    if missing:
+        raise InputError(f"missing modality {', '.join(missing)}")
+    parsed = [parse_name(path) for path in paths.values()]
+    namings = {p.naming for p in parsed if p is not None}
+    naming = Naming.BRATS2023 if Naming.BRATS2023 in namings else Naming.BRATS2021
+    if case_id is None:
+        ids = {p.case_id for p in parsed if p is not None}
+        case_id = ids.pop() if len(ids) == 1 else paths[Modality.FLAIR].parent.name
+    return Case(case_id, naming, paths)
+
+
+def _volumes_ml(labels: np.ndarray, convention: LabelConvention, voxel_ml: float) -> dict[Region, float]:
+    masks = region_masks(labels, convention)
+    return {region: float(masks[region].sum()) * voxel_ml for region in REGIONS}
+
+
+class Segmenter:
+    """The paper's pipeline with one weights bundle and one set of `Settings`.
+
+    The bundle is read and checked when the Segmenter is made; the networks are loaded at the
+    first prediction (or by `load()`), so a wrong input is reported before that cost is paid.
+    Settings can be given whole or as keywords: `Segmenter(precision="fp32", folds=(0,))`."""
+
+    def __init__(
+        self, weights: str | Path | Bundle | None = None, settings: Settings | None = None, **changes: Any
+    ) -> None:
+        settings = settings or Settings()
+        self.settings = settings.with_changes(**changes) if changes else settings
+        if isinstance(weights, Bundle):
+            self.bundle = weights
+        else:
+            self.bundle = load_weights(None if weights is None else Path(weights), backend=self.settings.backend)
+        require_backend(self.bundle, self.settings.backend)
+        self._predictors: Mapping[Stage, StagePredictor] | None = None
+
+    # -- networks --------------------------------------------------------------------------
+
+    def load(self) -> Segmenter:
+        """Load every network now (at most once): set-up errors surface here, before any case."""
+        if self._predictors is None:
+            self._predictors = stage_predictors(self.bundle, self.settings)
+        return self
+
+    @property
+    def predictors(self) -> Mapping[Stage, StagePredictor]:
+        return self.load()._predictors  # type: ignore[return-value]
+
+    @property
+    def device(self) -> str:
+        """Where the networks run: "cpu", "cuda", "cuda:1"."""
+        return str(next(iter(self.predictors.values())).device)
+
+    @property
+    def precision(self) -> str:
+        """The networks' arithmetic as resolved (`auto` decided): "fp32", "bf16" or "fp16"."""
+        precision = next(iter(self.predictors.values())).precision
+        return precision.value if isinstance(precision, Enum) else str(precision)
+
+    @property
+    def threads(self) -> int | None:
+        """CPU threads the networks use on the CPU; None on a GPU."""
+        return host.usable_cpus() if self.device == "cpu" else None
+
+    @property
+    def precision_reason(self) -> str | None:
+        """Why `precision="auto"` chose what it did (torch only); None when it was not left to auto."""
+        if self.settings.precision is not Precision.AUTO or self.settings.backend is not Backend.TORCH:
+            return None
+        from brats_cli.predictors.torch_backend import auto_precision_reason
+
+        return auto_precision_reason(self.device)
+
+    def peak_gpu_memory_gib(self) -> float | None:
+        """PyTorch's peak allocated GPU memory so far, on a CUDA device; None elsewhere."""
+        if self.settings.backend is not Backend.TORCH or not self.device.startswith("cuda"):
+            return None
+        import torch
+
+        return torch.cuda.max_memory_allocated(self.device) / 2**30
+
+    def config(self, convention: LabelConvention | None = None) -> PipelineConfig:
+        """The pipeline's settings for a case whose file names imply `convention`."""
+        return PipelineConfig.from_manifest(self.bundle.manifest, self.settings, convention=convention)
+
+    # -- arrays ----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        image: np.ndarray,
+        affine: np.ndarray | None = None,
+        *,
+        labels: LabelConvention | str | None = None,
+    ) -> Prediction:
+        """The label map of one case held in memory: `image` is (4, 240, 240, 155) float, channels
+        FLAIR, T1, T1ce, T2 (the paper's order), on the voxel grid `affine` describes (as
+        nibabel's `img.affine`); without an affine the image must already be in the LPS
+        orientation of the released BraTS data. The labels come back on the input's own grid."""
+        image = np.asarray(image)
+        if image.ndim != 4 or image.shape[0] != len(CHANNEL_ORDER):
+            raise InputError(f"expected a (4, X, Y, Z) image (FLAIR, T1, T1ce, T2), got shape {image.shape}")
+        if not np.all(np.isfinite(image)):
+            raise InputError("NaN or Inf voxels in the image")
+        geometry = None
+        if affine is not None:
+            import nibabel as nib
+
+            geometry = Geometry(np.asarray(affine, dtype=np.float64), nib.Nifti1Header(), tuple(image.shape[1:]))
+            canonical = geometry.to_canonical(image.astype(np.float32, copy=False))
+        else:
+            canonical = image.astype(np.float32, copy=False)
+        if tuple(canonical.shape[1:]) != BRATS_SHAPE:
+            raise InputError(
+                f"image of {canonical.shape[1:]} voxels in LPS is not BraTS space {'x'.join(map(str, BRATS_SHAPE))}"
+            )
+        chosen = None if labels is None else LabelConvention(getattr(labels, "value", labels))
+        config = self.config(chosen)
+        segmentation: Segmentation = segment_image(canonical, self.predictors, config)
+        result = segmentation.labels if geometry is None else geometry.from_canonical(segmentation.labels)
+        return Prediction(result.astype(np.uint8, copy=False), config.convention, segmentation.seconds,
+                          segmentation.warnings)  # fmt: skip
+
+    # -- files -----------------------------------------------------------------------------
+
+    def segment_case(
+        self,
+        files: CaseFiles,
+        output: str | Path,
+        *,
+        case_id: str | None = None,
+        on_stage: OnStage | None = None,
+    ) -> CaseResult:
+        """Segment one case (a case folder, its four files, or a {modality: file} mapping) into
+        `output/<ID>.nii.gz`, overwriting it. Problems with the case become a FAILED result;
+        problems with `output` (not creatable, not writable) raise OutputError."""
+        case = case_from_files(files, case_id)
+        folder = ensure_output_folder(Path(output))
+        return self._segment(case, folder / case.output_name, on_stage)
+
+    def segment_folder(self, input: str | Path, output: str | Path, *, overwrite: bool = False) -> Batch:
+        """A batch over every case under `input` (a folder of case folders, one case folder, or
+        one case's files): made now (InputError, OutputError), segmented as it is iterated
+        (`for result in batch`, or `batch.run()`)."""
+        return Batch(self, Path(input), Path(output), overwrite=overwrite)
+
+    def _segment(
+        self, case: Case, target: Path, on_stage: OnStage | None = None, load: Loader | None = None
+    ) -> CaseResult:
+        """Segment one case and write `target`; every failure becomes a FAILED result, never an
+        exception. `load` returns the case's preprocessed grid and geometry (default: read it now);
+        the time spent waiting for it is the case's "read" seconds."""
+        started = time.perf_counter()
+        config = self.config(LabelConvention.of_naming(case.naming))
+
+        def announce(name: str) -> None:
+            if on_stage:
+                on_stage(case.case_id, name)
+
+        try:
+            announce("read")
+            read_started = time.perf_counter()
+            model_input, geometry = load() if load is not None else load_preprocessed(case)
+            read_seconds = time.perf_counter() - read_started
+            segmentation = segment_preprocessed(model_input, self.predictors, config, on_stage=announce)
+            announce("write")
+            write_started = time.perf_counter()
+            write_label_map(segmentation.labels, geometry, target)
+            write_seconds = time.perf_counter() - write_started
+        except CaseError as error:
+            return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, error.reason)
+        except BratsError as error:
+            return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, str(error))
+        except Exception as error:  # a bug must not take the rest of the batch down with it
+            message = f"internal error {type(error).__name__}: {error}"
+            return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, message)
+        voxel_ml = float(np.prod(geometry.header.get_zooms()[:3])) / 1000.0
+        return CaseResult(
+            case.case_id,
+            Status.DONE,
+            time.perf_counter() - started,
+            volumes_ml=_volumes_ml(segmentation.labels, config.convention, voxel_ml),
+            stage_seconds={"read": read_seconds, **segmentation.seconds, "write": write_seconds},
+            warnings=segmentation.warnings,
+            output=target,
+        )
+
+
+class Batch:
+    """One run over a folder: its cases are found and the output folder made (and swept of a
+    dead run's temporaries) when the Batch is made; iterating it segments every case whose output
+    does not exist yet (all of them with `overwrite`), reading the next case while the current one
+    computes, and yields each case's result as it finishes. A failed case fails alone."""
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        input: Path,
+        output: Path,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        self.segmenter = segmenter
+        discovery = discover_cases(input)
+        self.cases: list[Case] = discovery.cases
+        self.notes: list[str] = discovery.notes
+        self.output = ensure_output_folder(output)
+        remove_stale_temporaries(self.output)
+        self.overwrite = overwrite
+        self.results: list[CaseResult] = []
+        self._in_progress: Path | None = None  # the output of the case being segmented, if new
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __iter__(self) -> Iterator[CaseResult]:
+        return self.segment()
+
+    def segment(self, on_stage: OnStage | None = None) -> Iterator[CaseResult]:
+        """Segment the cases in order, yielding each result as it finishes; `on_stage` is told each
+        stage as it starts (for a progress display)."""
+        # Decided once, so the prefetched list and this loop cannot disagree.
+        skipped = {
+            case.case_id for case in self.cases if (self.output / case.output_name).exists() and not self.overwrite
+        }
+        loaders = prefetched([case for case in self.cases if case.case_id not in skipped])
+        try:
+            for case in self.cases:
+                target = self.output / case.output_name
+                if case.case_id in skipped:
+                    result = CaseResult(case.case_id, Status.SKIPPED, message="output exists", output=target)
+                else:
+                    _, load = next(loaders)
+                    self._in_progress = None if target.exists() else target  # --overwrite: cannot tell
+                    result = self.segmenter._segment(case, target, on_stage, load)
+                    self._in_progress = None
+                self.results.append(result)
+                yield result
+        finally:
+            loaders.close()
+
+    def finished(self) -> list[str]:
+        """IDs of the cases this run wrote, including one written and then interrupted before its
+        result was yielded: what an interrupted run can tell its user is done."""
+        done = [r.case_id for r in self.results if r.status is Status.DONE]
+        if self._in_progress is not None and self._in_progress.exists():
+            done.append(self._in_progress.name.removesuffix(".nii.gz"))
+        return done
+
+    @property
+    def failed(self) -> bool:
+        return any(r.status is Status.FAILED for r in self.results)
+
+    def run(self) -> list[CaseResult]:
+        """Segment every case; the results in case order."""
+        for _ in self:
+            pass
+        return self.results
+
+
+def segment_folder(input: str | Path, output: str | Path, weights: str | Path | None = None,
+                   **settings: Any) -> list[CaseResult]:  # fmt: skip
+    """`brats segment INPUT OUTPUT` from Python, without a progress display: the results."""
+    return Segmenter(weights, **settings).segment_folder(input, output).run()

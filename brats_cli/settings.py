@@ -1,0 +1,112 @@
+"""How a run segments: one frozen, validated object that travels from the command line (or a
+notebook) to the predictors and the pipeline, instead of a flag per layer.
+
+Free of heavy imports, like `choices`, so that building it costs nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from typing import Any
+
+from brats_cli.choices import Backend, Device, Ensemble, LabelConvention, Precision
+from brats_cli.errors import SettingsError
+
+# Axis flips for test-time augmentation: each entry mirrors the image along these spatial axes
+# (0, 1, 2 of a canonical (X, Y, Z) volume); () is the image as it is.
+ALL_MIRRORS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a user may choose about a segmentation run besides the weights.
+
+    Strings are accepted where an enum is expected (`Settings(backend="onnx")`), and every value is
+    checked here, once: a wrong one is a SettingsError (a ValueError) naming it."""
+
+    backend: Backend = Backend.TORCH
+    device: Device = Device.AUTO
+    # auto: bf16 where the hardware computes it natively, fp32 elsewhere.
+    precision: Precision = Precision.AUTO
+    # The fold models to use, by index in the bundle; None: all of them.
+    folds: tuple[int, ...] | None = None
+    ensemble: Ensemble = Ensemble.MEAN
+    # Fewer ET voxels than this become necrosis (paper section 2.6); None: the bundle's value.
+    et_threshold: int | None = None
+    # Output labels; None: by the input's file names (ET = 3 for 2023 names, 4 otherwise).
+    labels: LabelConvention | None = None
+    # Test-time augmentation: the axis flips whose probabilities are averaged in every stage.
+    mirrors: tuple[tuple[int, ...], ...] = ((),)
+    # torch only: the folds of a stage as one batched call over stacked weights.
+    fuse_folds: bool = False
+    # torch only: torch.compile the networks.
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("backend", Backend),
+            ("device", Device),
+            ("precision", Precision),
+            ("ensemble", Ensemble),
+        ):
+            object.__setattr__(self, name, _member(kind, getattr(self, name), name))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", _member(LabelConvention, self.labels, "labels"))
+        if self.folds is not None:
+            object.__setattr__(self, "folds", _folds(self.folds))
+        if self.et_threshold is not None and (
+            not isinstance(self.et_threshold, int) or isinstance(self.et_threshold, bool) or self.et_threshold < 0
+        ):
+            raise SettingsError(f"et_threshold must be a non-negative integer, got {self.et_threshold!r}")
+        object.__setattr__(self, "mirrors", _mirrors(self.mirrors))
+        for name in ("fuse_folds", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.backend is Backend.TORCH and self.compile and self.fuse_folds:
+            raise SettingsError("--compile and --fuse-folds do not go together: choose one")
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some values replaced (validated like a new one)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise SettingsError(f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return replace(self, **changes)
+
+    def ignored(self) -> list[str]:
+        """What these settings ask for that their backend does not do, one sentence each."""
+        notes = []
+        if self.backend is Backend.ONNX and self.precision is Precision.BF16:
+            notes.append("--precision is ignored with --backend onnx: an ONNX bundle's precision is set at export")
+        if self.backend is Backend.ONNX and (self.compile or self.fuse_folds):
+            notes.append("--compile and --fuse-folds are for --backend torch; ignored with --backend onnx")
+        return notes
+
+
+def _member(kind: type[Enum], value: object, name: str) -> Any:
+    try:
+        return kind(value.value if isinstance(value, Enum) else value)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in kind)
+        raise SettingsError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+def _folds(folds: Iterable[int]) -> tuple[int, ...]:
+    try:
+        chosen = sorted(set(folds))
+    except TypeError:
+        raise SettingsError(f"folds must be fold indices like (0, 1), got {folds!r}") from None
+    if not chosen or any(not isinstance(f, int) or isinstance(f, bool) or f < 0 for f in chosen):
+        raise SettingsError(f"folds must be non-negative fold indices like (0, 1), got {folds!r}")
+    return tuple(chosen)
+
+
+def _mirrors(mirrors: Iterable[Iterable[int]]) -> tuple[tuple[int, ...], ...]:
+    try:
+        chosen = [tuple(sorted(set(axes))) for axes in mirrors]
+    except TypeError:
+        raise SettingsError(f"mirrors must be a list of axis tuples like [(), (0,)], got {mirrors!r}") from None
+    if not chosen or any(axis not in (0, 1, 2) or isinstance(axis, bool) for axes in chosen for axis in axes):
+        raise SettingsError(f"mirrors must be a non-empty list of tuples of axes 0, 1, 2, got {mirrors!r}")
+    return tuple(dict.fromkeys(chosen))
