@@ -25,14 +25,8 @@ from brats_cli.choices import Device, ExportPrecision, Precision
 from brats_cli.export import export_model
 from brats_cli.io import discover_cases, load_case
 from brats_cli.model import ResUNet3D
-from brats_cli.predictors import (
-    OnnxStagePredictor,
-    TorchStagePredictor,
-    import_onnxruntime,
-    onnx_providers,
-    onnx_session,
-    resolve_device,
-)
+from brats_cli.predictors.onnx_backend import OnnxStagePredictor, import_onnxruntime, onnx_providers, onnx_session
+from brats_cli.predictors.torch_backend import TorchStagePredictor, resolve_device
 from brats_cli.preprocess import MODEL_GRID, preprocess
 
 REAL_CASE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "BraTS-GLI-00001-000"

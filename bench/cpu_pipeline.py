@@ -43,9 +43,10 @@ import torch
 from brats_cli.allocator import keep_freed_memory
 from brats_cli.bundle import Stage, load_bundle, load_weights
 from brats_cli.choices import Precision
+from brats_cli.host import usable_cpus
 from brats_cli.io import discover_cases, load_case
 from brats_cli.pipeline import PipelineConfig, segment_image
-from brats_cli.predictors import TorchStagePredictor, load_torch_models, resolve_precision, usable_cpus
+from brats_cli.predictors.torch_backend import TorchStagePredictor, load_torch_models, resolve_precision
 from tests.builders import flair_bundle
 
 DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "BraTS-GLI-00001-000"

@@ -19,7 +19,7 @@ import torch
 
 from brats_cli.export import OUTPUT_NAME, export_model
 from brats_cli.model import ResUNet3D
-from brats_cli.predictors import CPU_PROVIDER, onnx_session
+from brats_cli.predictors.onnx_backend import CPU_PROVIDER, onnx_session
 
 
 def best_seconds(run, repeats: int) -> float:

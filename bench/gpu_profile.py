@@ -22,7 +22,7 @@ from bench.flops import forward_flop
 from bench.gpu import measure, sync
 from brats_cli.choices import Precision
 from brats_cli.model import ResUNet3D
-from brats_cli.predictors import TorchStagePredictor
+from brats_cli.predictors.torch_backend import TorchStagePredictor
 
 STAGES = {"base": (24, (192, 192, 160)), "region": (64, (128, 128, 128))}
 NORMS = ("reductions", "native")  # brats_cli.model.GroupNorm as float32 reductions, or PyTorch's kernel

@@ -25,8 +25,9 @@ from brats_cli.io import discover_cases, load_case, write_label_map
 from brats_cli.labels import LabelConvention, apply_et_threshold, compose_labels
 from brats_cli.localise import localise_windows, tumour_box
 from brats_cli.model import ResUNet3D
-from brats_cli.predictors import torch_predictors
+from brats_cli.predictors.torch_backend import torch_predictors
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
+from brats_cli.settings import Settings
 
 DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "BraTS-GLI-00001-000"
 WIDTHS = {Stage.BASE: 24, Stage.WT: 64, Stage.TC: 64, Stage.ET: 64}
@@ -66,7 +67,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(paper_width_bundle(Path(tmp) / "bundle").root)
-        predictors = torch_predictors(bundle, device=Device(args.device), precision=Precision(args.precision))
+        predictors = torch_predictors(bundle, Settings(device=Device(args.device), precision=Precision(args.precision)))
         (case,) = discover_cases(args.case).cases
         rows = []
         (image, geometry), seconds = timed(lambda: load_case(case), 1, args.device)
