@@ -109,7 +109,10 @@ class EncodingBlock(nn.Module):
         # output to float32, pool, and hand the next GroupNorm float32 activations that the next
         # convolution copies back to bf16, time wasted on every encoder (measured in
         # bench/RESULTS.md, 'CPU, fifth session'). The maximum of bf16 values is a bf16 value, so
-        # pool in x's own dtype.
+        # pool in x's own dtype. Autocast does not know the meta device, on which bench/flops.py
+        # counts a forward's operations; nothing is cast there.
+        if x.device.type == "meta":
+            return self.block(self.pool(x))
         with torch.autocast(x.device.type, enabled=False):
             pooled = self.pool(x)
         return self.block(pooled)
