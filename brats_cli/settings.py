@@ -18,6 +18,13 @@ from brats_cli.errors import SettingsError
 ALL_MIRRORS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
 
 
+def mirrors_of(axes: Iterable[int]) -> tuple[tuple[int, ...], ...]:
+    """Every combination of flips along `axes` (nnU-Net's mirroring): 2**len(axes) images, the
+    unflipped one first. Axis 0 is left-right in the canonical LPS orientation."""
+    chosen = set(axes)
+    return tuple(m for m in ALL_MIRRORS if set(m) <= chosen)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a user may choose about a segmentation run besides the weights.

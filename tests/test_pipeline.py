@@ -129,3 +129,25 @@ def test_invalid_config_is_refused():
         PipelineConfig(thresholds={**dict.fromkeys(Stage, 0.5), Stage.WT: 1.5})
     with pytest.raises(ValueError):
         PipelineConfig(region_window=(256, 128, 128))
+
+
+def test_mirroring_averages_the_flipped_predictions_flipped_back():
+    from brats_cli.pipeline import mirrored
+    from brats_cli.settings import ALL_MIRRORS, mirrors_of
+
+    assert mirrors_of([0]) == ((), (0,)) and mirrors_of([0, 1, 2]) == ALL_MIRRORS
+    rng = np.random.default_rng(3)
+    image = rng.random((4, 6, 8, 10), dtype=np.float32)
+    ramp = np.linspace(0, 1, 6, dtype=np.float32)[:, None, None]
+
+    def lopsided(x):  # not flip-equivariant: weighs voxels by their x position
+        return np.stack([x[0] * ramp, x[1] * ramp])
+
+    by_hand = (lopsided(image) + lopsided(image[:, ::-1])[:, ::-1]) / 2
+    np.testing.assert_allclose(mirrored(lopsided, mirrors_of([0]))(image), by_hand, rtol=1e-6)
+    assert mirrored(lopsided, ((),)) is lopsided
+
+    def voxelwise(x):  # flip-equivariant: every flip gives the same map back
+        return x[:2] ** 2
+
+    np.testing.assert_allclose(mirrored(voxelwise, ALL_MIRRORS)(image), voxelwise(image), rtol=1e-6)

@@ -227,3 +227,20 @@ def test_a_missing_default_bundle_is_a_one_line_error(tmp_path, monkeypatch):
     assert "none-onnx: no default ONNX bundle in this installation" in result.output
     assert "brats export --out DIR" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_tta_mirrors_every_stage_and_refuses_unknown_axes(tmp_path):
+    write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
+    bundle = flair_bundle(tmp_path / "bundle", window=(64, 64, 64))
+    plain = segment(tmp_path / "in", tmp_path / "plain", "--weights", bundle.root, "--precision", "fp32")
+    assert plain.exit_code == 0, plain.output
+    mirrored = segment(tmp_path / "in", tmp_path / "tta", "--weights", bundle.root, "--precision", "fp32", "--tta")
+    assert mirrored.exit_code == 0, mirrored.output
+    assert "test-time mirroring 8 flips" in " ".join(mirrored.output.split())
+    # The FLAIR networks are voxel-wise functions of FLAIR, so mirroring cannot change their labels.
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(tmp_path / "tta" / "BraTS2021_00001.nii.gz").dataobj),
+        np.asarray(nib.load(tmp_path / "plain" / "BraTS2021_00001.nii.gz").dataobj),
+    )
+    refused = segment(tmp_path / "in", tmp_path / "x", "--weights", bundle.root, "--tta", "--tta-axes", "3")
+    assert refused.exit_code == 2 and "--tta-axes" in refused.output

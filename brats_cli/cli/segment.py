@@ -12,7 +12,7 @@ from brats_cli.choices import Backend, Device, Ensemble, Precision
 from brats_cli.cli import console
 from brats_cli.cli.options import LabelWord, label_convention
 from brats_cli.errors import SettingsError
-from brats_cli.settings import Settings
+from brats_cli.settings import Settings, mirrors_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -30,6 +30,16 @@ def _parse_folds(text: str | None) -> list[int] | None:
     if not folds or min(folds) < 0:
         raise typer.BadParameter("expected non-negative fold indices like 0,1,2", param_hint="--folds")
     return folds
+
+
+def _parse_axes(text: str) -> list[int]:
+    try:
+        axes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        axes = []
+    if not axes or not set(axes) <= {0, 1, 2}:
+        raise typer.BadParameter("expected axes of 0, 1, 2 like 0,1,2", param_hint="--tta-axes")
+    return axes
 
 
 def segment(
@@ -59,6 +69,17 @@ def segment(
             "shape at the first case, then faster forwards (H100: 0.44x the time); pays off over many cases."
         ),
     ] = False,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            help="Test-time augmentation: average every stage's probabilities over the flips along "
+            "--tta-axes (all three: 8 forwards per model instead of 1)."
+        ),
+    ] = False,
+    tta_axes: Annotated[
+        str,
+        typer.Option(help="Axes --tta flips, of 0 (left-right), 1 (front-back), 2 (up-down), e.g. 0 or 0,1,2."),
+    ] = "0,1,2",
     ensemble: Annotated[
         Ensemble, typer.Option(help="mean: average fold probabilities (paper's RVE); vote: majority.")
     ] = Ensemble.MEAN,
@@ -81,6 +102,7 @@ def segment(
 ) -> None:
     """Segment every case in INPUT; write OUTPUT/<ID>.nii.gz (uint8, the input's geometry)."""
     chosen_folds = _parse_folds(folds)
+    mirrors = mirrors_of(_parse_axes(tta_axes)) if tta else ((),)
     try:
         settings = Settings(
             backend=backend,
@@ -92,6 +114,7 @@ def segment(
             ensemble=ensemble,
             et_threshold=et_threshold,
             labels=label_convention(labels),
+            mirrors=mirrors,
         )
     except SettingsError as error:
         console.error(str(error))
@@ -138,9 +161,11 @@ def run_segment(options: SegmentOptions) -> int:
             device = segmenter.device if segmenter.threads is None else f"cpu ({segmenter.threads} threads)"
             reason = segmenter.precision_reason
             precision = segmenter.precision + (f" (auto: {reason})" if reason else "")
+            mirrors = len(settings.mirrors)
             console.stderr.print(
                 f"brats: {len(batch)} case(s), weights {segmenter.bundle.root}, backend {settings.backend.value}, "
                 f"device {device}, precision {precision}"
+                + (f", test-time mirroring {mirrors} flips" if mirrors > 1 else "")
             )
             progress = console.progress()
             with progress:
