@@ -6,10 +6,9 @@ which). Speckle false positives of the base model far from the tumour would othe
 box; satellite lesions near the main one still fall inside the window and are segmented by the
 region models. The component is the one with the most voxels the base ensemble is confident about
 (mean probability above CONFIDENT), ties broken by size: the largest component is not always the
-tumour. On the default bundle's held-out phantoms the base model's false-positive components were
-sometimes larger than the tumour's (28,110 against 19,145 voxels) but much less sure of themselves
-(mean probability 0.88-0.92 against 0.98-0.99; voxels above 0.98: 5,457 against 17,478), so the
-window landed on the false positive. Where the model is confident everywhere the two rules agree.
+tumour: the base model's false positives can be larger than the tumour and much less sure of
+themselves (measured on the default bundle's held-out phantoms: bench/RESULTS.md, "Localisation").
+Where the model is confident everywhere the two rules agree.
 
 The paper assumes every tumour fits in 128^3. One that does not is covered by overlapping windows
 (averaged where they overlap) so that no tumour voxel is ever cut off.
@@ -38,9 +37,9 @@ def tumour_box(
     voxel at all, or no `probability`) broken by size. None if the mask is empty.
 
     Components are labelled inside the box of the whole mask, not the whole model grid: no
-    component reaches outside it, and the base mask usually fills a small part of the grid
-    (labelling and counting all 5.9 M voxels took about 0.1 s a case on the development CPU,
-    bench/host_overhead.py)."""
+    component reaches outside it, and the base mask usually fills a small part of the grid, so
+    labelling the whole grid would cost most of the localisation's host time (bench/RESULTS.md,
+    "Localisation")."""
     outer = bounding_box(mask)
     if outer is None:
         return None

@@ -51,7 +51,7 @@ class RegionScores:
     specificity: float
 
 
-# A region of a case whose prediction file is missing. The issue fixes Dice 0 and HD95 374; for
+# A region of a case whose prediction file is missing. The BraTS rules fix Dice 0 and HD95 374; for
 # the other two the absent prediction is read as an empty one that finds nothing: sensitivity 0
 # (worst) and specificity 1 (an absent prediction has no false positives).
 MISSING_PREDICTION_SCORES = RegionScores(dice=0.0, hd95=MISSING_HD95, sensitivity=0.0, specificity=1.0)

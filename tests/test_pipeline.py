@@ -151,3 +151,28 @@ def test_mirroring_averages_the_flipped_predictions_flipped_back():
         return x[:2] ** 2
 
     np.testing.assert_allclose(mirrored(voxelwise, ALL_MIRRORS)(image), voxelwise(image), rtol=1e-6)
+
+
+def test_each_stage_uses_the_probability_threshold_its_bundle_gives(tmp_path):
+    from conftest import random_bundle
+
+    from brats_cli.bundle import MANIFEST, load_bundle
+    from brats_cli.pipeline import segment_preprocessed
+
+    def constant(p):
+        return lambda image: np.full((1, *image.shape[1:]), p, np.float32)
+
+    model_input = np.zeros((4, *MODEL_GRID), np.float32)
+    predictors = {stage: constant(0.7) for stage in Stage}
+    default = segment_preprocessed(model_input, predictors, PipelineConfig(et_threshold=0))
+    assert (default.labels == 4).any()  # 0.7 > 0.5 everywhere: every stage marks its region
+    strict = {**dict.fromkeys(Stage, 0.5), Stage.BASE: 0.8}
+    none = segment_preprocessed(model_input, predictors, PipelineConfig(thresholds=strict))
+    assert not none.labels.any() and "found no tumour" in none.warnings[0]
+
+    # ... read from the manifest's per-stage `threshold`.
+    bundle = random_bundle(tmp_path / "b", window=(64, 64, 64))
+    manifest = (bundle.root / MANIFEST).read_text().replace('"threshold": 0.5', '"threshold": 0.8', 1)
+    (bundle.root / MANIFEST).write_text(manifest)
+    config = PipelineConfig.from_manifest(load_bundle(bundle.root).manifest)
+    assert config.thresholds == strict

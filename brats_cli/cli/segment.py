@@ -66,7 +66,7 @@ def segment(
         bool,
         typer.Option(
             help="torch: compile the networks with torch.compile (needs a C compiler): about 20 s per network "
-            "shape at the first case, then faster forwards (H100: 0.44x the time); pays off over many cases."
+            "shape at the first case, then faster forwards (README, Performance); pays off over many cases."
         ),
     ] = False,
     tta: Annotated[
