@@ -10,12 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import LPS_AFFINE
 from medpy.metric import binary as medpy
 from typer.testing import CliRunner
 
 from brats_cli.cli.app import app
 from brats_cli.metrics import MISSING_HD95, hd95
-from tests.conftest import LPS_AFFINE
 
 runner = CliRunner()
 SHAPE = (40, 36, 30)

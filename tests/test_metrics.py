@@ -37,7 +37,7 @@ DEFAULT_PAIRS = (
 
 
 def _all_pairs() -> list[tuple[str, str, str]]:
-    from tests.conftest import REAL_DATA
+    from conftest import REAL_DATA
 
     pairs = []
     for folder in SEGMENTATION_FOLDERS:
