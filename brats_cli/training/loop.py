@@ -36,7 +36,7 @@ from brats_cli.training.cache import CachedCase
 from brats_cli.training.data import CropDataset, EpochSampler
 from brats_cli.training.distributed import Context, barrier, sum_across_ranks
 from brats_cli.training.losses import compute_loss, hard_dice
-from brats_cli.training.recipe import Recipe
+from brats_cli.training.recipe import Recipe, StageRecipe
 
 CHECKPOINT_FORMAT = 1
 LAST = "last.pt"
@@ -246,10 +246,6 @@ def write_history(records: list[EpochRecord], path: Path) -> None:
     write_text_atomically(path, buffer.getvalue())
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -268,6 +264,36 @@ def build_model(recipe: Recipe, stage: Stage) -> ResUNet3D:
     return ResUNet3D(width=spec.width, levels=spec.levels, norm_groups=spec.norm_groups)
 
 
+@dataclass(frozen=True)
+class _Optimisation:
+    """A fold's network and what trains it. `model` is the bare network, never the DDP wrapper:
+    validation runs on it and checkpoints hold its keys, the same under one rank or several."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+
+
+@dataclass
+class _Progress:
+    """How far a fold has come: what `last.pt` records beside the optimisation states."""
+
+    epochs_done: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+    init_from: str | None = None  # the source of the weights the fold started from; None: random
+
+
+@dataclass(frozen=True)
+class _Data:
+    sampler: EpochSampler
+    loader: DataLoader
+    validation: CropDataset
+
+
 def train_fold(
     job: FoldJob,
     recipe: Recipe,
@@ -282,33 +308,69 @@ def train_fold(
     """Train one stage and fold to the recipe's epoch count, continuing from `last.pt` if `resume`;
     a fresh start begins from `initial`'s weights where given (a resumed one from its checkpoint)."""
     spec = recipe.stages[job.stage]
-    device = context.device
+    _check_and_open(job, recipe, context, resume)
+    optimisation = _build_optimisation(job, recipe, context.device, deterministic)
+    progress = _restore(job, recipe, optimisation, context, resume, initial)
+    if progress.epochs_done >= spec.epochs:
+        return _result(job, spec, progress)
+    network = _parallel(optimisation.model, context)
+    data = _build_data(job, recipe, context)
+    if reporter and context.is_main:
+        reporter.fold_started(job, progress.epochs_done, spec.epochs, len(data.loader))
+    for epoch in range(progress.epochs_done, spec.epochs):
+        record = _run_epoch(epoch, spec, context, optimisation, network, data, progress, reporter)
+        if context.is_main:
+            _save_checkpoints(job, recipe, optimisation, progress, record)
+            if reporter:
+                reporter.epoch_finished(job, record, spec.epochs)
+        barrier(context)
+        if on_epoch_end:
+            on_epoch_end(record)
+    return _result(job, spec, progress)
+
+
+def _result(job: FoldJob, spec: StageRecipe, progress: _Progress) -> FoldResult:
+    return FoldResult(
+        job.stage,
+        job.fold,
+        progress.epochs_done,
+        spec.epochs,
+        progress.best_dice,
+        progress.best_epoch,
+        progress.history,
+    )
+
+
+def _fold_seed(recipe: Recipe, job: FoldJob) -> int:
+    """One seed per run, stage and fold: for the initial weights and for the order of the crops."""
+    return recipe.seed * 10_000 + job.stream
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def _check_and_open(job: FoldJob, recipe: Recipe, context: Context, resume: bool) -> None:
+    """Refuse, before anything is built, a batch the ranks cannot share and a fresh start that
+    would overwrite a checkpoint; then make the fold's folder."""
     if recipe.batch_size % context.world:
         raise InputError(
             f"global batch size {recipe.batch_size} is not divisible by the {context.world} ranks; "
             "change batch_size in the recipe or the number of processes"
         )
-    per_rank_batch = recipe.batch_size // context.world
-    last_path, best_path = job.folder / LAST, job.folder / BEST
+    last_path = job.folder / LAST
     if last_path.exists() and not resume:
         raise InputError(f"{last_path}: a checkpoint exists; pass --resume to continue, or choose another --out")
     if context.is_main:
         job.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(job.folder)  # a checkpoint half-written when a run was killed
 
-    seed_everything(recipe.seed * 10_000 + job.stream)
+
+def _build_optimisation(job: FoldJob, recipe: Recipe, device: torch.device, deterministic: bool) -> _Optimisation:
+    """The randomly initialised network on `device`, its optimiser, scheduler and gradient scaler."""
+    spec = recipe.stages[job.stage]
+    seed_everything(_fold_seed(recipe, job))
     model = build_model(recipe, job.stage)
-    init_from = None
-    if initial is not None:
-        try:
-            model.load_state_dict(initial.state)
-        except RuntimeError as error:
-            first = first_line(error)
-            raise InputError(
-                f"{initial.source}: does not fit the recipe's {job.stage.value} network "
-                f"(width {spec.width}, {spec.levels} levels): {first}"
-            ) from error
-        init_from = initial.source
     if deterministic and device.type == "cuda":
         use_block_max(model)
     model = model.to(device=device, memory_format=torch.channels_last_3d)
@@ -322,145 +384,250 @@ def train_fold(
     )
     amp_dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    return _Optimisation(model, optimizer, scheduler, scaler, amp_dtype)
 
-    first_epoch = 0
-    best_dice, best_epoch = -1.0, 0
-    history: list[EpochRecord] = []
-    if resume and last_path.exists():
-        state = resume_state(last_path)
-        if state.get("recipe") != recipe.fingerprint():
-            raise InputError(
-                f"{last_path}: written with a different recipe; resume with the run's recipe "
-                f"(saved as {job.folder.parents[2] / 'recipe.json'}) or choose another --out"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        first_epoch = int(state["epoch"])
-        best_dice, best_epoch = float(state["best_dice"]), int(state["best_epoch"])
-        history = [EpochRecord(**row) for row in state["history"]]
-        init_from = state.get("init_from")  # what the run started from, not what this command names
-        _set_rng_state(state["rng"])
-        if context.is_main:
-            # A run killed between writing last.pt and log.csv left the log an epoch behind.
-            write_history(history, job.folder / LOG)
-    result = FoldResult(job.stage, job.fold, first_epoch, spec.epochs, best_dice, best_epoch, history)
-    if first_epoch >= spec.epochs:
-        return result
 
-    train_model: nn.Module = model
-    if context.distributed:
-        # The head's 1x1x1 kernels have size-1 dims whose channels-last strides differ from DDP's
-        # bucket layout only nominally; DDP's warning about it is noise.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+def _parallel(model: nn.Module, context: Context) -> nn.Module:
+    """What the training steps run: the model itself on one rank, its DDP wrapper on several."""
+    if not context.distributed:
+        return model
+    # The head's 1x1x1 kernels have size-1 dims whose channels-last strides differ from DDP's
+    # bucket layout only nominally; DDP's warning about it is noise.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    device = context.device
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _build_data(job: FoldJob, recipe: Recipe, context: Context) -> _Data:
+    """This rank's share of the training crops, batched, and the fold's validation cases."""
     training = CropDataset(job.train, job.stage, recipe, training=True, stream=job.stream)
     validation = CropDataset(job.validation, job.stage, recipe, training=False, stream=job.stream)
-    sampler = EpochSampler(
-        len(training), seed=recipe.seed * 10_000 + job.stream, rank=context.rank, world=context.world
-    )
+    sampler = EpochSampler(len(training), seed=_fold_seed(recipe, job), rank=context.rank, world=context.world)
     loader = DataLoader(
         training,
-        batch_size=per_rank_batch,
+        batch_size=recipe.batch_size // context.world,
         sampler=sampler,
         num_workers=recipe.workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=context.device.type == "cuda",
         persistent_workers=recipe.workers > 0,
     )
-    if reporter and context.is_main:
-        reporter.fold_started(job, first_epoch, spec.epochs, len(loader))
+    return _Data(sampler, loader, validation)
 
-    for epoch in range(first_epoch, spec.epochs):
-        started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        train_model.train()
-        loss_sum, sample_count, data_seconds, steps = 0.0, 0, 0.0, 0
-        waited = time.perf_counter()
-        for image, target in loader:
-            data_seconds += time.perf_counter() - waited
-            image = image.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
-            target = target.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = train_model(image)
-            loss = compute_loss(spec.loss, logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            value = float(loss.item())
-            loss_sum += value * image.shape[0]
-            sample_count += image.shape[0]
-            steps += 1
-            if reporter and context.is_main:
-                reporter.step(epoch, value, optimizer.param_groups[0]["lr"])
-            waited = time.perf_counter()
-        train_sum, train_count = sum_across_ranks(context, [loss_sum, float(sample_count)])
-        val_loss, val_dice = validate(model, validation, spec.loss, context, amp_dtype)
-        scheduler.step(val_loss)
-        improved = val_dice > best_dice
-        if improved:
-            best_dice, best_epoch = val_dice, epoch + 1
-        record = EpochRecord(
-            epoch=epoch + 1,
-            train_loss=train_sum / max(train_count, 1.0),
-            val_loss=val_loss,
-            val_dice=val_dice,
-            learning_rate=optimizer.param_groups[0]["lr"],
-            seconds=time.perf_counter() - started,
-            data_seconds=data_seconds,
-            steps=steps,
-            best=improved,
+
+# ---------------------------------------------------------------------------------------------
+# Restoring
+
+
+def _restore(
+    job: FoldJob,
+    recipe: Recipe,
+    optimisation: _Optimisation,
+    context: Context,
+    resume: bool,
+    initial: InitialWeights | None,
+) -> _Progress:
+    """Where the fold starts: after `last.pt`'s epoch when resuming one, else at epoch 0 from
+    `initial`'s weights, or from the random initialisation without them."""
+    progress = _Progress()
+    if initial is not None:
+        _load_initial(optimisation.model, initial, job.stage, recipe.stages[job.stage])
+        progress.init_from = initial.source
+    if resume and (job.folder / LAST).exists():
+        progress = _resume(job, recipe, optimisation, context)
+    return progress
+
+
+def _load_initial(model: nn.Module, initial: InitialWeights, stage: Stage, spec: StageRecipe) -> None:
+    try:
+        model.load_state_dict(initial.state)
+    except RuntimeError as error:
+        first = first_line(error)
+        raise InputError(
+            f"{initial.source}: does not fit the recipe's {stage.value} network "
+            f"(width {spec.width}, {spec.levels} levels): {first}"
+        ) from error
+
+
+def _resume(job: FoldJob, recipe: Recipe, optimisation: _Optimisation, context: Context) -> _Progress:
+    """Every state `last.pt` holds back in place, the RNGs' included, so the run continues as if
+    it had never stopped."""
+    last_path = job.folder / LAST
+    state = resume_state(last_path)
+    if state.get("recipe") != recipe.fingerprint():
+        raise InputError(
+            f"{last_path}: written with a different recipe; resume with the run's recipe "
+            f"(saved as {job.folder.parents[2] / 'recipe.json'}) or choose another --out"
         )
-        history.append(record)
-        if context.is_main:
-            weights = _unwrap(model).state_dict()
-            if improved:
-                save_atomically(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "recipe": recipe.fingerprint(),
-                        "stage": job.stage.value,
-                        "fold": job.fold,
-                        "epoch": epoch + 1,
-                        "val_dice": val_dice,
-                        "val_loss": val_loss,
-                        "init_from": init_from,
-                        "training_only": job.training_only,
-                        "model": weights,
-                    },
-                    best_path,
-                )
-            save_atomically(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "recipe": recipe.fingerprint(),
-                    "stage": job.stage.value,
-                    "fold": job.fold,
-                    "epoch": epoch + 1,
-                    "model": weights,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "best_dice": best_dice,
-                    "best_epoch": best_epoch,
-                    "init_from": init_from,
-                    "training_only": job.training_only,
-                    "history": [asdict(r) for r in history],
-                    "rng": _rng_state(),
-                },
-                last_path,
-            )
-            write_history(history, job.folder / LOG)
-            if reporter:
-                reporter.epoch_finished(job, record, spec.epochs)
-        barrier(context)
-        result = FoldResult(job.stage, job.fold, epoch + 1, spec.epochs, best_dice, best_epoch, history)
-        if on_epoch_end:
-            on_epoch_end(record)
-    return result
+    optimisation.model.load_state_dict(state["model"])
+    optimisation.optimizer.load_state_dict(state["optimizer"])
+    optimisation.scheduler.load_state_dict(state["scheduler"])
+    optimisation.scaler.load_state_dict(state["scaler"])
+    progress = _Progress(
+        epochs_done=int(state["epoch"]),
+        best_dice=float(state["best_dice"]),
+        best_epoch=int(state["best_epoch"]),
+        history=[EpochRecord(**row) for row in state["history"]],
+        init_from=state.get("init_from"),  # what the run started from, not what this command names
+    )
+    _set_rng_state(state["rng"])
+    if context.is_main:
+        # A run killed between writing last.pt and log.csv left the log an epoch behind.
+        write_history(progress.history, job.folder / LOG)
+    return progress
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch
+
+
+def _run_epoch(
+    epoch: int,
+    spec: StageRecipe,
+    context: Context,
+    optimisation: _Optimisation,
+    network: nn.Module,
+    data: _Data,
+    progress: _Progress,
+    reporter: Reporter | None,
+) -> EpochRecord:
+    """Train on the epoch's crops, validate, let the scheduler see the validation loss, and add the
+    epoch to `progress`."""
+    started = time.perf_counter()
+    data.sampler.set_epoch(epoch)
+    train_loss, data_seconds, steps = _train_steps(epoch, spec, context, optimisation, network, data.loader, reporter)
+    val_loss, val_dice = validate(optimisation.model, data.validation, spec.loss, context, optimisation.amp_dtype)
+    optimisation.scheduler.step(val_loss)
+    improved = val_dice > progress.best_dice
+    if improved:
+        progress.best_dice, progress.best_epoch = val_dice, epoch + 1
+    record = EpochRecord(
+        epoch=epoch + 1,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_dice=val_dice,
+        learning_rate=optimisation.optimizer.param_groups[0]["lr"],
+        seconds=time.perf_counter() - started,
+        data_seconds=data_seconds,
+        steps=steps,
+        best=improved,
+    )
+    progress.history.append(record)
+    progress.epochs_done = epoch + 1
+    return record
+
+
+def _train_steps(
+    epoch: int,
+    spec: StageRecipe,
+    context: Context,
+    optimisation: _Optimisation,
+    network: nn.Module,
+    loader: DataLoader,
+    reporter: Reporter | None,
+) -> tuple[float, float, int]:
+    """One pass over this rank's batches: the mean loss over every rank's samples, the seconds
+    spent waiting for the loader, and the number of steps."""
+    device, amp_dtype = context.device, optimisation.amp_dtype
+    optimizer, scaler = optimisation.optimizer, optimisation.scaler
+    network.train()
+    loss_sum, sample_count, data_seconds, steps = 0.0, 0, 0.0, 0
+    waited = time.perf_counter()
+    for image, target in loader:
+        data_seconds += time.perf_counter() - waited
+        image = image.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+        target = target.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = network(image)
+        loss = compute_loss(spec.loss, logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        value = float(loss.item())
+        loss_sum += value * image.shape[0]
+        sample_count += image.shape[0]
+        steps += 1
+        if reporter and context.is_main:
+            reporter.step(epoch, value, optimizer.param_groups[0]["lr"])
+        waited = time.perf_counter()
+    train_sum, train_count = sum_across_ranks(context, [loss_sum, float(sample_count)])
+    return train_sum / max(train_count, 1.0), data_seconds, steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpointing an epoch
+
+# The keys of each checkpoint, in the order they have always been written: torch.save pickles a
+# dict in its order, so the order is part of a checkpoint's bytes.
+_PAYLOAD_KEYS = {
+    BEST: ("format", "recipe", "stage", "fold", "epoch", "val_dice", "val_loss", "init_from", "training_only", "model"),
+    LAST: (
+        "format",
+        "recipe",
+        "stage",
+        "fold",
+        "epoch",
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "best_dice",
+        "best_epoch",
+        "init_from",
+        "training_only",
+        "history",
+        "rng",
+    ),
+}
+
+
+def _checkpoint_payload(
+    name: str, job: FoldJob, recipe: Recipe, optimisation: _Optimisation, progress: _Progress, record: EpochRecord
+) -> dict[str, Any]:
+    """What `name` (BEST or LAST) holds after `record`'s epoch. Both name the recipe, stage, fold
+    and epoch, and hold the weights, where they started from and how many training-only cases
+    trained them; `best.pt` adds the validation scores that made it the best, `last.pt` what an
+    exact continuation needs and `best.pt` does not: the optimisation states, the best score so
+    far, the history and the RNG states."""
+    values: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "recipe": recipe.fingerprint(),
+        "stage": job.stage.value,
+        "fold": job.fold,
+        "epoch": record.epoch,
+        "model": optimisation.model.state_dict(),
+        "init_from": progress.init_from,
+        "training_only": job.training_only,
+    }
+    if name == BEST:
+        values.update(val_dice=record.val_dice, val_loss=record.val_loss)
+    else:
+        values.update(
+            optimizer=optimisation.optimizer.state_dict(),
+            scheduler=optimisation.scheduler.state_dict(),
+            scaler=optimisation.scaler.state_dict(),
+            best_dice=progress.best_dice,
+            best_epoch=progress.best_epoch,
+            history=[asdict(r) for r in progress.history],
+            rng=_rng_state(),
+        )
+    return {key: values[key] for key in _PAYLOAD_KEYS[name]}
+
+
+def _save_checkpoints(
+    job: FoldJob, recipe: Recipe, optimisation: _Optimisation, progress: _Progress, record: EpochRecord
+) -> None:
+    """`best.pt` if the epoch improved on the best Dice, then `last.pt`, then the log. `last.pt`
+    names the best epoch, so it comes after that epoch's `best.pt`: a kill between the two only
+    repeats the epoch on --resume, where the other order would leave an older `best.pt` for good."""
+    if record.best:
+        save_atomically(_checkpoint_payload(BEST, job, recipe, optimisation, progress, record), job.folder / BEST)
+    save_atomically(_checkpoint_payload(LAST, job, recipe, optimisation, progress, record), job.folder / LAST)
+    write_history(progress.history, job.folder / LOG)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
 
 
 def validate(
