@@ -3,6 +3,7 @@ on one process or under torchrun (one process per GPU, on one node or several)."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,34 @@ import typer
 
 from brats_cli.choices import Device, StageChoice
 from brats_cli.cli import console
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `brats train` was asked to train, as given on the command line (the recipe as its
+    file; `fold` None: the folds the recipe lists for each stage)."""
+
+    recipe: Path
+    data: Path
+    out: Path
+    stage: StageChoice = StageChoice.ALL
+    fold: int | None = None
+    resume: bool = False
+    deterministic: bool = False
+    device: Device = Device.AUTO
+    cache: Path | None = None
+    init_from: Path | None = None
+    extra: Path | None = None
+
+    def __post_init__(self) -> None:
+        # The command never builds a bad one (typer and _parse_fold check first): these catch another
+        # caller's mistake here rather than deep inside a run.
+        if self.fold is not None and self.fold < 0:
+            raise ValueError(f"fold must be a non-negative index or None (got {self.fold})")
+        if not isinstance(self.stage, StageChoice):
+            raise TypeError(f"stage must be a StageChoice (got {self.stage!r})")
+        if not isinstance(self.device, Device):
+            raise TypeError(f"device must be a Device (got {self.device!r})")
 
 
 def _parse_fold(text: str) -> int | None:
@@ -67,9 +96,20 @@ def train(
     chosen_fold = _parse_fold(fold)
     if prepare_only:
         raise typer.Exit(run_prepare(recipe, data, out, cache, extra))
-    raise typer.Exit(
-        run_train(recipe, data, out, stage, chosen_fold, resume, deterministic, device, cache, init_from, extra)
+    options = TrainOptions(
+        recipe=recipe,
+        data=data,
+        out=out,
+        stage=stage,
+        fold=chosen_fold,
+        resume=resume,
+        deterministic=deterministic,
+        device=device,
+        cache=cache,
+        init_from=init_from,
+        extra=extra,
     )
+    raise typer.Exit(run_train(options))
 
 
 def run_prepare(recipe_path: Path, data: Path, out: Path, cache: Path | None, extra: Path | None = None) -> int:
@@ -109,19 +149,7 @@ def _print_case(case, reused: bool) -> None:
     console.stderr.print(f"cache: {case.case_id} {'reused' if reused else 'preprocessed'}")
 
 
-def run_train(
-    recipe_path: Path,
-    data: Path,
-    out: Path,
-    stage: StageChoice,
-    fold: int | None,
-    resume: bool,
-    deterministic: bool,
-    device: Device,
-    cache: Path | None,
-    init_from: Path | None = None,
-    extra: Path | None = None,
-) -> int:
+def run_train(options: TrainOptions) -> int:
     from brats_cli.bundle import Stage
     from brats_cli.errors import BratsError
     from brats_cli.predictors.torch_backend import resolve_device
@@ -131,38 +159,38 @@ def run_train(
     from brats_cli.training.run import run_training
 
     try:
-        recipe = load_recipe(recipe_path)
-        context = distributed.start(resolve_device(device))
+        recipe = load_recipe(options.recipe)
+        context = distributed.start(resolve_device(options.device))
     except BratsError as error:
         console.error(str(error))
         return console.EXIT_UNUSABLE
-    stages = list(STAGE_ORDER) if stage is StageChoice.ALL else [Stage(stage.value)]
+    stages = list(STAGE_ORDER) if options.stage is StageChoice.ALL else [Stage(options.stage.value)]
     reporter = RichReporter() if context.is_main else None
 
     if context.is_main:
         console.stderr.print(
             f"brats train: recipe {recipe.name}, {len(stages)} stage(s), device {context.device}, "
             f"{context.world} rank(s), global batch {recipe.batch_size}"
-            + (", deterministic" if deterministic else "")
-            + (f", starting from {init_from}" if init_from else "")
-            + (f", training-only cases from {extra}" if extra else "")
+            + (", deterministic" if options.deterministic else "")
+            + (f", starting from {options.init_from}" if options.init_from else "")
+            + (f", training-only cases from {options.extra}" if options.extra else "")
         )
     try:
         with reporter or _nothing():
             results = run_training(
                 recipe,
-                data,
-                out,
+                options.data,
+                options.out,
                 context,
                 stages=stages,
-                fold=fold,
-                resume=resume,
-                deterministic=deterministic,
-                cache=cache,
+                fold=options.fold,
+                resume=options.resume,
+                deterministic=options.deterministic,
+                cache=options.cache,
                 on_case=_print_case,
                 reporter=reporter,
-                init_from=init_from,
-                extra=extra,
+                init_from=options.init_from,
+                extra=options.extra,
             )
     except BratsError as error:
         report(error)
