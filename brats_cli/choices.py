@@ -84,13 +84,3 @@ class ExportPrecision(str, Enum):
 
     FP32 = "fp32"
     FP16 = "fp16"
-
-
-class StageChoice(str, Enum):
-    """Which stage(s) `brats train` trains: one of the paper's four models, or all in order."""
-
-    ALL = "all"
-    BASE = "base"
-    WT = "wt"
-    TC = "tc"
-    ET = "et"

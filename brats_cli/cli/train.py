@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from brats_cli.choices import Device, StageChoice
+from brats_cli.choices import Device, Stage
 from brats_cli.cli import console
+from brats_cli.cli.options import StageWord, stage_of
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class TrainOptions:
     recipe: Path
     data: Path
     out: Path
-    stage: StageChoice = StageChoice.ALL
+    stage: Stage | None = None  # None: all four, base first
     fold: int | None = None
     resume: bool = False
     deterministic: bool = False
@@ -35,8 +39,8 @@ class TrainOptions:
         # caller's mistake here rather than deep inside a run.
         if self.fold is not None and self.fold < 0:
             raise ValueError(f"fold must be a non-negative index or None (got {self.fold})")
-        if not isinstance(self.stage, StageChoice):
-            raise TypeError(f"stage must be a StageChoice (got {self.stage!r})")
+        if self.stage is not None and not isinstance(self.stage, Stage):
+            raise TypeError(f"stage must be a Stage or None (got {self.stage!r})")
         if not isinstance(self.device, Device):
             raise TypeError(f"device must be a Device (got {self.device!r})")
 
@@ -57,9 +61,7 @@ def train(
     recipe: Annotated[Path, typer.Option(help="Recipe TOML (train/paper.toml, train/smoke.toml).")],
     data: Annotated[Path, typer.Option(help="BraTS training folder: case folders with the four images and seg.")],
     out: Annotated[Path, typer.Option(help="Run folder: folds, cache, checkpoints and logs (created if needed).")],
-    stage: Annotated[StageChoice, typer.Option(help="Stage to train; all = base, wt, tc, et in turn.")] = (
-        StageChoice.ALL
-    ),
+    stage: Annotated[StageWord, typer.Option(help="Stage to train; all = base, wt, tc, et in turn.")] = ("all"),
     fold: Annotated[
         str, typer.Option(help="Fold index 0..k-1, or all = the folds the recipe lists for each stage.")
     ] = "all",
@@ -100,7 +102,7 @@ def train(
         recipe=recipe,
         data=data,
         out=out,
-        stage=stage,
+        stage=stage_of(stage),
         fold=chosen_fold,
         resume=resume,
         deterministic=deterministic,
@@ -141,7 +143,8 @@ def report(error: Exception) -> None:
         return
     for problem in problems:
         console.error(problem)
-    where = f"{error.where}: " if getattr(error, "where", None) else ""
+    where = getattr(error, "where", None)
+    where = f"{where}: " if where else ""
     console.error(f"{where}{len(problems)} case(s) unusable for training; nothing was trained")
 
 
@@ -150,7 +153,6 @@ def _print_case(case, reused: bool) -> None:
 
 
 def run_train(options: TrainOptions) -> int:
-    from brats_cli.bundle import Stage
     from brats_cli.errors import BratsError
     from brats_cli.predictors.torch_backend import resolve_device
     from brats_cli.training import distributed
@@ -164,7 +166,7 @@ def run_train(options: TrainOptions) -> int:
     except BratsError as error:
         console.error(str(error))
         return console.EXIT_UNUSABLE
-    stages = list(STAGE_ORDER) if options.stage is StageChoice.ALL else [Stage(options.stage.value)]
+    stages = list(STAGE_ORDER) if options.stage is None else [options.stage]
     reporter = RichReporter() if context.is_main else None
 
     if context.is_main:
@@ -245,7 +247,7 @@ class RichReporter:
             console=console.stderr,
             transient=True,
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.name = ""
         self.epochs = 0
 
@@ -253,7 +255,7 @@ class RichReporter:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
     def fold_started(self, job, first_epoch: int, epochs: int, steps_per_epoch: int) -> None:
@@ -269,6 +271,7 @@ class RichReporter:
             console.stderr.print(f"{self.name}: resuming after epoch {first_epoch}")
 
     def step(self, epoch: int, loss: float, learning_rate: float) -> None:
+        assert self.task is not None, "step before fold_started"
         self.progress.update(
             self.task,
             advance=1,

@@ -373,7 +373,8 @@ def _build_optimisation(job: FoldJob, recipe: Recipe, device: torch.device, dete
     model = build_model(recipe, job.stage)
     if deterministic and device.type == "cuda":
         use_block_max(model)
-    model = model.to(device=device, memory_format=torch.channels_last_3d)
+    # nn.Module.to takes memory_format; its type stubs do not say so.
+    model = model.to(device=device, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
