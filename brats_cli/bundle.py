@@ -92,13 +92,39 @@ class Manifest:
         }
 
 
+# Ranges a manifest's numbers must lie in. The network's sizes are bounded so that a typo (width
+# 100000) is refused when the bundle loads, not as an allocation failure deep inside a case.
+MAX_WIDTH = 512
+LEVELS = (2, 6)
+SHA256_DIGITS = 64
+
+
 def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in data:
         raise WeightsError(f"{where}: missing '{key}'")
-    value = data[key]
+    return _typed(data[key], key, kind, where)
+
+
+def _typed(value: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise WeightsError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
     return value
+
+
+def _integer(data: dict[str, Any], key: str, where: str, low: int, high: int, default: int | None = None) -> int:
+    """An integer field in [low, high] (a bool, a float or a string is not one)."""
+    value = _require(data, key, int, where) if default is None else _typed(data.get(key, default), key, int, where)
+    if not low <= value <= high:
+        raise WeightsError(f"{where}: '{key}' must be an integer from {low} to {high} (got {value})")
+    return value
+
+
+def _sha256(value: Any, where: str) -> str:
+    """A SHA-256 as 64 hexadecimal digits; upper-case digits are the same digest."""
+    digest = _typed(value, "sha256", str, where)
+    if len(digest) != SHA256_DIGITS or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise WeightsError(f"{where}: 'sha256' must be {SHA256_DIGITS} hexadecimal digits (got {digest!r})")
+    return digest.lower()
 
 
 def _stage_from_dict(data: Any, where: str, backend: Backend) -> StageSpec:
@@ -107,15 +133,15 @@ def _stage_from_dict(data: Any, where: str, backend: Backend) -> StageSpec:
     model = data.get("model", "resunet3d")
     if model != "resunet3d":
         raise WeightsError(f"{where}: unknown model kind {model!r}")
-    width = _require(data, "width", int, where)
+    width = _integer(data, "width", where, 1, MAX_WIDTH)
     size = _require(data, "input_size", list, where)
-    if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
+    if len(size) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise WeightsError(f"{where}: 'input_size' must be three positive integers")
-    levels = data.get("levels", 4)
-    groups = data.get("norm_groups", 8)
-    threshold = data.get("threshold", 0.5)
-    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        raise WeightsError(f"{where}: 'threshold' must lie strictly between 0 and 1")
+    levels = _integer(data, "levels", where, *LEVELS, default=4)
+    groups = _integer(data, "norm_groups", where, 1, MAX_WIDTH, default=8)
+    threshold = _typed(data.get("threshold", 0.5), "threshold", (int, float), where)
+    if not 0 < threshold < 1:  # NaN fails this too
+        raise WeightsError(f"{where}: 'threshold' must lie strictly between 0 and 1 (got {threshold})")
     divisor = 2 ** (levels - 1)
     if any(s % divisor for s in size):
         raise WeightsError(f"{where}: input_size {size} must be multiples of {divisor} for {levels} levels")
@@ -128,11 +154,11 @@ def _stage_from_dict(data: Any, where: str, backend: Backend) -> StageSpec:
         if not isinstance(fold, dict):
             raise WeightsError(f"{fold_where}: expected a table")
         name = _require(fold, "file", str, fold_where)
-        if Path(name).name != name or name.startswith("."):
+        if Path(name).name != name or name.startswith(".") or name in ("", "..", MANIFEST):
             raise WeightsError(f"{fold_where}: file {name!r} must be a plain file name inside the bundle")
         if not name.endswith(WEIGHT_SUFFIX[backend]):
             raise WeightsError(f"{fold_where}: {name} is not a {backend.value} weight file ({WEIGHT_SUFFIX[backend]})")
-        folds.append(FoldFile(name, _require(fold, "sha256", str, fold_where)))
+        folds.append(FoldFile(name, _sha256(_require(fold, "sha256", str, fold_where), fold_where)))
     return StageSpec(width, tuple(size), tuple(folds), levels, groups, float(threshold))
 
 
@@ -153,6 +179,9 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
     except ValueError as error:
         raise WeightsError(f"{source}: {error}") from error
     stages_data = _require(data, "stages", dict, source)
+    unknown = sorted(set(stages_data) - {s.value for s in Stage})
+    if unknown:
+        raise WeightsError(f"{source}: unknown stage {unknown[0]!r} (the stages are base, wt, tc, et)")
     missing = [s.value for s in Stage if s.value not in stages_data]
     if missing:
         raise WeightsError(f"{source}: missing stages {', '.join(missing)}")
@@ -164,18 +193,18 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
         raise WeightsError(f"{source}: wt, tc and et must share one input_size")
     if any(w > g for w, g in zip(next(iter(windows)), MODEL_GRID, strict=True)):
         raise WeightsError(f"{source}: region input_size larger than the model grid {list(MODEL_GRID)}")
-    et_threshold = data.get("et_threshold", 600)
-    if not isinstance(et_threshold, int) or et_threshold < 0:
-        raise WeightsError(f"{source}: 'et_threshold' must be a non-negative integer")
+    et_threshold = _typed(data.get("et_threshold", 600), "et_threshold", int, source)
+    if et_threshold < 0:
+        raise WeightsError(f"{source}: 'et_threshold' must be a non-negative integer (got {et_threshold})")
     return Manifest(
         backend=backend,
         labels=labels,
         stages=stages,
         et_threshold=et_threshold,
-        name=str(data.get("name", "")),
-        description=str(data.get("description", "")),
+        name=_typed(data.get("name", ""), "name", str, source),
+        description=_typed(data.get("description", ""), "description", str, source),
         format_version=version,
-        metadata=data.get("metadata", {}) if isinstance(data.get("metadata", {}), dict) else {},
+        metadata=_typed(data.get("metadata", {}), "metadata", dict, source),
     )
 
 
@@ -200,6 +229,8 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
     """Read and validate a bundle's manifest and (by default) every weight file's checksum."""
     root = Path(root)
     manifest_path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise WeightsError(f"{root}: is a file, not a weights bundle folder (give the folder holding {MANIFEST})")
     if not root.is_dir():
         raise WeightsError(f"{root}: weights bundle folder does not exist")
     if not manifest_path.is_file():

@@ -685,3 +685,5 @@ def test_init_from_weights_of_another_width_is_one_error_line(training_data, sha
         result.output.split()
     )
     assert not (tmp_path / "run" / "wt" / "fold0" / "last.pt").exists()
+    # A run that never trained records nothing that would refuse the corrected command.
+    assert not (tmp_path / "run" / "recipe.json").exists() and not (tmp_path / "run" / "folds.json").exists()

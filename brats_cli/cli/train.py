@@ -207,6 +207,14 @@ def run_train(options: TrainOptions) -> int:
             "free the space or fix the folder, then rerun with --resume"
         )
         return console.EXIT_UNUSABLE
+    except (MemoryError, RuntimeError) as error:  # out of memory on the host or the GPU, above all
+        from brats_cli.errors import first_line
+
+        console.error(
+            f"training stopped: {first_line(error)[:300]}; the last complete epoch is checkpointed: "
+            "a smaller recipe (width, batch_size, patch) or --resume after freeing memory"
+        )
+        return console.EXIT_CASE_FAILED
     finally:
         distributed.stop(context)
     if context.is_main:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from brats_cli.bundle import LEVELS as BUNDLE_LEVELS
+from brats_cli.bundle import MAX_WIDTH as BUNDLE_MAX_WIDTH
 from brats_cli.bundle import Stage
 from brats_cli.errors import InputError
 from brats_cli.labels import LabelConvention
@@ -103,6 +106,18 @@ class Recipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Upper bounds of a recipe's integers, so that a typo is refused before anything is recorded rather
+# than failing as an allocation deep in a run. The widths and levels are those a weights bundle
+# may hold (bundle.MAX_WIDTH, bundle.LEVELS); the seed is what numpy's and torch's seeding take.
+MAX_WIDTH = BUNDLE_MAX_WIDTH
+MAX_LEVELS = BUNDLE_LEVELS[1]
+MAX_EPOCHS = 100_000
+MAX_FOLDS = 100
+MAX_BATCH = 1024
+MAX_WORKERS = 256
+MAX_SEED = 2**32 - 1
+
+
 class _Fields:
     """Typed access to one TOML table that reports the file and the dotted field name."""
 
@@ -128,16 +143,19 @@ class _Fields:
             return default
         return self.data[key]
 
-    def integer(self, key: str, default: Any = ..., minimum: int = 0) -> int:
+    def integer(self, key: str, default: Any = ..., minimum: int = 0, maximum: int | None = None) -> int:
         value = self.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise self.fail(key, f"must be an integer >= {minimum} (got {value!r})")
+        if maximum is not None and value > maximum:
+            raise self.fail(key, f"must be an integer from {minimum} to {maximum} (got {value!r})")
         return value
 
     def number(self, key: str, default: Any = ..., *, low: float = 0.0, high: float | None = None) -> float:
         value = self.get(key, default)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= low:
-            raise self.fail(key, f"must be a number > {low} (got {value!r})")
+        # NaN compares false with everything, so it is refused by name rather than slipping through.
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= low:
+            raise self.fail(key, f"must be a number > {low}, and finite (got {value!r})")
         if high is not None and value > high:
             raise self.fail(key, f"must be <= {high} (got {value!r})")
         return float(value)
@@ -174,7 +192,7 @@ class _Fields:
 
 
 def _stage(fields: _Fields, stage: Stage, folds: int) -> StageRecipe:
-    levels = fields.integer("levels", 4, minimum=2)
+    levels = fields.integer("levels", 4, minimum=2, maximum=MAX_LEVELS)
     try:
         loss = Loss(fields.get("loss"))
     except ValueError:
@@ -194,13 +212,13 @@ def _stage(fields: _Fields, stage: Stage, folds: int) -> StageRecipe:
         patch = fields.size("patch", None, divisor=divisor)
         validation_size = fields.size("validation_size", None, divisor=divisor)
     recipe = StageRecipe(
-        width=fields.integer("width", minimum=1),
+        width=fields.integer("width", minimum=1, maximum=MAX_WIDTH),
         loss=loss,
         learning_rate=fields.number("learning_rate", high=1.0),
-        epochs=fields.integer("epochs", minimum=1),
+        epochs=fields.integer("epochs", minimum=1, maximum=MAX_EPOCHS),
         train_folds=tuple(sorted(train_folds)),
         levels=levels,
-        norm_groups=fields.integer("norm_groups", 8, minimum=1),
+        norm_groups=fields.integer("norm_groups", 8, minimum=1, maximum=MAX_WIDTH),
         patch=patch,
         validation_size=validation_size,
     )
@@ -217,7 +235,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     description = top.get("description", "")
     if not isinstance(description, str):
         raise top.fail("description", "must be a string")
-    folds = top.integer("folds", minimum=2)
+    folds = top.integer("folds", minimum=2, maximum=MAX_FOLDS)
     try:
         labels = LabelConvention(str(top.get("labels", "2021")))
     except ValueError:
@@ -226,8 +244,8 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     plateau_fields = top.table("plateau")
     plateau = Plateau(
         factor=plateau_fields.number("factor", 0.4, high=0.999),
-        patience=plateau_fields.integer("patience", 2),
-        cooldown=plateau_fields.integer("cooldown", 2),
+        patience=plateau_fields.integer("patience", 2, maximum=MAX_EPOCHS),
+        cooldown=plateau_fields.integer("cooldown", 2, maximum=MAX_EPOCHS),
     )
     plateau_fields.finish()
 
@@ -255,15 +273,15 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     recipe = Recipe(
         name=name,
         description=description,
-        seed=top.integer("seed"),
+        seed=top.integer("seed", maximum=MAX_SEED),
         folds=folds,
-        batch_size=top.integer("batch_size", minimum=1),
+        batch_size=top.integer("batch_size", minimum=1, maximum=MAX_BATCH),
         region_window=region_window,
-        jitter=top.integer("jitter", 16),
+        jitter=top.integer("jitter", 16, maximum=min(MODEL_GRID)),
         stages=stages,
         labels=labels,
-        et_threshold=top.integer("et_threshold", 600),
-        workers=top.integer("workers", 2),
+        et_threshold=top.integer("et_threshold", 600, maximum=math.prod(MODEL_GRID)),
+        workers=top.integer("workers", 2, maximum=MAX_WORKERS),
         plateau=plateau,
         augmentation=augmentation,
     )

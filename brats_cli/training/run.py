@@ -22,7 +22,7 @@ from brats_cli.files import write_text_atomically
 from brats_cli.io import Case
 from brats_cli.training import distributed
 from brats_cli.training.cache import CachedCase, prepare_cache, training_cases
-from brats_cli.training.folds import Folds, load_or_create_folds
+from brats_cli.training.folds import FOLDS_FILE, Folds, load_or_create_folds
 from brats_cli.training.loop import (
     BEST,
     LAST,
@@ -186,6 +186,11 @@ def run_training(
     each fold starts from that bundle's or run's weights for the same stage and fold."""
     configure(deterministic)
     run = Path(run)
+    # The records this call makes, if the run is new: removed again if no epoch of any fold ever
+    # completes, so that a corrected recipe is not refused as "a different recipe" of a run that
+    # never trained.
+    records = [run / RECIPE_FILE, run / FOLDS_FILE]
+    fresh = context.is_main and not any(path.exists() for path in records)
     prepared, error = None, None
     if context.is_main:
         try:
@@ -193,27 +198,34 @@ def run_training(
         except BratsError as failure:
             error = failure
     cached, folds = distributed.share_outcome(context, prepared, error)
-    jobs = plan_jobs(recipe, run, cached, folds, stages, fold)
-    # All of them before any training, so that a missing fold fails the command at once; a fold
-    # that resumes continues from its own last.pt and needs none.
-    initial = [
-        initial_weights(init_from, job.stage, job.fold)
-        if init_from and not (resume and (job.folder / LAST).exists())
-        else None
-        for job in jobs
-    ]
-    results = []
-    for job, start in zip(jobs, initial, strict=True):
-        results.append(
-            train_fold(
-                job,
-                recipe,
-                context,
-                deterministic=deterministic,
-                resume=resume,
-                reporter=reporter,
-                on_epoch_end=on_epoch_end,
-                initial=start,
+    jobs: list[FoldJob] = []
+    try:
+        jobs = plan_jobs(recipe, run, cached, folds, stages, fold)
+        # All of them before any training, so that a missing fold fails the command at once; a fold
+        # that resumes continues from its own last.pt and needs none.
+        initial = [
+            initial_weights(init_from, job.stage, job.fold)
+            if init_from and not (resume and (job.folder / LAST).exists())
+            else None
+            for job in jobs
+        ]
+        results = []
+        for job, start in zip(jobs, initial, strict=True):
+            results.append(
+                train_fold(
+                    job,
+                    recipe,
+                    context,
+                    deterministic=deterministic,
+                    resume=resume,
+                    reporter=reporter,
+                    on_epoch_end=on_epoch_end,
+                    initial=start,
+                )
             )
-        )
+    except BaseException:
+        if fresh and not any((job.folder / LAST).exists() for job in jobs):
+            for path in records:
+                path.unlink(missing_ok=True)
+        raise
     return results
