@@ -14,6 +14,12 @@ TEMP_MARKER = ".partial-"
 _TEMPORARY_PID = re.compile(rf"^\..+{re.escape(TEMP_MARKER)}(?P<pid>[0-9]+)(?:\.[A-Za-z.]+)?$")
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is one of `atomic_path`'s temporaries: hidden, and named `.<target>.partial-<pid>...`.
+    A visible name that merely contains the marker (a case ID like `A.partial-1`) is not one."""
+    return _TEMPORARY_PID.match(Path(path).name) is not None
+
+
 def temporary_sibling(path: Path) -> Path:
     """A hidden name in the same folder (so the final rename is atomic) that starts with the
     target's name and ends with its extension (nibabel and numpy pick the format from it):

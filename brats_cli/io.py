@@ -37,7 +37,8 @@ MAX_VOXELS = 16 * 240 * 240 * 155
 # Deflate cannot expand data more than 1032-fold, so a .nii.gz of n bytes holds at most 1032 n bytes:
 # a header claiming more is refused before nibabel allocates a buffer for the claim.
 DEFLATE_MAX_RATIO = 1032
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_ID_LENGTH = 200  # with ".nii.gz" and a temporary's marker, within a file name's 255 bytes
+SAFE_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}$")
 
 
 class Modality(str, Enum):
@@ -129,11 +130,14 @@ class Discovery:
 def _group_folder(folder: Path, notes: list[str]) -> list[Case]:
     """Cases whose files lie directly in `folder`, grouped by the case ID in their names."""
     groups: dict[str, list[tuple[Path, ParsedName]]] = defaultdict(list)
-    images = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    # Every entry named like an image, files or not: a folder or a FIFO under a modality's name is
+    # that case's problem, said as such, rather than a "missing modality".
+    images = sorted(p for p in folder.iterdir() if is_nifti(p) and (p.is_file() or not p.name.startswith(".")))
     for path in images:
         parsed = parse_name(path)
         if parsed is None:
-            notes.append(f"{path}: not a BraTS modality name, ignored")
+            if path.is_file():
+                notes.append(f"{path}: not a BraTS modality name, ignored")
             continue
         groups[parsed.case_id].append((path, parsed))
     cases = []
@@ -153,7 +157,13 @@ def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case
         elif parsed.modality is not None:
             files[parsed.modality].append(path)
     problem = None
-    if not SAFE_ID.match(case_id):
+    odd = [path for path, _ in members if not path.is_file()]
+    if odd:
+        kind = "a folder" if odd[0].is_dir() else "not a regular file (a FIFO, socket or device?)"
+        problem = f"{odd[0]} is {kind}, not an image file"
+    elif len(case_id) > MAX_ID_LENGTH:
+        problem = f"case ID is {len(case_id)} characters long; at most {MAX_ID_LENGTH} make a usable file name"
+    elif not SAFE_ID.match(case_id):
         problem = f"case ID {case_id!r} is not a safe file name (letters, digits, '.', '_', '-' only)"
     elif len(namings) > 1:
         problem = "mixes BraTS 2021 and 2023 file names"
@@ -182,15 +192,22 @@ def discover_cases(root: Path) -> Discovery:
     notes: list[str] = []
     try:
         cases = _group_folder(root, notes)
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found = _group_folder(sub, notes)
-            if not found and not any(sub.iterdir()):
-                continue
-            if not found:
-                notes.append(f"{sub}: no BraTS image files, ignored")
-            cases.extend(found)
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except PermissionError as error:
         raise InputError(f"{error.filename}: cannot read folder (permission denied)") from error
+    for sub in subfolders:
+        try:
+            found = _group_folder(sub, notes)
+            empty = not found and not any(sub.iterdir())
+        except PermissionError:
+            # One unreadable case folder is that case's failure, not the batch's: named by the folder.
+            cases.append(Case(sub.name, Naming.BRATS2021, {}, None, f"{sub}: cannot read folder (permission denied)"))
+            continue
+        if empty:
+            continue
+        if not found:
+            notes.append(f"{sub}: no BraTS image files, ignored")
+        cases.extend(found)
     seen: dict[str, Case] = {}
     unique: list[Case] = []
     for case in cases:
@@ -350,7 +367,12 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
         data = np.rint(data)
         if data.size and (data.min() < np.iinfo(np.int32).min or data.max() > np.iinfo(np.int32).max):
             raise ImageReadError(f"{path}: label values out of the integer range")
-    elif not np.issubdtype(data.dtype, np.integer) and data.dtype != np.bool_:
+    elif np.issubdtype(data.dtype, np.integer):
+        # Checked before the cast: int64's 2**32 + 4 would wrap to 4, an ET label.
+        info = np.iinfo(np.int32)
+        if data.size and (data.min() < info.min or data.max() > info.max):
+            raise ImageReadError(f"{path}: label values out of the integer range")
+    elif data.dtype != np.bool_:
         raise ImageReadError(f"{path}: label map of data type {data.dtype}, expected integers")
     return data.astype(np.int32, copy=False), _geometry(image)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
+from brats_cli.files import is_temporary
 from brats_cli.io import (
     SEGMENTATION_SUFFIX,
     SEPARATOR,
-    TEMP_MARKER,
     Geometry,
     Naming,
     atomic_path,
@@ -69,6 +69,8 @@ class Pair:
 class Pairing:
     pairs: list[Pair]
     notes: list[str] = field(default_factory=list)
+    # Ground-truth case folders that could not be read: each fails alone, named by its folder.
+    unreadable: list[CaseError] = field(default_factory=list)
 
 
 def _segmentation_id(path: Path) -> tuple[str, Naming] | None:
@@ -85,13 +87,21 @@ def _nifti_files(folder: Path) -> list[Path]:
         raise InputError(f"{folder}: cannot read folder (permission denied)") from error
 
 
-def find_ground_truth(folder: Path) -> list[tuple[str, Path, Naming]]:
-    """`<ID>_seg` / `<ID>-seg` files directly in `folder` or in its case folders."""
+def find_ground_truth(folder: Path, unreadable: list[CaseError] | None = None) -> list[tuple[str, Path, Naming]]:
+    """`<ID>_seg` / `<ID>-seg` files directly in `folder` or in its case folders. A case folder
+    that cannot be read is added to `unreadable` (raised as InputError without that list)."""
     found: dict[str, Path] = {}
     namings: dict[str, Naming] = {}
     folders = [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]
     for sub in folders:
-        for path in _nifti_files(sub):
+        try:
+            files = _nifti_files(sub)
+        except InputError as error:
+            if unreadable is None or sub == folder:
+                raise
+            unreadable.append(CaseError(sub.name, str(error)))
+            continue
+        for path in files:
             parsed = _segmentation_id(path)
             if parsed is None:
                 continue
@@ -124,13 +134,14 @@ def pair_files(prediction: Path, reference: Path) -> Pairing:
         case_id, naming = parsed if parsed else (nifti_stem(reference), None)
         return Pairing([Pair(case_id, reference, prediction, naming)])
 
-    truths = find_ground_truth(reference)
-    if not truths:
+    unreadable: list[CaseError] = []
+    truths = find_ground_truth(reference, unreadable)
+    if not truths and not unreadable:
         raise InputError(f"{reference}: no ground truth found (expected <ID>_seg.nii.gz or <ID>-seg.nii.gz files)")
     predictions: dict[str, Path] = {}
     notes: list[str] = []
     for path in _nifti_files(prediction):
-        if TEMP_MARKER in path.name:
+        if is_temporary(path):  # hidden files are skipped already; kept explicit for the rule's sake
             continue
         case_id = _prediction_id(path)
         if case_id in predictions:
@@ -140,7 +151,7 @@ def pair_files(prediction: Path, reference: Path) -> Pairing:
     if not predictions:
         raise InputError(f"{prediction}: no predictions found (expected <ID>.nii.gz files)")
     truth_ids = {case_id for case_id, _, _ in truths}
-    if not truth_ids & predictions.keys():
+    if truth_ids and not truth_ids & predictions.keys():
         example = next(iter(predictions.values())).name
         raise InputError(
             f"{prediction}: no prediction matches a ground-truth case ID (e.g. {example} vs "
@@ -149,7 +160,7 @@ def pair_files(prediction: Path, reference: Path) -> Pairing:
     for case_id in sorted(predictions.keys() - truth_ids):
         notes.append(f"{predictions[case_id]}: no ground truth for case {case_id}, ignored")
     pairs = [Pair(case_id, path, predictions.get(case_id), naming) for case_id, path, naming in truths]
-    return Pairing(pairs, notes)
+    return Pairing(pairs, notes, unreadable)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +376,8 @@ class Evaluation:
         lesion_wise: bool = False,
     ) -> Evaluation:
         chosen = None if labels is None else LabelConvention(getattr(labels, "value", labels))
-        return cls(pair_files(Path(prediction), Path(reference)), chosen, lesion_wise)
+        pairing = pair_files(Path(prediction), Path(reference))
+        return cls(pairing, chosen, lesion_wise, failures=list(pairing.unreadable))
 
     @property
     def notes(self) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 from brats_cli import host
 from brats_cli.bundle import Bundle, load_weights
 from brats_cli.choices import Backend, LabelConvention, Naming, Precision, Stage
-from brats_cli.errors import BratsError, CaseError, InputError
+from brats_cli.errors import BratsError, CaseError, InputError, WeightsError
 from brats_cli.io import (
     BRATS_SHAPE,
     CHANNEL_ORDER,
@@ -172,7 +172,29 @@ class Segmenter:
         else:
             self.bundle = load_weights(None if weights is None else Path(weights), backend=self.settings.backend)
         require_backend(self.bundle, self.settings.backend)
+        self.notes = self._check_folds()
         self._predictors: Mapping[Stage, StagePredictor] | None = None
+
+    def _check_folds(self) -> list[str]:
+        """Refuse fold indices no stage has; say which stages use fewer (a bundle's base stage
+        often has one fold where the regions have five)."""
+        chosen = self.settings.folds
+        if chosen is None:
+            return []
+        counts = {stage: len(spec.folds) for stage, spec in self.bundle.manifest.stages.items()}
+        most = max(counts.values())
+        absent = [fold for fold in chosen if fold >= most]
+        if absent:
+            raise WeightsError(
+                f"{self.bundle.root}: --folds {','.join(map(str, absent))}: no stage has such a fold "
+                f"(the stages have {', '.join(f'{s.value} {n}' for s, n in counts.items())} folds, numbered from 0)"
+            )
+        notes = []
+        for stage, count in counts.items():
+            used = [fold for fold in chosen if fold < count]
+            if len(used) < len(chosen):
+                notes.append(f"stage {stage.value} has {count} fold(s): using {','.join(map(str, used))} of --folds")
+        return notes
 
     # -- networks --------------------------------------------------------------------------
 
@@ -325,6 +347,25 @@ class Segmenter:
         )
 
 
+DONE_OUTPUT = "done"
+
+
+def _existing_output(target: Path, overwrite: bool) -> str | None:
+    """None if nothing is at a case's output name; DONE_OUTPUT for a label map written before
+    (writes are atomic, so a non-empty file there is a whole one); else what is wrong there."""
+    if not target.exists():  # nothing, or a dangling link: the rename replaces the link itself
+        return None
+    if target.is_dir():
+        return f"{target} is a folder, not a label map; remove it to segment this case"
+    if not target.is_file():
+        return f"{target} is not a regular file (a FIFO or device?); remove it to segment this case"
+    if target.stat().st_size == 0:
+        if overwrite:
+            return None
+        return f"{target} is an empty file, not a label map; remove it or rerun with --overwrite"
+    return DONE_OUTPUT
+
+
 class Batch:
     """One run over a folder: its cases are found and the output folder made (and swept of a
     dead run's temporaries) when the Batch is made; iterating it segments every case whose output
@@ -359,14 +400,18 @@ class Batch:
         """Segment the cases in order, yielding each result as it finishes; `on_stage` is told each
         stage as it starts (for a progress display)."""
         # Decided once, so the prefetched list and this loop cannot disagree.
-        skipped = {
-            case.case_id for case in self.cases if (self.output / case.output_name).exists() and not self.overwrite
+        existing = {
+            case.case_id: _existing_output(self.output / case.output_name, self.overwrite) for case in self.cases
         }
-        loaders = prefetched([case for case in self.cases if case.case_id not in skipped])
+        blocked = {case_id: problem for case_id, problem in existing.items() if problem not in (None, DONE_OUTPUT)}
+        skipped = {case_id for case_id, problem in existing.items() if problem == DONE_OUTPUT and not self.overwrite}
+        loaders = prefetched([case for case in self.cases if case.case_id not in skipped | blocked.keys()])
         try:
             for case in self.cases:
                 target = self.output / case.output_name
-                if case.case_id in skipped:
+                if case.case_id in blocked:
+                    result = CaseResult(case.case_id, Status.FAILED, message=blocked[case.case_id], output=target)
+                elif case.case_id in skipped:
                     result = CaseResult(case.case_id, Status.SKIPPED, message="output exists", output=target)
                 else:
                     _, load = next(loaders)

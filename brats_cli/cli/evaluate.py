@@ -62,6 +62,8 @@ def run_evaluate(
         return console.EXIT_UNUSABLE
     for message in evaluation.notes:
         console.note(message)
+    for failure in evaluation.failures:  # case folders of the ground truth that cannot be read
+        console.error(str(failure))
 
     progress = console.progress()
     with progress:

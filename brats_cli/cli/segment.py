@@ -156,7 +156,7 @@ def run_segment(options: SegmentOptions) -> int:
             except BratsError as error:
                 console.error(str(error))
                 return console.EXIT_UNUSABLE
-            for message in [*batch.notes, *settings.ignored()]:
+            for message in [*batch.notes, *segmenter.notes, *settings.ignored()]:
                 console.note(message)
             device = segmenter.device if segmenter.threads is None else f"cpu ({segmenter.threads} threads)"
             reason = segmenter.precision_reason
