@@ -306,12 +306,18 @@ def _load_header(path: Path) -> nib.Nifti1Image:
     return image
 
 
+def _data_end(image: nib.Nifti1Image) -> int:
+    """Where the voxels the header describes end: the data offset plus their bytes."""
+    # The loaded header's vox_offset reads 0; the array proxy holds the file's offset.
+    offset = int(getattr(image.dataobj, "offset", image.header.get_data_offset()))
+    voxels = int(np.prod(image.shape, dtype=np.int64))
+    return offset + voxels * image.header.get_data_dtype().itemsize
+
+
 def _check_data_size(image: nib.Nifti1Image, path: Path, voxels: int) -> None:
     """Refuse a file too short for the data its header describes before anything is allocated."""
     try:
-        # The loaded header's vox_offset reads 0; the array proxy holds the file's offset.
-        offset = int(getattr(image.dataobj, "offset", image.header.get_data_offset()))
-        needed = offset + voxels * image.header.get_data_dtype().itemsize
+        needed = _data_end(image)
         size = path.stat().st_size
     except _READ_ERRORS as error:
         raise ImageReadError(f"{path}: not a readable NIfTI file ({first_line(error)})") from error
@@ -337,13 +343,28 @@ def _geometry(image: nib.Nifti1Image) -> Geometry:
     return Geometry(image.affine.copy(), image.header.copy(), tuple(image.shape))
 
 
+# Decompressed bytes a .nii.gz may hold beyond the image its header describes (some writers pad);
+# more is refused rather than decompressed, and never kept in memory.
+MAX_TRAILING_BYTES = 1 << 20
+_CHUNK = 1 << 20
+
+
 def _verified_gzip_image(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
-    """The image re-read from its whole decompressed stream. nibabel stops reading a .nii.gz once
-    it has the voxels, so the CRC at the end of the stream is never checked and a corrupted file
-    decodes to garbage voxels; decompressing to the end checks it (BadGzipFile on a mismatch).
-    A gzip stream never decompresses to more than DEFLATE_MAX_RATIO times its size."""
+    """The image re-read from its decompressed stream, checked to the end. nibabel stops reading
+    a .nii.gz once it has the voxels, so the CRC at the end of the stream is never checked and a
+    corrupted file decodes to garbage voxels; decompressing to the end checks it (BadGzipFile on a
+    mismatch). Only the bytes the header describes are kept; the rest is streamed in chunks and
+    refused beyond MAX_TRAILING_BYTES, so a small file of gigabytes of zeros costs no memory."""
+    end = _data_end(image)
     with gzip.open(path, "rb") as handle:
-        raw = handle.read()
+        raw = handle.read(end)
+        if len(raw) < end:
+            raise EOFError(f"the stream ends after {len(raw)} of the {end} bytes the header describes")
+        trailing = 0
+        while chunk := handle.read(_CHUNK):
+            trailing += len(chunk)
+            if trailing > MAX_TRAILING_BYTES:
+                raise ValueError(f"more than {MAX_TRAILING_BYTES} bytes of data beyond the image the header describes")
     return type(image).from_bytes(raw)
 
 
