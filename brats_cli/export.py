@@ -40,7 +40,7 @@ from brats_cli.bundle import (
 )
 from brats_cli.choices import Backend, ExportPrecision
 from brats_cli.errors import ExportError, WeightsError
-from brats_cli.files import atomic_path
+from brats_cli.files import atomic_path, remove_stale_staging, staging_folder
 
 if TYPE_CHECKING:
     import torch
@@ -253,9 +253,13 @@ def export_bundle(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ExportError(f"{out.parent}: cannot create ({error.strerror})") from error
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    remove_stale_staging(out)  # what killed exports left, never a live one's
+    staging = staging_folder(out)
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as error:
+        raise ExportError(f"{staging.parent}: cannot write ({error.strerror or error})") from error
     verifications: list[Verification] = []
     try:
         stages: dict[Stage, StageSpec] = {}
@@ -308,7 +312,11 @@ def export_bundle(
             os.replace(staging, out)
         except OSError as error:
             raise ExportError(f"{out}: cannot move the exported bundle into place ({error.strerror})") from error
-    except BaseException:
+    except OSError as error:  # a disk filling up, a folder made read-only
+        shutil.rmtree(staging, ignore_errors=True)
+        where = error.filename or staging
+        raise ExportError(f"{where}: cannot write ({error.strerror or error}); nothing was written to {out}") from error
+    except BaseException:  # including a signal turned into Interrupted by the command
         shutil.rmtree(staging, ignore_errors=True)
         raise
     try:

@@ -77,6 +77,27 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def staging_folder(target: Path) -> Path:
+    """A hidden sibling folder to build `target` in before one rename: `.<name>.partial-<pid>`."""
+    return target.parent / f".{target.name}{TEMP_MARKER}{os.getpid()}"
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Delete the staging folders of `target` that killed runs left behind: only those whose
+    writing process (the PID in the name) is gone."""
+    import glob
+    import shutil
+
+    removed = []
+    for path in Path(target).parent.glob(f".{glob.escape(Path(target).name)}{TEMP_MARKER}*"):
+        pid = path.name.rsplit(TEMP_MARKER, 1)[1]
+        if not path.is_dir() or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete temporary files that killed runs left behind in `folder`: only those whose writing
     process (the PID in the name) is gone, so a run never deletes a concurrent run's work."""

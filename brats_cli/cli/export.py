@@ -28,18 +28,23 @@ def export(
     from brats_cli.choices import ExportPrecision
     from brats_cli.errors import BratsError, ExportError
     from brats_cli.export import export_bundle
+    from brats_cli.interrupts import Interrupted, interruptible
 
     precision = ExportPrecision.FP16 if fp16 else ExportPrecision.FP32
     try:
-        source = load_weights(weights)
-        with console.stderr.status("exporting") as status:
-            result = export_bundle(
-                source,
-                out,
-                precision=precision,
-                opset=opset,
-                on_model=lambda file: status.update(f"exporting and verifying {file}"),
-            )
+        with interruptible():
+            source = load_weights(weights)
+            with console.stderr.status("exporting") as status:
+                result = export_bundle(
+                    source,
+                    out,
+                    precision=precision,
+                    opset=opset,
+                    on_model=lambda file: status.update(f"exporting and verifying {file}"),
+                )
+    except Interrupted as interrupted:
+        console.error(f"interrupted; nothing was written to {out}")
+        raise typer.Exit(interrupted.exit_code) from None
     except ExportError as error:
         console.error(f"export failed: {error}")
         raise typer.Exit(console.EXIT_UNUSABLE) from None
