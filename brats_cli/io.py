@@ -398,6 +398,33 @@ def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     return data.astype(np.int32, copy=False), _geometry(image)
 
 
+# What a usable BraTS modality is: a skull-stripped brain (an adult's is 1000-1500 ml, about a
+# million 1 mm voxels; the shared real cases hold 1.0-1.6 million) on a zero background (11-18% of
+# the grid is brain there), with intensities that vary across it.
+MIN_BRAIN_VOXELS = 100_000
+MAX_BRAIN_SHARE = 0.5
+
+
+def unusable_modality(volume: np.ndarray) -> str | None:
+    """Why one modality cannot be a skull-stripped BraTS image, or None if it can."""
+    brain = int(np.count_nonzero(volume))
+    if brain < MIN_BRAIN_VOXELS:
+        return (
+            f"only {brain} nonzero voxels ({brain / 1000:.1f} ml); a skull-stripped brain has about a million "
+            "(is this a mask, a crop or the wrong file?)"
+        )
+    if brain > MAX_BRAIN_SHARE * volume.size:
+        return (
+            f"{100 * brain / volume.size:.0f}% of the voxels are nonzero; BraTS images are skull-stripped with "
+            "a background of exactly 0 (an intercept or an unstripped head?)"
+        )
+    values = volume[volume != 0]
+    low, high = np.percentile(values, (0.1, 99.9))
+    if high <= low:
+        return f"the brain's intensities do not vary (99.8% of them are {low:g}); not an MR image"
+    return None
+
+
 def load_case(case: Case) -> tuple[np.ndarray, Geometry]:
     """The case's four modalities as one (4, 240, 240, 155) float32 array in canonical orientation,
     channel order FLAIR, T1, T1ce, T2, and the geometry to write results back with.
@@ -443,6 +470,9 @@ def load_case(case: Case) -> tuple[np.ndarray, Geometry]:
             raise CaseError(case.case_id, f"NaN or Inf voxels in {path.name}")
         if not np.any(volume):
             raise CaseError(case.case_id, f"{path.name} is all zero")
+        problem = unusable_modality(volume)
+        if problem:
+            raise CaseError(case.case_id, f"{path.name}: {problem}")
         volumes.append(volume)
     return geometry.to_canonical(np.stack(volumes)), geometry
 

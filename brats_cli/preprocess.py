@@ -33,8 +33,38 @@ def uncrop_from_model_grid(grid: np.ndarray) -> np.ndarray:
     return full
 
 
+# Intensities further than OUTLIER_MARGIN times the 0.1-99.9 percentile range beyond that range
+# are clipped to its edge before normalising: a few voxels of 1e30 would otherwise set the mean and
+# variance of the whole channel. On the shared real cases the brightest voxel lies at most 1.2
+# ranges beyond the 99.9th percentile (measured in bench/RESULTS.md, "Outlier clipping"), so normal
+# scans are normalised exactly as before.
+OUTLIER_MARGIN = 5.0
+OUTLIER_PERCENTILES = (0.1, 99.9)
+
+
+def intensity_bounds(values: np.ndarray) -> tuple[float, float]:
+    """The range of plausible intensities of one channel's brain voxels (see OUTLIER_MARGIN)."""
+    low, high = np.percentile(values, OUTLIER_PERCENTILES)
+    spread = high - low
+    return float(low - OUTLIER_MARGIN * spread), float(high + OUTLIER_MARGIN * spread)
+
+
+def outlier_counts(image: np.ndarray) -> list[int]:
+    """Per channel, how many brain voxels `normalise` clips."""
+    counts = []
+    for volume in image:
+        values = volume[volume != 0]
+        if values.size == 0:
+            counts.append(0)
+            continue
+        low, high = intensity_bounds(values)
+        counts.append(int(np.count_nonzero((values < low) | (values > high))))
+    return counts
+
+
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Per channel zero mean and unit variance over the nonzero (brain) voxels; background stays 0.
+    """Per channel zero mean and unit variance over the nonzero (brain) voxels, after clipping
+    outliers (OUTLIER_MARGIN); background stays 0.
 
     `image` is (C, X, Y, Z); returns float32. A channel with no brain voxels stays all zero, one
     with constant brain intensity becomes zero-mean (its variance is taken as 1)."""
@@ -44,6 +74,9 @@ def normalise(image: np.ndarray) -> np.ndarray:
         if not brain.any():
             continue
         values = volume[brain].astype(np.float64)
+        low, high = intensity_bounds(values)
+        if values.min() < low or values.max() > high:
+            values = np.clip(values, low, high)
         mean = values.mean()
         std = values.std()
         out[channel][brain] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)

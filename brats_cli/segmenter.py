@@ -43,7 +43,7 @@ from brats_cli.io import (
 from brats_cli.labels import REGIONS, Region, region_masks
 from brats_cli.pipeline import PipelineConfig, Segmentation, segment_image, segment_preprocessed
 from brats_cli.predictors import StagePredictor, require_backend, stage_predictors
-from brats_cli.preprocess import preprocess
+from brats_cli.preprocess import outlier_counts, preprocess
 from brats_cli.settings import Settings
 
 __all__ = ["Batch", "CaseResult", "Prediction", "Segmenter", "Settings", "Status", "case_from_files"]
@@ -81,13 +81,19 @@ class Prediction:
 
 
 OnStage = Callable[[str, str], None]  # (case ID, stage name) as each stage starts
-Loader = Callable[[], tuple[np.ndarray, Geometry]]  # (preprocessed model grid, geometry)
+Loader = Callable[[], tuple[np.ndarray, Geometry, list[str]]]  # (model grid, geometry, warnings)
 
 
-def load_preprocessed(case: Case) -> tuple[np.ndarray, Geometry]:
-    """The case's model grid (`preprocess` of its four images) and its geometry."""
+def load_preprocessed(case: Case) -> tuple[np.ndarray, Geometry, list[str]]:
+    """The case's model grid (`preprocess` of its four images), its geometry, and warnings about
+    its intensities (outliers the normalisation clipped)."""
     image, geometry = load_case(case)
-    return preprocess(image), geometry
+    warnings = [
+        f"{case.files[modality].name}: {count} voxel(s) of implausible intensity clipped before normalising"
+        for modality, count in zip(CHANNEL_ORDER, outlier_counts(image), strict=True)
+        if count
+    ]
+    return preprocess(image), geometry, warnings
 
 
 def prefetched(cases: Sequence[Case]) -> Generator[tuple[Case, Loader], None, None]:
@@ -321,7 +327,7 @@ class Segmenter:
         try:
             announce("read")
             read_started = time.perf_counter()
-            model_input, geometry = load() if load is not None else load_preprocessed(case)
+            model_input, geometry, read_warnings = load() if load is not None else load_preprocessed(case)
             read_seconds = time.perf_counter() - read_started
             segmentation = segment_preprocessed(model_input, self.predictors, config, on_stage=announce)
             announce("write")
@@ -342,7 +348,7 @@ class Segmenter:
             time.perf_counter() - started,
             volumes_ml=_volumes_ml(segmentation.labels, config.convention, voxel_ml),
             stage_seconds={"read": read_seconds, **segmentation.seconds, "write": write_seconds},
-            warnings=segmentation.warnings,
+            warnings=[*read_warnings, *segmentation.warnings],
             output=target,
         )
 
