@@ -8,6 +8,12 @@ with partial volume, a smooth bias field, Rician noise and a per-case intensity 
 Case `index` of seed `seed` depends only on (seed, index): every random draw comes from
 `numpy.random.default_rng([seed, index])`, in a fixed order.
 
+Generator 2 (`make_phantom(..., generator=2)`, `brats synth --generator 2`) randomises contrast,
+resolution and artefacts far beyond one scanner's range, after SynthSeg, and adds unlabelled
+look-alikes (vessels, choroid plexus, periventricular hyperintensity): see its section below. Its
+cases come from streams of their own, `SeedSequence([seed, index, 2])`; generator 1, the default,
+is unchanged bit for bit.
+
 The templates ship inside the `nilearn` wheel (the `synth` extra); they are located without
 importing nilearn, which would pull scikit-learn and pandas in for three files.
 """
@@ -25,7 +31,16 @@ import nibabel as nib
 import numpy as np
 
 from brats_cli.errors import DependencyError
-from brats_cli.io import BRATS_SHAPE, CHANNEL_ORDER, SEGMENTATION_SUFFIX, SEPARATOR, SUFFIX, Naming, save_nifti
+from brats_cli.io import (
+    BRATS_SHAPE,
+    CHANNEL_ORDER,
+    SEGMENTATION_SUFFIX,
+    SEPARATOR,
+    SUFFIX,
+    Modality,
+    Naming,
+    save_nifti,
+)
 from brats_cli.labels import EDEMA, NECROSIS, LabelConvention
 
 TEMPLATE_PACKAGE = "nilearn"
@@ -59,6 +74,10 @@ class Tissue(IntEnum):
     EDEMA = 5
     ENHANCING = 6
     NON_ENHANCING = 7  # solid tumour core that does not enhance: labelled NCR, as in BraTS
+    # Generator 2 only, never labelled: what real scans show outside the tumour.
+    VESSEL = 8  # veins and arteries in the sulci and the deep white matter: bright on T1ce
+    CHOROID = 9  # choroid plexus in the lateral ventricles: bright on T1ce
+    PERIVENTRICULAR = 10  # periventricular white-matter hyperintensity: bright on FLAIR and T2
 
 
 # Mean intensity of each class relative to white matter, per modality (FLAIR, T1, T1ce, T2): the
@@ -83,6 +102,10 @@ class Phantom:
     image: (4, 240, 240, 155) int16, channels FLAIR, T1, T1ce, T2, background exactly 0.
     labels: (240, 240, 155) uint8 in the convention of `naming` (ET = 4 for 2021, 3 for 2023).
     tissue: (240, 240, 155) uint8 `Tissue` value of the class with the largest fraction per voxel.
+    generator: the generator version that made it (1 or 2).
+    description: what `write_phantom` records in each file's NIfTI `descrip` ("" for generator 1,
+        whose files stay byte for byte as they always were).
+    acquisition: generator 2: how each channel was rendered (FLAIR, T1, T1ce, T2); () for generator 1.
     """
 
     case_id: str
@@ -90,6 +113,9 @@ class Phantom:
     image: np.ndarray
     labels: np.ndarray
     tissue: np.ndarray
+    generator: int = 1
+    description: str = ""
+    acquisition: tuple[Acquisition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -232,32 +258,47 @@ NON_ENHANCING_SHARE = 0.15
 SOLID_SHARE = 0.20 / (1 - NON_ENHANCING_SHARE)
 
 
-def _draw_lesion(rng: np.random.Generator, centre: np.ndarray, satellite: bool, non_enhancing: float) -> Lesion:
+def _draw_lesion(
+    rng: np.random.Generator, centre: np.ndarray, satellite: bool, non_enhancing: float, generator: int = 1
+) -> Lesion:
     # Main lesions: log-uniform core radius, small (4 mm) to large (22 mm) equally often per octave.
     core = rng.uniform(2.5, 6.0) if satellite else float(np.exp(rng.uniform(np.log(4.0), np.log(22.0))))
-    # Edema reaches 2-20 mm past the core: whole tumours of ~0.5 to ~300 ml, the BraTS range.
-    edema = core + rng.uniform(2.0, 20.0)
+    if generator == 1:
+        # Edema reaches 2-20 mm past the core: whole tumours of ~0.5 to ~300 ml, the BraTS range.
+        edema = core + rng.uniform(2.0, 20.0)
+    else:
+        # Generator 2: the edema front travels 6-24 mm plus up to 1.2 core radii through white
+        # matter (draw_tumours grows it there), at most 40 mm: larger tumours have more edema.
+        edema = core + min(40.0, rng.uniform(6.0, 24.0) + rng.uniform(0.0, 1.2) * core)
     kind = rng.uniform()
     enhancing = kind >= non_enhancing
     necrosis = enhancing and kind >= non_enhancing + SOLID_SHARE * (1 - non_enhancing) and core > 7.0
     push = 0.0 if satellite else min(0.6, 0.15 + 0.02 * core)
-    return Lesion(centre, core, edema, necrosis, enhancing, rng.uniform(2.5, 7.0), push)
+    # Generator 2 draws thicker rims (2.5-10 mm mean thickness), made uneven in draw_tumours.
+    rim_mm = rng.uniform(2.5, 7.0) if generator == 1 else rng.uniform(2.5, 10.0)
+    return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push)
 
 
 def draw_lesions(
-    rng: np.random.Generator, anatomy: Anatomy, placement: Placement, non_enhancing: float = NON_ENHANCING_SHARE
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    placement: Placement,
+    non_enhancing: float = NON_ENHANCING_SHARE,
+    generator: int = 1,
 ) -> list[Lesion]:
     sites = anatomy.tumour_sites
     site = sites[rng.integers(len(sites))]
     centre = placement.to_output(site[None])[0]
-    lesions = [_draw_lesion(rng, centre, satellite=False, non_enhancing=non_enhancing)]
+    lesions = [_draw_lesion(rng, centre, satellite=False, non_enhancing=non_enhancing, generator=generator)]
     if rng.uniform() < 0.15:  # an occasional satellite lesion near the main one
         main = lesions[0]
         near = np.linalg.norm(placement.to_output(sites) - centre, axis=1)
         ring = np.nonzero((near > main.edema_radius + 4) & (near < main.edema_radius + 25))[0]
         if len(ring):
             satellite_site = placement.to_output(sites[ring[rng.integers(len(ring))]][None])[0]
-            lesions.append(_draw_lesion(rng, satellite_site, satellite=True, non_enhancing=non_enhancing))
+            lesions.append(
+                _draw_lesion(rng, satellite_site, satellite=True, non_enhancing=non_enhancing, generator=generator)
+            )
     return lesions
 
 
@@ -298,9 +339,10 @@ def output_box(anatomy: Anatomy, placement: Placement, margin: float = 12.0) -> 
     return low, high - low
 
 
-def warp_anatomy(field: np.ndarray, spacing: float, low: np.ndarray, size: np.ndarray) -> np.ndarray:
+def warp_anatomy(field: np.ndarray, spacing: float, low: np.ndarray, size: np.ndarray, template=None) -> np.ndarray:
     """Template GM, WM and brain fractions resampled into the output grid: (3, 240, 240, 155),
-    zero outside the box (`low`, `size`) that the brain can reach."""
+    zero outside the box (`low`, `size`) that the brain can reach. `template`: another uint8
+    vector image in template voxels to warp instead (generator 2 adds a fourth map)."""
     import SimpleITK as sitk
 
     field_image = sitk.GetImageFromArray(np.ascontiguousarray(field.transpose(2, 1, 0, 3)), isVector=True)
@@ -313,9 +355,10 @@ def warp_anatomy(field: np.ndarray, spacing: float, low: np.ndarray, size: np.nd
     resampler.SetTransform(transform)
     resampler.SetDefaultPixelValue(0.0)
     resampler.SetOutputPixelType(sitk.sitkVectorFloat32)
-    warped_image = resampler.Execute(_template_image())  # keep it alive: the view below borrows its buffer
+    # Keep the result alive: the view below borrows its buffer.
+    warped_image = resampler.Execute(_template_image() if template is None else template)
     warped = sitk.GetArrayViewFromImage(warped_image).transpose(3, 2, 1, 0)
-    full = np.zeros((3, *BRATS_SHAPE), np.float32)
+    full = np.zeros((warped.shape[0], *BRATS_SHAPE), np.float32)
     full[:, low[0] : low[0] + size[0], low[1] : low[1] + size[1], low[2] : low[2] + size[2]] = warped / 255.0
     return full
 
@@ -383,7 +426,10 @@ def draw_tumours(
     grey: np.ndarray,
     white: np.ndarray,
     brain_soft: np.ndarray,
+    generator: int = 1,
 ) -> TumourMaps:
+    """Tumour masks and fractions. Generator 2 makes the rim uneven (nodular, thin in places) and
+    grows the edema as a front through white matter (`_grow_edema`) instead of a noisy ellipsoid."""
     from scipy import ndimage
 
     shape = BRATS_SHAPE
@@ -410,20 +456,40 @@ def draw_tumours(
         if not core.any():
             core = radius <= 2.0
         if lesion.necrosis and lesion.enhancing:
-            rim = (lesion.rim_mm / lesion.core_radius) * (1.0 + 0.35 * _smooth_noise(rng, box_shape, 4.0))
+            rim_noise = _smooth_noise(rng, box_shape, 4.0)
+            if generator == 1:
+                rim = (lesion.rim_mm / lesion.core_radius) * (1.0 + 0.35 * rim_noise)
+            else:
+                # Log-normal thickness along the surface: 0.4-2.7x the mean for 90 % of it, so the
+                # wall is thin in places and nodular, bulging into the necrosis, in others.
+                rim = (lesion.rim_mm / lesion.core_radius) * np.exp(0.6 * rim_noise)
             lesion_necrosis = core & (core_level < 1.0 - rim)
         else:
             lesion_necrosis = np.zeros(box_shape, bool)
         lesion_enhancing = core & ~lesion_necrosis if lesion.enhancing else np.zeros(box_shape, bool)
         lesion_non_enhancing = np.zeros(box_shape, bool) if lesion.enhancing else core
-        # Edema spreads through white matter and spares cortex and CSF: its reach shrinks with the
-        # local white-matter fraction, which gives the finger-like outline of vasogenic edema.
-        edema_noise = _smooth_noise(rng, box_shape, max(3.0, lesion.edema_radius / 3.0))
-        edema_level = radius / lesion.edema_radius + 0.3 * edema_noise
-        wm_box, gm_box = white[box], grey[box]
-        csf_box = brain_soft[box] - wm_box - gm_box
-        reach_factor = 0.35 + 0.75 * np.clip(wm_box / 0.8, 0, 1) + 0.2 * np.clip(gm_box / 0.8, 0, 1)
-        lesion_edema = ((edema_level < reach_factor) & (csf_box < 0.5)) | ndimage.binary_dilation(core, iterations=2)
+        if generator == 1:
+            # Edema spreads through white matter and spares cortex and CSF: its reach shrinks with
+            # the local white-matter fraction, which gives the finger-like outline of vasogenic edema.
+            edema_noise = _smooth_noise(rng, box_shape, max(3.0, lesion.edema_radius / 3.0))
+            edema_level = radius / lesion.edema_radius + 0.3 * edema_noise
+            wm_box, gm_box = white[box], grey[box]
+            csf_box = brain_soft[box] - wm_box - gm_box
+            reach_factor = 0.35 + 0.75 * np.clip(wm_box / 0.8, 0, 1) + 0.2 * np.clip(gm_box / 0.8, 0, 1)
+            lesion_edema = ((edema_level < reach_factor) & (csf_box < 0.5)) | ndimage.binary_dilation(
+                core, iterations=2
+            )
+        else:
+            wm_box, gm_box = white[box], grey[box]
+            lesion_edema = _grow_edema(
+                rng,
+                ndimage.binary_dilation(core, iterations=2),
+                wm_box,
+                gm_box,
+                brain_soft[box] - wm_box - gm_box,
+                brain_soft[box] > 0.5,
+                lesion.edema_radius - lesion.core_radius,
+            )
         inside = brain_soft[box] > 0.5
         necrosis[box] |= lesion_necrosis & inside
         enhancing[box] |= lesion_enhancing & inside
@@ -464,14 +530,26 @@ def _bias_field(rng: np.random.Generator, strength: float, voxels: tuple[np.ndar
     return np.exp(log_field)
 
 
+GENERATORS = (1, 2)
+
+
 def make_phantom(
-    seed: int, index: int, naming: Naming = Naming.BRATS2021, non_enhancing: float = NON_ENHANCING_SHARE
+    seed: int,
+    index: int,
+    naming: Naming = Naming.BRATS2021,
+    non_enhancing: float = NON_ENHANCING_SHARE,
+    generator: int = 1,
 ) -> Phantom:
-    """Case `index` of the phantom series `seed`; depends only on (seed, index) and the share of
-    non-enhancing lesions (the default keeps every series as it has always been)."""
+    """Case `index` of the phantom series `seed`; depends only on (seed, index), the share of
+    non-enhancing lesions and the generator version (the defaults keep every series as it has
+    always been). Generator 2 (`make_phantom_v2`) randomises contrast, resolution and artefacts."""
     if not 0.0 <= non_enhancing <= 1.0:
         raise ValueError(f"non_enhancing is a share in [0, 1], not {non_enhancing}")
+    if generator not in GENERATORS:
+        raise ValueError(f"generator is one of {', '.join(map(str, GENERATORS))}, not {generator}")
     naming = Naming(naming)
+    if generator == 2:
+        return make_phantom_v2(seed, index, naming, non_enhancing)
     rng = np.random.default_rng([seed, index])
     anatomy = load_anatomy()
     placement = draw_placement(rng)
@@ -532,26 +610,480 @@ def make_phantom(
 
 
 # ---------------------------------------------------------------------------------------------
+# Generator 2: domain randomisation (after SynthSeg, Billot et al. 2023)
+#
+# Same anatomy, warp and tumour drawing as generator 1, from a stream of its own
+# (SeedSequence([seed, index, 2])), with:
+# - per case and channel a random Gaussian mixture: a log-normal mean per class around CONTRAST, a
+#   random within-class spread, random gamma, bias field strength, noise level and scale;
+# - per channel, at random, thick slices along one axis and a sub-voxel mis-registration;
+# - tumours with edema grown through white matter and uneven, nodular rims;
+# - unlabelled look-alikes: enhancing vessels and choroid plexus on T1ce, periventricular
+#   hyperintensity on FLAIR and T2.
+# Anatomy and tumours come from one child stream, the rendering from another, so the labels do
+# not depend on any intensity draw.
+
+# Mean intensity relative to white matter (FLAIR, T1, T1ce, T2) of the unlabelled classes.
+EXTRA_CONTRAST: dict[Tissue, tuple[float, float, float, float]] = {
+    # Veins and slow-flow arteries: enhance strongly; dark on T2 (flow void), isointense on T1.
+    Tissue.VESSEL: (0.85, 0.90, 2.30, 0.60),
+    # Choroid plexus: enhances strongly; darker than the CSF around it on T2 and FLAIR-bright vs CSF.
+    Tissue.CHOROID: (1.00, 0.85, 2.00, 1.40),
+    # Periventricular white-matter hyperintensity (gliosis, small-vessel disease, transependymal CSF).
+    Tissue.PERIVENTRICULAR: (1.50, 0.88, 0.90, 1.50),
+}
+CONTRAST_V2 = {**CONTRAST, **EXTRA_CONTRAST}
+NORMAL = (Tissue.CSF, Tissue.GM, Tissue.WM, Tissue.VESSEL, Tissue.CHOROID, Tissue.PERIVENTRICULAR)
+
+# Spread (std of the log) of each class mean around CONTRAST, per case and channel. At 0.3 the
+# 90 % range is 0.61-1.64x: T1 grey matter comes out brighter than white matter in ~23 % of
+# channels, T2 grey matter brighter than CSF in ~7 %. The orderings hold on average only; what
+# defines a label (FLOORS) is kept.
+LEVEL_SPREAD = 0.3
+# Thick slices: share of channels (FLAIR, T1, T1ce, T2; FLAIR and T2 are the ones most often
+# acquired as 2D multi-slice stacks), thickness in mm (whole voxels) and the share per axis.
+THICK_SHARE = (0.5, 0.3, 0.3, 0.5)
+THICK_MM = (2, 6)
+THICK_AXIS_SHARE = (0.25, 0.25, 0.5)  # x, y, z: axial stacks are the commonest
+SHIFT_SHARE = 0.5  # channels shifted against the labels, by up to SHIFT_VOXELS along each axis
+SHIFT_VOXELS = 1.0
+# Ventricle proximity in the template, exp(-distance / PROXIMITY_MM): 1 in the lateral ventricles.
+PROXIMITY_MM = 6.0
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How one channel of a generator-2 phantom is rendered; every value drawn per case and channel.
+
+    levels: mean intensity of each class relative to white matter (before gamma).
+    spread: within-class standard deviation of each class, relative to its mean.
+    gamma: exponent applied to the WM-relative noiseless image.
+    bias: std of the log bias field's coefficients (generator 1: 0.08).
+    noise: Rician sigma relative to white matter (generator 1: 0.01-0.025).
+    scale: white-matter intensity.
+    texture_mm: feature size of the channel's own tissue texture.
+    slice_axis: axis of the thick slices (0, 1, 2), or None; slice_mm their thickness (1: none) and
+        slice_phase the voxel where the first whole slice starts.
+    shift: displacement of the channel against the labels, voxels per axis.
+    """
+
+    levels: dict[Tissue, float]
+    spread: dict[Tissue, float]
+    gamma: float
+    bias: float
+    noise: float
+    scale: float
+    texture_mm: float
+    slice_axis: int | None
+    slice_mm: int
+    slice_phase: int
+    shift: tuple[float, float, float]
+
+
+def _floor_levels(channel: int, levels: dict[Tissue, float]) -> None:
+    """Keep what the BraTS annotation protocol reads a label from: enhancement is brighter than
+    white matter and than necrosis on T1ce; edema is hyperintense on FLAIR and T2."""
+    if channel == CHANNEL_ORDER.index(Modality.T1CE):
+        levels[Tissue.ENHANCING] = max(levels[Tissue.ENHANCING], 1.25)
+        levels[Tissue.NECROSIS] = min(levels[Tissue.NECROSIS], 0.75 * levels[Tissue.ENHANCING])
+    if channel in (CHANNEL_ORDER.index(Modality.FLAIR), CHANNEL_ORDER.index(Modality.T2)):
+        levels[Tissue.EDEMA] = max(levels[Tissue.EDEMA], 1.2)
+
+
+def draw_acquisition(rng: np.random.Generator) -> tuple[Acquisition, ...]:
+    """The rendering of the four channels (FLAIR, T1, T1ce, T2), drawn in a fixed order."""
+    channels = []
+    for channel in range(len(CHANNEL_ORDER)):
+        levels = {}
+        spread = {}
+        for tissue, contrast in CONTRAST_V2.items():
+            # White matter is the reference (its level is the scale); every other mean is log-normal.
+            factor = 1.0 if tissue is Tissue.WM else float(np.exp(rng.normal(0.0, LEVEL_SPREAD)))
+            levels[tissue] = contrast[channel] * factor
+            # Within-class spread: normal tissue 1-10 % (generator 1: 3 %), tumour 3-18 % (10 %).
+            spread[tissue] = float(rng.uniform(0.03, 0.18) if tissue in TUMOUR else rng.uniform(0.01, 0.10))
+        _floor_levels(channel, levels)
+        gamma = float(np.exp(rng.uniform(-0.3, 0.3)))  # 0.74-1.35
+        bias = float(rng.uniform(0.0, 0.3))  # up to ~ +-50 % across the brain at the extreme
+        noise = float(np.exp(rng.uniform(np.log(0.008), np.log(0.05))))
+        scale = float(np.exp(rng.uniform(np.log(250.0), np.log(2500.0))))
+        texture_mm = float(rng.uniform(1.5, 4.0))
+        thick = rng.uniform() < THICK_SHARE[channel]
+        slice_mm = int(rng.integers(THICK_MM[0], THICK_MM[1] + 1))
+        slice_axis = int(rng.choice(3, p=THICK_AXIS_SHARE))
+        slice_phase = int(rng.integers(slice_mm))
+        shifted = rng.uniform() < SHIFT_SHARE
+        offsets = rng.uniform(-SHIFT_VOXELS, SHIFT_VOXELS, 3)
+        channels.append(
+            Acquisition(
+                levels,
+                spread,
+                gamma,
+                bias,
+                noise,
+                scale,
+                texture_mm,
+                slice_axis if thick else None,
+                slice_mm if thick else 1,
+                slice_phase if thick else 0,
+                (float(offsets[0]), float(offsets[1]), float(offsets[2])) if shifted else (0.0, 0.0, 0.0),
+            )
+        )
+    return tuple(channels)
+
+
+@functools.cache
+def ventricle_proximity() -> np.ndarray:
+    """exp(-d / PROXIMITY_MM) in template voxels, d the distance to the lateral ventricles (1 in them):
+    the ventricles are the large CSF components at least 10 mm deep, off the midline and above
+    the temporal lobes (the symmetric template has one on each side)."""
+    from scipy import ndimage
+
+    anatomy = load_anatomy()
+    grey, white, brain_soft = (anatomy.fractions[..., channel] for channel in range(3))
+    brain = brain_soft > 0.5
+    csf = (brain_soft - grey - white > 0.6) & (ndimage.distance_transform_edt(brain) > 10)
+    labelled, count = ndimage.label(csf)
+    components = np.arange(1, count + 1)
+    sizes = ndimage.sum_labels(csf, labelled, components)
+    kept = []
+    for component, size in zip(components, sizes, strict=True):
+        if size >= 2000:
+            x, _, z = np.array(ndimage.center_of_mass(csf, labelled, component)) - np.array([98.0, 134.0, 72.0])
+            if 5 < abs(x) < 25 and 0 < z < 30:  # MNI mm
+                kept.append(component)
+    ventricles = np.isin(labelled, kept)
+    proximity = np.zeros(brain.shape, np.float32)
+    if not kept:
+        return proximity
+    # Beyond 8 lengths (48 mm) the map rounds to 0 in uint8: measure distances in that box only.
+    voxels = np.argwhere(ventricles)
+    margin = int(8 * PROXIMITY_MM)
+    low, high = np.maximum(voxels.min(axis=0) - margin, 0), np.minimum(voxels.max(axis=0) + margin + 1, brain.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    distance = ndimage.distance_transform_edt(~ventricles[box])
+    proximity[box] = np.where(brain[box], np.exp(-distance / PROXIMITY_MM), 0.0)
+    return proximity
+
+
+@functools.cache
+def _template_image_v2():
+    import SimpleITK as sitk
+
+    maps = np.concatenate([load_anatomy().fractions, ventricle_proximity()[..., None]], axis=-1)
+    fractions = np.rint(maps * 255).astype(np.uint8)
+    return sitk.GetImageFromArray(np.ascontiguousarray(fractions.transpose(2, 1, 0, 3)), isVector=True)
+
+
+def _grow_edema(
+    rng: np.random.Generator,
+    seed: np.ndarray,
+    white: np.ndarray,
+    grey: np.ndarray,
+    csf: np.ndarray,
+    inside: np.ndarray,
+    extent: float,
+) -> np.ndarray:
+    """Vasogenic edema as a front grown from `seed` for about `extent` mm of white matter.
+
+    Each step the voxels next to the edema gain their speed and join at 1: the speed is the
+    white-matter fraction x 1.3 (grey matter x 0.2; CSF and the outside stop it) times smooth
+    log-normal noise, so the edema runs along the white matter into the gyri, finger-like, and
+    spares cortex and CSF. The step alternates 6- and 18-connected dilation (~1.2 mm a step).
+    """
+    from scipy import ndimage
+
+    speed = np.clip(1.3 * white + 0.2 * grey, 0.0, 1.0) * np.exp(0.4 * _smooth_noise(rng, seed.shape, 5.0))
+    speed = np.where((csf < 0.5) & inside, np.minimum(speed, 1.0), 0.0).astype(np.float32)
+    gained = np.zeros(seed.shape, np.float32)
+    mask = seed.copy()
+    if not mask.any():
+        return mask
+    structures = (ndimage.generate_binary_structure(3, 1), ndimage.generate_binary_structure(3, 2))
+    voxels = np.argwhere(mask)
+    low, high = voxels.min(axis=0), voxels.max(axis=0) + 1
+    for step in range(round(float(extent) / 1.2)):
+        # Work in the edema's bounding box plus the one voxel it can grow by.
+        low, high = np.maximum(low - 1, 0), np.minimum(high + 1, mask.shape)
+        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        grown = mask[box]
+        front = ndimage.binary_dilation(grown, structure=structures[step % 2]) & ~grown
+        gained[box][front] += speed[box][front]
+        grown |= front & (gained[box] >= 1.0)
+    return mask
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / (np.linalg.norm(vector) + 1e-9)
+
+
+def draw_vessels(rng: np.random.Generator, brain: np.ndarray, csf: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Fraction (box voxels) of 6-16 thin tubes, 15-70 mm long, that start in sulcal or
+    ventricular CSF and wander as smooth random walks: cortical and deep veins, sulcal arteries.
+    A third are ~2 mm across, the rest ~1.3 mm (Gaussian profile). They stop at the brain's edge
+    and are cut out of `exclude` (the tumour and 3 mm around it)."""
+    from scipy import ndimage
+
+    shape = np.array(brain.shape)
+    starts = np.argwhere((csf > 0.4) & brain & ~exclude)
+    volumes = {0.55: np.zeros(brain.shape, np.float32), 0.9: np.zeros(brain.shape, np.float32)}
+    count = int(rng.integers(6, 17))
+    for _ in range(count):
+        position = starts[rng.integers(len(starts))].astype(np.float64)
+        direction = _unit(rng.normal(size=3))
+        steps = int(rng.uniform(15.0, 70.0) / 0.5)
+        sigma = 0.9 if rng.uniform() < 0.35 else 0.55
+        turns = rng.normal(0.0, 0.12, (steps, 3))
+        points = []
+        for turn in turns:
+            direction = _unit(direction + turn)
+            position = position + 0.5 * direction
+            voxel = np.rint(position).astype(int)
+            if (voxel < 0).any() or (voxel >= shape).any() or not brain[tuple(voxel)]:
+                break
+            points.append(voxel)
+        if points:
+            np.add.at(volumes[sigma], tuple(np.array(points).T), 1.0)
+    fraction = np.zeros(brain.shape, np.float32)
+    for sigma, volume in volumes.items():
+        if volume.any():
+            # Two points a mm along a line blur to a peak of 2 / (2 pi sigma^2): scale that to 1.
+            fraction = np.maximum(fraction, ndimage.gaussian_filter(volume, sigma) * (np.pi * sigma**2))
+    return np.where(brain & ~exclude, np.clip(fraction, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def draw_choroid(
+    rng: np.random.Generator,
+    placement: Placement,
+    proximity: np.ndarray,
+    csf: np.ndarray,
+    low: np.ndarray,
+    exclude: np.ndarray,
+) -> np.ndarray:
+    """Fraction (box voxels) of choroid plexus: lumpy blobs (smooth noise above a random level)
+    in the atria and posterior bodies of the lateral ventricles (MNI |x| 10-35, y -50 to -15,
+    z 0-28 mm), present in 85 % of cases."""
+    present = rng.uniform() < 0.85
+    level = rng.uniform(-0.4, 0.6)
+    fraction = np.zeros(proximity.shape, np.float32)
+    voxels = np.argwhere((proximity > 0.93) & (csf > 0.5) & ~exclude)
+    if not present or not len(voxels):
+        return fraction
+    x, y, z = (placement.to_template(voxels + low) - np.array([98.0, 134.0, 72.0])).T
+    voxels = voxels[(np.abs(x) > 10) & (np.abs(x) < 35) & (y > -50) & (y < -15) & (z > 0) & (z < 28)]
+    if not len(voxels):
+        return fraction
+    first, last = voxels.min(axis=0), voxels.max(axis=0) + 1
+    noise = _smooth_noise(rng, tuple(int(n) for n in last - first), 2.5)
+    voxels = voxels[noise[tuple((voxels - first).T)] > level]
+    mask = np.zeros(proximity.shape, bool)
+    mask[tuple(voxels.T)] = True
+    soft = _blur(mask, 0.7)
+    return fraction if soft is None else np.minimum(soft, np.clip(csf, 0.0, 1.0))
+
+
+def draw_periventricular(rng: np.random.Generator, proximity: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Share (0-1, box voxels) of the white matter that is hyperintense around the lateral
+    ventricles: a band 2-9 mm wide, uneven along the wall (smooth noise), of random strength,
+    in 60 % of cases."""
+    present = rng.uniform() < 0.6
+    width = rng.uniform(2.0, 9.0)
+    strength = rng.uniform(0.5, 1.0)
+    if not present:
+        return np.zeros(proximity.shape, np.float32)
+    distance = -PROXIMITY_MM * np.log(np.maximum(proximity, 1e-3))
+    reach = width * np.exp(0.45 * _smooth_noise(rng, proximity.shape, 8.0))
+    share = np.clip((reach - distance) / 2.0 + 0.5, 0.0, 1.0) * strength
+    return np.where((distance > 0.5) & ~exclude, share, 0.0).astype(np.float32)
+
+
+def _bias_log_profiles(rng: np.random.Generator, strength: float) -> list[np.ndarray]:
+    """Per-axis log profiles of a smooth bias field (as `_bias_field`, generator 1)."""
+    profiles = []
+    for size in BRATS_SHAPE:
+        t = np.linspace(0, np.pi, size)
+        profile = np.zeros(size)
+        for order in (1, 2):
+            profile += rng.normal(0, strength / order) * np.cos(order * t + rng.uniform(0, np.pi))
+        profiles.append(profile.astype(np.float32))
+    return profiles
+
+
+def thick_slices(volume: np.ndarray, axis: int, thickness: int, phase: int = 0) -> np.ndarray:
+    """`volume` as if acquired in slices `thickness` voxels thick along `axis` (the first whole one
+    starting at voxel `phase`) and interpolated back to 1 mm: blocks of voxels are averaged (a
+    box slice profile), then interpolated linearly between the slice centres."""
+    data = np.moveaxis(volume, axis, 0)
+    n = data.shape[0]
+    phase = phase % thickness
+    starts = np.arange(-phase, n, thickness) if phase else np.arange(0, n, thickness)
+    before, after = int(-starts[0]), int(len(starts) * thickness + starts[0] - n)
+    padded = np.concatenate([np.repeat(data[:1], before, 0), data, np.repeat(data[-1:], after, 0)])
+    slices = padded.reshape(len(starts), thickness, *data.shape[1:]).mean(axis=1, dtype=np.float32)
+    centres = starts + (thickness - 1) / 2.0
+    position = np.clip((np.arange(n) - centres[0]) / thickness, 0, len(starts) - 1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, len(starts) - 1)
+    weight = (position - below).astype(np.float32).reshape(-1, *([1] * (data.ndim - 1)))
+    return np.moveaxis(slices[below] * (1 - weight) + slices[above] * weight, 0, axis)
+
+
+def _render_channel(
+    rng: np.random.Generator,
+    acquisition: Acquisition,
+    fractions: dict[Tissue, np.ndarray],
+    textures: tuple[np.ndarray, np.ndarray],
+    inside: tuple[np.ndarray, ...],
+    inside_box: tuple[np.ndarray, ...],
+    box_shape: tuple[int, ...],
+) -> np.ndarray:
+    """int16 values at the brain voxels `inside` of one channel: the Gaussian mixture, gamma, bias
+    field and Rician noise in the box, then thick slices and the shift, then the brain mask."""
+    from scipy import ndimage
+
+    own = _smooth_noise(rng, box_shape, acquisition.texture_mm)[inside_box]
+    normal_texture = (textures[0] + own) / np.sqrt(2.0)
+    signal = np.zeros(len(inside[0]), np.float32)
+    for tissue, fraction in fractions.items():
+        texture = textures[1] if tissue in TUMOUR else normal_texture
+        signal += fraction * acquisition.levels[tissue] * (1.0 + acquisition.spread[tissue] * texture)
+    signal = (np.maximum(signal, 1e-3) ** acquisition.gamma).astype(np.float32)
+    log_bias = np.zeros(len(inside[0]), np.float32)
+    for axis, profile in enumerate(_bias_log_profiles(rng, acquisition.bias)):
+        log_bias += profile[inside[axis]]
+    signal *= np.exp(log_bias)
+    # The acquisition: Rician noise everywhere in the box (the background too, so thick slices and
+    # the shift mix noise, not zeros, into the brain's edge), then slices and motion.
+    volume = np.zeros(box_shape, np.float32)
+    volume[inside_box] = signal
+    real = volume + acquisition.noise * rng.standard_normal(box_shape, dtype=np.float32)
+    imaginary = acquisition.noise * rng.standard_normal(box_shape, dtype=np.float32)
+    volume = np.sqrt(real * real + imaginary * imaginary)
+    if acquisition.slice_axis is not None:
+        volume = thick_slices(volume, acquisition.slice_axis, acquisition.slice_mm, acquisition.slice_phase)
+    if any(acquisition.shift):
+        volume = ndimage.shift(volume, acquisition.shift, order=1, mode="nearest")
+    values = volume[inside_box] * acquisition.scale
+    # A bright channel is scaled down rather than clipped: int16 holds every value.
+    peak = float(values.max())
+    if peak > 30000.0:
+        values *= 30000.0 / peak
+    # Every brain voxel stays nonzero, so the brain mask is exactly the nonzero voxels.
+    return np.clip(np.rint(values), 1, np.iinfo(np.int16).max).astype(np.int16)
+
+
+def make_phantom_v2(
+    seed: int, index: int, naming: Naming = Naming.BRATS2021, non_enhancing: float = NON_ENHANCING_SHARE
+) -> Phantom:
+    """Case `index` of the generator-2 series `seed` (see the section comment above); depends only
+    on (seed, index) and the share of non-enhancing lesions."""
+    from scipy import ndimage
+
+    naming = Naming(naming)
+    geometry_seed, render_seed = np.random.SeedSequence([seed, index, 2]).spawn(2)
+    rng = np.random.default_rng(geometry_seed)
+    anatomy = load_anatomy()
+    placement = draw_placement(rng)
+    lesions = draw_lesions(rng, anatomy, placement, non_enhancing, generator=2)
+    field, spacing = displacement_field(rng, placement, lesions)
+    low, size = output_box(anatomy, placement)
+    warped = warp_anatomy(field, spacing, low, size, _template_image_v2())
+    grey, white, brain_soft = warped[0], warped[1], warped[2]
+    brain = brain_soft > 0.5
+    tumours = draw_tumours(rng, lesions, grey, white, brain_soft, generator=2)
+
+    # The look-alikes, in the box the brain can reach, kept 3 mm clear of the tumour.
+    box = tuple(slice(int(a), int(a + n)) for a, n in zip(low, size, strict=True))
+    box_shape = tuple(int(n) for n in size)
+    envelope = (tumours.edema | tumours.necrosis | tumours.enhancing | tumours.non_enhancing)[box]
+    exclude = ndimage.binary_dilation(envelope, iterations=3) if envelope.any() else envelope
+    brain_box = brain[box]
+    csf_box = np.clip(brain_soft[box] - grey[box] - white[box], 0.0, None)
+    proximity = warped[3][box]
+    vessels = draw_vessels(rng, brain_box, csf_box, exclude)
+    choroid = draw_choroid(rng, placement, proximity, csf_box, low, exclude)
+    periventricular = draw_periventricular(rng, proximity, exclude)
+
+    inside = np.nonzero(brain)
+    inside_box = tuple(axis - offset for axis, offset in zip(inside, low, strict=True))
+    fractions = {Tissue.GM: grey[inside], Tissue.WM: white[inside]}
+    fractions[Tissue.CSF] = np.clip(brain_soft[inside] - fractions[Tissue.GM] - fractions[Tissue.WM], 0, None)
+    total = fractions[Tissue.CSF] + fractions[Tissue.GM] + fractions[Tissue.WM] + 1e-6
+    tumour_total = np.zeros(len(inside[0]), np.float32)
+    for tissue, soft in tumours.soft.items():
+        fractions[tissue] = soft[inside] if soft is not None else np.zeros_like(tumour_total)
+        tumour_total += fractions[tissue]
+    tumour_total = np.clip(tumour_total, 0, 1)
+    for tissue in (Tissue.CSF, Tissue.GM, Tissue.WM):
+        fractions[tissue] = fractions[tissue] / total * (1.0 - tumour_total)
+    # The look-alikes take their share from normal tissue only: hyperintense white matter, plexus
+    # in the CSF, vessels out of whatever normal tissue they run through.
+    fractions[Tissue.PERIVENTRICULAR] = periventricular[inside_box] * fractions[Tissue.WM]
+    fractions[Tissue.WM] = fractions[Tissue.WM] - fractions[Tissue.PERIVENTRICULAR]
+    fractions[Tissue.CHOROID] = choroid[inside_box] * fractions[Tissue.CSF]
+    fractions[Tissue.CSF] = fractions[Tissue.CSF] - fractions[Tissue.CHOROID]
+    vessel = vessels[inside_box]
+    normal_total = np.zeros(len(inside[0]), np.float32)
+    for tissue in (Tissue.CSF, Tissue.GM, Tissue.WM, Tissue.PERIVENTRICULAR, Tissue.CHOROID):
+        normal_total += fractions[tissue]
+        fractions[tissue] = fractions[tissue] * (1.0 - vessel)
+    fractions[Tissue.VESSEL] = vessel * normal_total
+
+    render = np.random.default_rng(render_seed)
+    acquisition = draw_acquisition(render)
+    shared = _smooth_noise(render, box_shape, 5.0)[inside_box]
+    textures = (shared, tumours.heterogeneity[inside])
+    image = np.zeros((len(CHANNEL_ORDER), *BRATS_SHAPE), np.int16)
+    for channel, settings in enumerate(acquisition):
+        image[channel][inside] = _render_channel(render, settings, fractions, textures, inside, inside_box, box_shape)
+
+    convention = LabelConvention.of_naming(naming)
+    labels = np.zeros(BRATS_SHAPE, np.uint8)
+    labels[tumours.edema] = EDEMA
+    labels[tumours.necrosis | tumours.non_enhancing] = NECROSIS
+    labels[tumours.enhancing] = convention.enhancing
+
+    order = list(fractions)
+    dominant = np.argmax(np.stack([fractions[t] for t in order]), axis=0)
+    tissue_map = np.zeros(BRATS_SHAPE, np.uint8)
+    tissue_map[inside] = np.array([int(t) for t in order], np.uint8)[dominant]
+    return Phantom(
+        case_id(seed, index, naming),
+        naming,
+        image,
+        labels,
+        tissue_map,
+        generator=2,
+        description=f"brats-synth v2 seed {seed} index {index}",
+        acquisition=acquisition,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Files
 
 
-def _nifti(data: np.ndarray) -> nib.Nifti1Image:
+def _nifti(data: np.ndarray, description: str = "") -> nib.Nifti1Image:
     image = nib.Nifti1Image(data, BRATS_AFFINE)
     image.set_qform(BRATS_AFFINE, code=1)
     image.set_sform(BRATS_AFFINE, code=1)
     image.header.set_xyzt_units("mm", "sec")
+    if description:  # generator 1 leaves descrip empty: its files stay byte for byte as before
+        image.header["descrip"] = description.encode("ascii")
     return image
 
 
 def write_phantom(phantom: Phantom, root: Path) -> Path:
-    """Write one case folder in the BraTS training layout; every file is written atomically."""
+    """Write one case folder in the BraTS training layout; every file is written atomically.
+    Generator-2 files record the generator, seed and index in the NIfTI `descrip` field."""
     folder = Path(root) / phantom.case_id
     folder.mkdir(parents=True, exist_ok=True)
     separator = SEPARATOR[phantom.naming]
     for channel, modality in enumerate(CHANNEL_ORDER):
         name = f"{phantom.case_id}{separator}{SUFFIX[phantom.naming][modality]}.nii.gz"
-        save_nifti(_nifti(phantom.image[channel]), folder / name)
-    save_nifti(_nifti(phantom.labels), folder / f"{phantom.case_id}{separator}{SEGMENTATION_SUFFIX}.nii.gz")
+        save_nifti(_nifti(phantom.image[channel], phantom.description), folder / name)
+    segmentation = f"{phantom.case_id}{separator}{SEGMENTATION_SUFFIX}.nii.gz"
+    save_nifti(_nifti(phantom.labels, phantom.description), folder / segmentation)
     return folder
 
 
@@ -562,13 +1094,14 @@ def write_phantom_cases(
     naming: Naming = Naming.BRATS2021,
     on_case: Callable[[Phantom], None] | None = None,
     non_enhancing: float = NON_ENHANCING_SHARE,
+    generator: int = 1,
 ) -> list[Path]:
     """Write cases 0..n-1 of series `seed` under `root`; `on_case` sees each phantom once written."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
     for index in range(n):
-        phantom = make_phantom(seed, index, naming, non_enhancing)
+        phantom = make_phantom(seed, index, naming, non_enhancing, generator)
         folders.append(write_phantom(phantom, root))
         if on_case is not None:
             on_case(phantom)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -221,3 +223,146 @@ def test_cli_refuses_a_preview_that_is_not_png(tmp_path):
     assert result.exit_code == 2
     assert "png" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator 2
+
+# sha256 of make_phantom(11, 0)'s image, labels and tissue bytes, as generator 1 has always made
+# them (numpy 2.4, SimpleITK 2.5; a library upgrade that moves floating-point results shows here too).
+V1_SHA256 = "d625481acffab4e006be3ad4c1a32c1b94b978697358a8b7c815ca9e3d38a517"
+V2_DESCRIPTION = b"brats-synth v2 seed 11 index 0"
+
+
+@pytest.fixture(scope="module")
+def phantom_v2() -> synth.Phantom:
+    return make_phantom(SEED, 0, Naming.BRATS2021, generator=2)
+
+
+def _high_frequency(channel: np.ndarray, interior: np.ndarray, axis: int) -> float:
+    """Mean squared second difference along `axis` over voxels whose three neighbours along it lie
+    in `interior`: the high-frequency energy along that axis."""
+    steps = np.diff(channel.astype(np.float64), n=2, axis=axis)
+    size = interior.shape[axis]
+    within = np.ones(steps.shape, bool)
+    for start in range(3):
+        within &= np.take(interior, range(start, size - 2 + start), axis=axis)
+    return float(np.mean(steps[within] ** 2))
+
+
+def test_generator_1_is_unchanged(phantom, written):
+    digest = hashlib.sha256()
+    for array in (phantom.image, phantom.labels, phantom.tissue):
+        digest.update(array.tobytes())
+    assert digest.hexdigest() == V1_SHA256
+    assert phantom.generator == 1 and phantom.description == "" and phantom.acquisition == ()
+    # Its files record no version: descrip stays empty, so they are byte for byte as before.
+    (case, _) = discover_cases(written / "cases").cases
+    assert all(nib.load(path).header["descrip"].item() == b"" for path in [*case.files.values(), case.segmentation])
+
+
+def test_v2_arrays_background_int16_and_label_set(phantom_v2, phantom):
+    assert phantom_v2.generator == 2 and phantom_v2.case_id == phantom.case_id
+    assert phantom_v2.image.shape == (4, *BRATS_SHAPE) and phantom_v2.image.dtype == np.int16
+    assert phantom_v2.labels.shape == BRATS_SHAPE and phantom_v2.labels.dtype == np.uint8
+    brain = phantom_v2.tissue > 0
+    for channel in phantom_v2.image:
+        assert np.array_equal(channel != 0, brain)  # background exactly 0, brain nonzero
+        assert channel.min() >= 0 and channel.max() < np.iinfo(np.int16).max  # scaled to fit, never clipped
+    assert not phantom_v2.labels[~brain].any()
+    assert set(np.unique(phantom_v2.labels)) == set(np.unique(phantom.labels)) == {0, 1, 2, 4}
+    assert 0.9e6 < brain.sum() < 2.0e6
+    # Every channel's contrast is its own: the WM-relative levels differ between channels and from v1.
+    levels = [
+        settings.levels[Tissue.GM] / synth.CONTRAST[Tissue.GM][c] for c, settings in enumerate(phantom_v2.acquisition)
+    ]
+    assert len(set(levels)) == 4
+
+
+def test_v2_unlabelled_look_alikes(phantom_v2):
+    """Bright vessels and choroid plexus on T1ce and periventricular FLAIR hyperintensity, all
+    outside the label map: the false positives real scans offer a model."""
+    for tissue in (Tissue.VESSEL, Tissue.CHOROID, Tissue.PERIVENTRICULAR):
+        voxels = phantom_v2.tissue == tissue
+        assert voxels.sum() > 500, tissue.name
+        assert not phantom_v2.labels[voxels].any(), tissue.name
+    assert _class_mean(phantom_v2, Modality.T1CE, Tissue.VESSEL) > 1.3 * _class_mean(
+        phantom_v2, Modality.T1CE, Tissue.WM
+    )
+    # The plexus is partial-volumed into the CSF around it (and this T1ce is in 3 mm slices, shifted).
+    choroid = _class_mean(phantom_v2, Modality.T1CE, Tissue.CHOROID)
+    assert choroid > 1.3 * _class_mean(phantom_v2, Modality.T1CE, Tissue.CSF)
+    assert choroid > _class_mean(phantom_v2, Modality.T1CE, Tissue.WM)
+    assert _class_mean(phantom_v2, Modality.FLAIR, Tissue.PERIVENTRICULAR) > 1.2 * _class_mean(
+        phantom_v2, Modality.FLAIR, Tissue.WM
+    )
+
+
+def test_v2_labels_do_not_depend_on_the_rendering(phantom_v2, monkeypatch):
+    """Another rendering of the same case keeps the labels voxel for voxel (they come from the
+    tumour masks, drawn from a stream the intensity draws never touch): T1, T1ce and T2 with
+    inverted contrasts and gamma, unshifted, 2023 names, and FLAIR as drawn but in 5 mm slices
+    along x. That FLAIR loses its high frequencies along x, far more than along y and z."""
+    drawn = synth.draw_acquisition
+    flair = phantom_v2.acquisition[0]
+    assert flair.slice_axis is None and flair.shift == (0.0, 0.0, 0.0)
+
+    def other(rng):
+        channels = [
+            replace(
+                settings,
+                levels={tissue: 1.0 / level for tissue, level in settings.levels.items()},
+                gamma=1.0 / settings.gamma,
+                shift=(0.0, 0.0, 0.0),
+            )
+            for settings in drawn(rng)
+        ]
+        channels[0] = replace(flair, slice_axis=0, slice_mm=5, slice_phase=2)
+        return tuple(channels)
+
+    monkeypatch.setattr(synth, "draw_acquisition", other)
+    rendered = make_phantom(SEED, 0, Naming.BRATS2023, generator=2)
+    assert np.array_equal(rendered.labels, np.where(phantom_v2.labels == 4, 3, phantom_v2.labels))
+    assert np.array_equal(rendered.tissue, phantom_v2.tissue)
+    for channel in range(4):
+        assert not np.array_equal(rendered.image[channel], phantom_v2.image[channel])
+    interior = ndimage.binary_erosion(rendered.tissue > 0, iterations=4)
+    kept = [
+        _high_frequency(rendered.image[0], interior, axis) / _high_frequency(phantom_v2.image[0], interior, axis)
+        for axis in range(3)
+    ]
+    assert kept[0] < 0.25 and kept[0] < 0.5 * min(kept[1], kept[2])
+
+
+def test_thick_slices_average_blocks_and_interpolate():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((12, 10, 37)).astype(np.float32)
+    for thickness, phase in ((2, 0), (3, 1), (6, 5)):
+        out = synth.thick_slices(noise, 2, thickness, phase)
+        assert out.shape == noise.shape
+        assert np.mean(np.diff(out, axis=2) ** 2) < 0.5 * np.mean(np.diff(out, axis=0) ** 2)
+        # A ramp along the axis survives between the first and last slice centres.
+        ramp = np.broadcast_to(np.arange(37, dtype=np.float32), (2, 2, 37))
+        kept = synth.thick_slices(ramp, 2, thickness, phase)
+        inner = slice(2 * thickness, 37 - 2 * thickness)  # clear of the edge-padded slices
+        assert np.allclose(kept[..., inner], ramp[..., inner], atol=1e-4)
+
+
+def test_cli_generator_2_writes_the_library_case_with_its_version(tmp_path, phantom_v2):
+    result = runner.invoke(app, ["synth", str(tmp_path), "--n", "1", "--seed", str(SEED), "--generator", "2"])
+    assert result.exit_code == 0, result.output
+    (case,) = discover_cases(tmp_path).cases
+    # A second, separate run of (seed 11, index 0): generator 2 is deterministic.
+    image, geometry = load_case(case)
+    assert np.array_equal(image, phantom_v2.image.astype(np.float32))
+    labels, _ = read_label_map(case.segmentation)
+    assert np.array_equal(geometry.to_canonical(labels), phantom_v2.labels)
+    for path in [*case.files.values(), case.segmentation]:
+        assert nib.load(path).header["descrip"].item() == V2_DESCRIPTION
+
+
+def test_unknown_generator_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="generator"):
+        make_phantom(SEED, 0, generator=3)
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--generator", "3"])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()

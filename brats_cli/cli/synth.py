@@ -27,6 +27,22 @@ def synth(
             "every series as before; a higher share gives training data for lower-grade looking cores.",
         ),
     ] = 0.15,
+    generator: Annotated[
+        int,
+        typer.Option(
+            "--generator",
+            min=1,
+            max=2,
+            help="Phantom generator version. 1: the series as they have always been (the default weights "
+            "were trained on these). 2: domain-randomised, for training that has to carry over to real scans: "
+            "random per-class intensities (log-normal around the usual contrasts), gamma, bias field and noise "
+            "per channel; thick slices (2-6 mm) and sub-voxel mis-registration in some channels; edema grown "
+            "through white matter, uneven nodular rims; unlabelled enhancing vessels and choroid plexus on "
+            "T1ce and periventricular FLAIR hyperintensity. Version 2 files record 'brats-synth v2 seed S "
+            "index I' in the NIfTI descrip field (version 1 files stay byte for byte as before, descrip "
+            "empty). Each case still depends only on (seed, index, version).",
+        ),
+    ] = 1,
     preview: Annotated[
         Path | None, typer.Option(help="Also write a PNG with a row per case at its slice with most tumour.")
     ] = None,
@@ -60,7 +76,9 @@ def synth(
                     rows.append(phantoms.preview_row(phantom))
                 progress.update(task, advance=1, description=phantom.case_id)
 
-            phantoms.write_phantom_cases(output, n, seed, naming, on_case=on_case, non_enhancing=non_enhancing)
+            phantoms.write_phantom_cases(
+                output, n, seed, naming, on_case=on_case, non_enhancing=non_enhancing, generator=generator
+            )
         seconds = time.perf_counter() - started
         if preview is not None:
             phantoms.save_preview(rows, preview)
