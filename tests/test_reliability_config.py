@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -127,7 +128,13 @@ def _replaced(data, path, value):
 
 VALID_MANIFEST = json.loads((ROOT / "weights" / MANIFEST).read_text())
 VALID_RECIPE = tomllib.loads(SMOKE.read_text())
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# BRATS_FUZZ_EXAMPLES=20000 for a longer run (as the reader fuzzing in test_reliability.py).
+FUZZ = settings(
+    max_examples=int(os.environ.get("BRATS_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @given(data=st.data())

@@ -269,7 +269,8 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     region_levels = {stages[s].levels for s in Stage if s is not Stage.BASE}
     divisor = 2 ** (max(region_levels) - 1)
     region_window = top.size("region_window", divisor=divisor)
-    assert region_window is not None
+    if region_window is None:  # a JSON null (recipe.json); TOML has none
+        raise top.fail("region_window", "must be three positive integers (got None)")
     recipe = Recipe(
         name=name,
         description=description,
