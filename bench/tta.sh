@@ -15,13 +15,7 @@ REAL=$(realpath "${REAL:-../shared/data/real}")
 PYTHON=${PYTHON:-python3}
 VARIANTS=${VARIANTS:-"none= lr=--tta,--tta-axes,0 all8=--tta"}
 
-mkdir -p "$WORK/real/brainlesion-demo" "$WORK/real/TCGA-DU-7294"
-for modality in t1c t1n t2f t2w; do
-  ln -sfn "$REAL/brainlesion-demo/$modality.nii.gz" "$WORK/real/brainlesion-demo/$modality.nii.gz"
-done
-for pair in fla:flair t1:t1 t1c:t1ce t2:t2; do
-  ln -sfn "$REAL/TCGA-DU-7294/TCGA-DU-7294_${pair%:*}_bet.nii.gz" "$WORK/real/TCGA-DU-7294/TCGA-DU-7294_${pair#*:}.nii.gz"
-done
+bash "$(dirname "$0")/../train/link_real_cases.sh" "$REAL" "$WORK/real"
 
 for variant in $VARIANTS; do
   name=${variant%%=*}

@@ -50,8 +50,8 @@ def group_norm_by_reductions(
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters, same state-dict keys) that runs as `group_norm_by_reductions`
     on CUDA tensors without gradients. PyTorch's CUDA kernel gives each (sample, group) pair one
-    thread block: a batch of one with 8 groups runs 8 blocks on an H100's 132 multiprocessors, and
-    that kernel dominated a forward (measured in bench/RESULTS.md, 'GPU machine, second session';
+    thread block, so a batch of one with 8 groups leaves nearly all of a GPU's multiprocessors idle,
+    and that kernel dominated a forward (measured in bench/RESULTS.md, 'GPU machine, second session';
     the reductions in 'GPU machine, third session'). On the CPU the native kernel is the faster
     one, so it stays (bench/RESULTS.md, 'After these measurements'). Training (gradients on) keeps
     the native kernel too: its backward is fused and keeps no float32 copies of the activations,

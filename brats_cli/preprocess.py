@@ -49,33 +49,25 @@ def intensity_bounds(values: np.ndarray) -> tuple[float, float]:
     return float(low - OUTLIER_MARGIN * spread), float(high + OUTLIER_MARGIN * spread)
 
 
-def outlier_counts(image: np.ndarray) -> list[int]:
-    """Per channel, how many brain voxels `normalise` clips."""
-    counts = []
-    for volume in image:
-        values = volume[volume != 0]
-        if values.size == 0:
-            counts.append(0)
-            continue
-        low, high = intensity_bounds(values)
-        counts.append(int(np.count_nonzero((values < low) | (values > high))))
-    return counts
-
-
-def normalise(image: np.ndarray) -> np.ndarray:
+def normalise(image: np.ndarray, clipped: list[int] | None = None) -> np.ndarray:
     """Per channel zero mean and unit variance over the nonzero (brain) voxels, after clipping
-    outliers (OUTLIER_MARGIN); background stays 0.
+    outliers (OUTLIER_MARGIN); background stays 0. `clipped`, if given, receives each channel's
+    number of clipped voxels.
 
     `image` is (C, X, Y, Z); returns float32. A channel with no brain voxels stays all zero, one
     with constant brain intensity becomes zero-mean (its variance is taken as 1)."""
     out = np.zeros(image.shape, dtype=np.float32)
     for channel, volume in enumerate(image):
         brain = volume != 0
+        if clipped is not None:
+            clipped.append(0)
         if not brain.any():
             continue
         values = volume[brain].astype(np.float64)
         low, high = intensity_bounds(values)
         if values.min() < low or values.max() > high:
+            if clipped is not None:
+                clipped[-1] = int(np.count_nonzero((values < low) | (values > high)))
             values = np.clip(values, low, high)
         mean = values.mean()
         std = values.std()
@@ -83,6 +75,7 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess(image: np.ndarray) -> np.ndarray:
-    """(4, 240, 240, 155) canonical image -> the (4, 192, 192, 160) normalised model input."""
-    return normalise(crop_to_model_grid(image))
+def preprocess(image: np.ndarray, clipped: list[int] | None = None) -> np.ndarray:
+    """(4, 240, 240, 155) canonical image -> the (4, 192, 192, 160) normalised model input;
+    `clipped` as in `normalise`."""
+    return normalise(crop_to_model_grid(image), clipped)

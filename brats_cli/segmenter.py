@@ -1,7 +1,7 @@
 """Segmentation from Python: a `Segmenter` built once from a weights bundle and `Settings`, then
 used on arrays (`predict`), one case (`segment_case`) or a folder of cases (`segment_folder`).
 
-`brats segment` is this module's `segment_folder` with a progress bar and a table; everything a
+`brats segment` is `Segmenter.segment_folder` with a progress bar and a table; everything a
 run decides (which cases to skip, the label convention of each, prefetching the next case, atomic
 writes, what an interrupted run finished) is decided here.
 
@@ -43,7 +43,7 @@ from brats_cli.io import (
 from brats_cli.labels import REGIONS, Region, region_masks
 from brats_cli.pipeline import PipelineConfig, Segmentation, segment_image, segment_preprocessed
 from brats_cli.predictors import StagePredictor, require_backend, stage_predictors
-from brats_cli.preprocess import outlier_counts, preprocess
+from brats_cli.preprocess import preprocess
 from brats_cli.settings import Settings
 
 __all__ = ["Batch", "CaseResult", "Prediction", "Segmenter", "Settings", "Status", "case_from_files"]
@@ -88,12 +88,14 @@ def load_preprocessed(case: Case) -> tuple[np.ndarray, Geometry, list[str]]:
     """The case's model grid (`preprocess` of its four images), its geometry, and warnings about
     its intensities (outliers the normalisation clipped)."""
     image, geometry = load_case(case)
+    clipped: list[int] = []
+    grid = preprocess(image, clipped)
     warnings = [
         f"{case.files[modality].name}: {count} voxel(s) of implausible intensity clipped before normalising"
-        for modality, count in zip(CHANNEL_ORDER, outlier_counts(image), strict=True)
+        for modality, count in zip(CHANNEL_ORDER, clipped, strict=True)
         if count
     ]
-    return preprocess(image), geometry, warnings
+    return grid, geometry, warnings
 
 
 def prefetched(cases: Sequence[Case]) -> Generator[tuple[Case, Loader], None, None]:
@@ -446,9 +448,3 @@ class Batch:
         for _ in self:
             pass
         return self.results
-
-
-def segment_folder(input: str | Path, output: str | Path, weights: str | Path | None = None,
-                   **settings: Any) -> list[CaseResult]:  # fmt: skip
-    """`brats segment INPUT OUTPUT` from Python, without a progress display: the results."""
-    return Segmenter(weights, **settings).segment_folder(input, output).run()

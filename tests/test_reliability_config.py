@@ -137,14 +137,17 @@ FUZZ = settings(
 )
 
 
+def _fuzzed(data, valid):
+    """`valid` with one of its fields (or itself) replaced by an arbitrary JSON value."""
+    path = data.draw(st.sampled_from(list(_paths(valid))))
+    return _replaced(valid, path, data.draw(json_values))
+
+
 @given(data=st.data())
 @FUZZ
 def test_manifest_validation_raises_only_its_own_error(data):
-    paths = list(_paths(VALID_MANIFEST))
-    path = data.draw(st.sampled_from(paths))
-    document = _replaced(VALID_MANIFEST, path, data.draw(json_values))
     try:
-        manifest_from_dict(document)
+        manifest_from_dict(_fuzzed(data, VALID_MANIFEST))
     except WeightsError as error:
         assert "\n" not in str(error)
 
@@ -152,11 +155,8 @@ def test_manifest_validation_raises_only_its_own_error(data):
 @given(data=st.data())
 @FUZZ
 def test_recipe_validation_raises_only_its_own_error(data):
-    paths = list(_paths(VALID_RECIPE))
-    path = data.draw(st.sampled_from(paths))
-    document = _replaced(VALID_RECIPE, path, data.draw(json_values))
     try:
-        recipe = recipe_from_dict(document, "fuzzed.toml")
+        recipe = recipe_from_dict(_fuzzed(data, VALID_RECIPE), "fuzzed.toml")
     except InputError as error:
         assert str(error).startswith("fuzzed.toml: ") and "\n" not in str(error)
     else:  # accepted: every number it holds is finite and in range for training

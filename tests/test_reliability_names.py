@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import LPS_AFFINE, flair_bundle, synthetic_image, write_case
+from test_reliability import _unprivileged
 from typer.testing import CliRunner
 
 from brats_cli.bundle import Stage
@@ -121,26 +122,13 @@ def test_folds_no_stage_has_are_refused_not_dropped(tmp_path, nothing_bundle):
     assert not (tmp_path / "out").exists()
 
 
-def _as_nobody(root: Path) -> list[str] | None:
-    if os.geteuid() != 0:
-        return []
-    setpriv = subprocess.run(["which", "setpriv"], capture_output=True, text=True).stdout.strip()
-    if not setpriv:
-        return None
-    for parent in [root, *root.parents]:
-        if parent == Path(parent.anchor):
-            break
-        parent.chmod(parent.stat().st_mode | 0o005)
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
 def test_an_unreadable_case_folder_fails_alone_and_the_others_run(nothing_bundle):
     """As `nobody` (root reads everything): one case folder mode 0700 owned by root."""
     import shutil
 
     with tempfile.TemporaryDirectory(prefix="brats-unreadable-") as name:
         root = Path(name)
-        prefix = _as_nobody(root)
+        prefix = _unprivileged(root)
         if prefix is None:
             pytest.skip("running as root without setpriv: cannot drop privileges to test permissions")
         shutil.copytree(nothing_bundle.root, root / "weights")

@@ -31,13 +31,7 @@ brats segment "$WORK/heldout" "$WORK/pred-heldout" --weights "$WEIGHTS" --overwr
 brats evaluate "$WORK/pred-heldout" "$WORK/heldout" --json "$WORK/heldout.json"
 
 stamp "real cases: brainlesion-demo as it is; TCGA-DU-7294 linked under BraTS 2021 names"
-mkdir -p "$WORK/real/brainlesion-demo" "$WORK/real/TCGA-DU-7294"
-for modality in t1c t1n t2f t2w; do
-  ln -sfn "$REAL/brainlesion-demo/$modality.nii.gz" "$WORK/real/brainlesion-demo/$modality.nii.gz"
-done
-for pair in fla:flair t1:t1 t1c:t1ce t2:t2; do
-  ln -sfn "$REAL/TCGA-DU-7294/TCGA-DU-7294_${pair%:*}_bet.nii.gz" "$WORK/real/TCGA-DU-7294/TCGA-DU-7294_${pair#*:}.nii.gz"
-done
+bash "$(dirname "$0")/link_real_cases.sh" "$REAL" "$WORK/real"
 # shellcheck disable=SC2086
 brats segment "$WORK/real" "$WORK/pred-real" --weights "$WEIGHTS" --overwrite --profile $SEGMENT_OPTIONS
 brats evaluate "$WORK/pred-real/brainlesion-demo.nii.gz" "$REAL/brainlesion-demo/segmentation.nii.gz" \

@@ -185,22 +185,6 @@ def save_atomically(payload: dict[str, Any], path: Path) -> None:
         raise OSError(error.errno, error.strerror, str(path)) from error
 
 
-# What `last.pt` must hold to continue a run.
-RESUME_KEYS = (
-    "format",
-    "recipe",
-    "epoch",
-    "model",
-    "optimizer",
-    "scheduler",
-    "scaler",
-    "best_dice",
-    "best_epoch",
-    "history",
-    "rng",
-)
-
-
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint's contents (tensors and plain values only: weights_only, no code runs), or an
     InputError on one line naming the file. Checkpoints are written atomically, so an unreadable
@@ -227,7 +211,7 @@ def resume_state(path: Path) -> dict[str, Any]:
         # On the CPU whatever the training device: the RNG states must be CPU tensors (numpy's
         # key is converted through .numpy()), and load_state_dict copies weights and moves the
         # optimiser's moments to the parameters' device itself. Mapped to CUDA, resuming a GPU
-        # run failed (found by pytest -m gpu on an H100).
+        # run failed (test_cuda_deterministic_crash_and_resume_is_exact, -m gpu).
         state = load_checkpoint(path)
     except InputError as error:
         raise InputError(f"{error}; {advice}") from error
@@ -580,6 +564,11 @@ _PAYLOAD_KEYS = {
         "rng",
     ),
 }
+
+
+# What `last.pt` must hold to continue a run: everything it is written with but the fields that
+# only describe it (older checkpoints lack init_from and training_only).
+RESUME_KEYS = tuple(key for key in _PAYLOAD_KEYS[LAST] if key not in ("stage", "fold", "init_from", "training_only"))
 
 
 def _checkpoint_payload(
