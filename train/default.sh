@@ -3,7 +3,9 @@
 # parallel, the models of the recipe trained in parallel lanes (each lane trains its jobs one after
 # the other), then `brats bundle`. Run from the repository root:
 #
-#   bash train/default.sh                       # the shipped bundle: 2 CPU cores, about 220 minutes
+#   bash train/default.sh                       # the shipped bundle: 2 CPU cores, about 5 hours
+#   git archive 2d8c0bf weights | tar -x -C /tmp/round3     # the bundle of rounds one to three
+#   FROM_ROUND=4 ROUND4_INIT=/tmp/round3/weights bash train/default.sh   # round four only, from it
 #   DEVICE=cuda RECIPE=train/default_gpu.toml TIME_BOX=270 THREADS=2 SECOND_LANES= THIRD_LANES= \
 #     LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh   # one GPU
 #
@@ -13,8 +15,11 @@
 # THIRD_LANES (the third round's jobs, from the second round's models, with EXTRA_SHARDS x
 # EXTRA_PER_SHARD training-only phantoms of seeds EXTRA_SEED0.. whose lesions are non-enhancing with
 # share EXTRA_NON_ENHANCING), TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE,
-# RECIPE, BUNDLE, FROM_ROUND (2 or 3: the earlier rounds' run folders exist; train from this round
-# on), STOP_AFTER (phantoms or cache: prepare the data only, e.g. while a GPU is busy).
+# RECIPE, BUNDLE, FROM_ROUND (2, 3 or 4: the earlier rounds' run folders exist, or for 4 the bundle
+# ROUND4_INIT; train from this round on), STOP_AFTER (phantoms, cache, or cache4 for round four: prepare the data only,
+# e.g. while a GPU is busy). Round four: FOURTH_LANES, its phantoms V2_SHARDS x V2_PER_SHARD of
+# generator 2 with seeds V2_SEED0.. and non-enhancing share V2_NON_ENHANCING, plus the first
+# V1_EXTRA generator-1 phantoms of seed SEED0 as training-only cases, ROUND4_RECIPE, ROUND4_INIT.
 set -euo pipefail
 
 WORK=${WORK:-runs/default}
@@ -45,6 +50,19 @@ RECIPE=${RECIPE:-train/default.toml}
 BUNDLE=${BUNDLE:-$WORK/bundle}
 PYTHON=${PYTHON:-python3}
 STOP_AFTER=${STOP_AFTER:-}
+# Round four, for real scans: every model trained on from round three on phantoms of generator 2
+# (domain-randomised contrast, resolution and artefacts, after SynthSeg; edema along white matter,
+# uneven rims, unlabelled vessels), a third of them with non-enhancing cores, and 60 generator-1
+# phantoms on the training side. Its run folder splits the new phantoms into its own folds, so
+# validation is on generator-2 cases no model has seen. Empty FOURTH_LANES: no round four.
+FOURTH_LANES=${FOURTH_LANES-"base:0 wt:1 tc:1 | wt:0 tc:0 et:0 et:1"}
+V2_SHARDS=${V2_SHARDS:-2}
+V2_PER_SHARD=${V2_PER_SHARD:-75}
+V2_SEED0=${V2_SEED0:-1200}
+V2_NON_ENHANCING=${V2_NON_ENHANCING:-0.35}
+V1_EXTRA=${V1_EXTRA:-60}
+ROUND4_RECIPE=${ROUND4_RECIPE:-train/default_round4.toml}
+ROUND4_INIT=${ROUND4_INIT:-}  # empty: the run folder of the round before
 
 brats() { "$PYTHON" -m brats_cli "$@"; }
 # Many processes share the machine's cores: one thread each for the CPU-bound steps (SimpleITK and
@@ -76,6 +94,14 @@ make_shards() {  # folder shards per_shard seed0 [synth options]: one synth proc
   wait_all "${pids[@]}"
 }
 
+link_cases() {  # shards folder: one folder of links to every case of the shards
+  rm -rf "$2"
+  mkdir -p "$2"
+  for case in "$1"/*/*/; do
+    ln -sfn "$(realpath "$case")" "$2/$(basename "$case")"
+  done
+}
+
 cache_shards() {  # folder shards [train options]: one cache process per shard
   local folder=$1 shards=$2 pids=() i
   shift 2
@@ -87,20 +113,20 @@ cache_shards() {  # folder shards [train options]: one cache process per shard
   wait_all "${pids[@]}"
 }
 
-make_shards "$WORK/shards" "$SHARDS" "$PER_SHARD" "$SEED0"
-# One training folder of links; the cache keys on resolved paths, so the shards' entries serve it.
-for case in "$WORK"/shards/*/*/; do
-  ln -sfn "$(realpath "$case")" "$WORK/data/$(basename "$case")"
-done
-stamp "phantoms: $(find "$WORK/data" -mindepth 1 -maxdepth 1 | wc -l) cases"
-[ "$STOP_AFTER" = phantoms ] && exit 0
+if [ "$FROM_ROUND" -le 3 ]; then
+  make_shards "$WORK/shards" "$SHARDS" "$PER_SHARD" "$SEED0"
+  # One training folder of links; the cache keys on resolved paths, so the shards' entries serve it.
+  link_cases "$WORK/shards" "$WORK/data"
+  stamp "phantoms: $(find "$WORK/data" -mindepth 1 -maxdepth 1 | wc -l) cases"
+  [ "$STOP_AFTER" = phantoms ] && exit 0
 
-stamp "cache: one process per shard"
-cache_shards "$WORK/shards" "$SHARDS"
-brats train --recipe "$RECIPE" --data "$WORK/data" --out "$WORK/run" --cache "$WORK/cache" --prepare-only \
-  >"$WORK/logs/prepare.log" 2>&1
-stamp "cache: done"
-[ "$STOP_AFTER" = cache ] && exit 0
+  stamp "cache: one process per shard"
+  cache_shards "$WORK/shards" "$SHARDS"
+  brats train --recipe "$RECIPE" --data "$WORK/data" --out "$WORK/run" --cache "$WORK/cache" --prepare-only \
+    >"$WORK/logs/prepare.log" 2>&1
+  stamp "cache: done"
+  [ "$STOP_AFTER" = cache ] && exit 0
+fi
 
 RUN_DIR=$WORK/run  # the round being trained: run, run2, run3
 INIT=()            # rounds two and three: --init-from the round before
@@ -155,7 +181,7 @@ copy_untrained() {  # from to lanes: the folds of run "from" that "lanes" does n
 }
 
 if [ "$FROM_ROUND" -le 1 ]; then run_lanes "$LANES"; fi
-if [ -n "$SECOND_LANES" ]; then
+if [ -n "$SECOND_LANES" ] && [ "$FROM_ROUND" -le 3 ]; then
   # Round two: the folds it names train the recipe's epochs again in run2, each starting from its
   # round-one best model (brats train --init-from) on the same split; the other folds are copied.
   if [ "$FROM_ROUND" -le 2 ]; then
@@ -168,15 +194,11 @@ if [ -n "$SECOND_LANES" ]; then
   fi
   RUN_DIR=$WORK/run2
 fi
-if [ -n "$THIRD_LANES" ]; then
+if [ -n "$THIRD_LANES" ] && [ "$FROM_ROUND" -le 3 ]; then
   # Round three: as round two, from the round before, with the training-only phantoms. Its
   # folds.json is written by its first job: the same split, plus the training-only cases.
   make_shards "$WORK/extra" "$EXTRA_SHARDS" "$EXTRA_PER_SHARD" "$EXTRA_SEED0" --non-enhancing "$EXTRA_NON_ENHANCING"
-  rm -rf "$WORK/extra-data"
-  mkdir -p "$WORK/extra-data"
-  for case in "$WORK"/extra/*/*/; do
-    ln -sfn "$(realpath "$case")" "$WORK/extra-data/$(basename "$case")"
-  done
+  link_cases "$WORK/extra" "$WORK/extra-data"
   stamp "cache: training-only phantoms"
   cache_shards "$WORK/extra" "$EXTRA_SHARDS"
   previous=$RUN_DIR
@@ -188,6 +210,27 @@ if [ -n "$THIRD_LANES" ]; then
   copy_untrained "$previous" "$WORK/run3" "$THIRD_LANES"
   RUN_DIR=$WORK/run3 INIT=(--init-from "$previous") EXTRA=(--extra "$WORK/extra-data") ROUND=3
   run_lanes "$THIRD_LANES"
+fi
+
+if [ -n "$FOURTH_LANES" ]; then
+  [ "$FROM_ROUND" -le 3 ] || RUN_DIR=$WORK/run3
+  previous=${ROUND4_INIT:-$RUN_DIR}
+  RECIPE=$ROUND4_RECIPE
+  make_shards "$WORK/v2" "$V2_SHARDS" "$V2_PER_SHARD" "$V2_SEED0" --generator 2 --non-enhancing "$V2_NON_ENHANCING"
+  make_shards "$WORK/v1-extra" 1 "$V1_EXTRA" "$SEED0"
+  link_cases "$WORK/v2" "$WORK/v2-data"
+  link_cases "$WORK/v1-extra" "$WORK/v1-extra-data"
+  stamp "cache: round four's phantoms"
+  cache_shards "$WORK/v2" "$V2_SHARDS"
+  cache_shards "$WORK/v1-extra" 1
+  rm -rf "$WORK/run4"
+  brats train --recipe "$RECIPE" --data "$WORK/v2-data" --extra "$WORK/v1-extra-data" --out "$WORK/run4" \
+    --cache "$WORK/cache" --prepare-only >"$WORK/logs/prepare-run4.log" 2>&1
+  [ "$STOP_AFTER" = cache4 ] && exit 0
+  # Folds that round four does not train come from the round before, where that is a run folder.
+  if [ -f "$previous/recipe.json" ]; then copy_untrained "$previous" "$WORK/run4" "$FOURTH_LANES"; fi
+  RUN_DIR=$WORK/run4 INIT=(--init-from "$previous") EXTRA=(--extra "$WORK/v1-extra-data") ROUND=4
+  run_lanes "$FOURTH_LANES"
 fi
 
 rm -rf "$BUNDLE"
