@@ -1,5 +1,5 @@
 # brats as a BraTS challenge submission image:
-#   docker build -t brats .
+#   docker build -t brats-resunet .
 #   docker run --rm --gpus all --network none -v IN:/input:ro -v OUT:/output brats [segment options]
 # segments every case in /input (case folders, or one case's four files directly as in the 2021
 # harness) into /output/<ID>.nii.gz. Other subcommands: docker run --entrypoint brats brats evaluate ...
@@ -71,7 +71,7 @@ ENV PATH=/opt/brats/bin:$PATH \
     PYTHONUNBUFFERED=1
 # Mount points, present so that Apptainer can bind them in a read-only image.
 RUN mkdir -p /input /output
-LABEL org.opencontainers.image.title="brats" \
+LABEL org.opencontainers.image.title="brats-resunet" \
       org.opencontainers.image.description="Glioma segmentation with the residual 3D U-Net with localisation (BraTS 2021)" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Extra arguments are appended: `docker run ... brats --device cpu --folds 0`. The empty CMD stops

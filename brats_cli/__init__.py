@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+# The distribution's name on PyPI (`pip install brats-resunet`). The import package is `brats_cli` and
+# the command `brats`; PyPI's `brats` is another project (BrainLesion's BraTS orchestrator).
+DISTRIBUTION = "brats-resunet"
 
 _LAZY = {
     "Segmenter": "brats_cli.segmenter",
@@ -18,12 +21,33 @@ _LAZY = {
     "evaluate": "brats_cli.scoring",
     "Evaluation": "brats_cli.scoring",
 }
-__all__ = ["CaseResult", "Evaluation", "Segmenter", "Settings", "Status", "__version__", "evaluate"]
+__all__ = [
+    "DISTRIBUTION",
+    "CaseResult",
+    "Evaluation",
+    "Segmenter",
+    "Settings",
+    "Status",
+    "__version__",
+    "evaluate",
+    "installed_version",
+]
 
 if TYPE_CHECKING:
     from brats_cli.scoring import Evaluation, evaluate
     from brats_cli.segmenter import CaseResult, Segmenter, Status
     from brats_cli.settings import Settings
+
+
+def installed_version() -> str:
+    """The version of the installed distribution (its metadata, as pip sees it); the source's
+    `__version__` when the package runs from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -46,7 +46,7 @@ from brats_cli.labels import EDEMA, NECROSIS, LabelConvention
 TEMPLATE_PACKAGE = "nilearn"
 TEMPLATE_FOLDER = ("datasets", "data")
 TEMPLATE_NAME = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-EXTRA_HINT = "install the synth extra: pip install 'brats[synth]'"
+EXTRA_HINT = "install the synth extra: pip install 'brats-resunet[synth]'"
 
 # The released BraTS affine: LPS, origin at voxel (0, 239, 0).
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])

@@ -73,7 +73,7 @@ def test_singularity_recipe_parses_and_runs_the_docker_entrypoint() -> None:
     recipe = parsers.SingularityParser(str(RECIPE)).recipe["spython-base"]
     header = RECIPE.read_text().splitlines()[:2]
     assert header[0] == "Bootstrap: docker-daemon"
-    assert recipe.fromHeader == "brats:latest"  # the tag the README's `docker build -t brats .` makes
+    assert recipe.fromHeader == "brats-resunet:latest"  # the tag the README's `docker build -t brats-resunet .` makes
     assert recipe.cmd == " ".join(["exec", *_entrypoint(), '"$@"'])
     assert recipe.test == "/bin/bash /tests.sh"
     tests = "\n".join(recipe.install)

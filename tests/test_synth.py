@@ -204,7 +204,7 @@ def test_cases_differ_between_indices_and_seeds(written, phantom, tmp_path):
 
 def test_missing_extra_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(synth, "TEMPLATE_PACKAGE", "nilearn_not_installed_here")
-    with pytest.raises(DependencyError, match=r"pip install 'brats\[synth\]'"):
+    with pytest.raises(DependencyError, match=r"pip install 'brats-resunet\[synth\]'"):
         synth.template_paths()
     result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--n", "1"])
     assert result.exit_code == 2

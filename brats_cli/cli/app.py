@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from brats_cli import __version__
+from brats_cli import installed_version
 from brats_cli.cli import bundle, evaluate, export, info, segment, synth, train
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ app.command("export")(export.export)
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"brats {__version__}")
+        typer.echo(f"brats {installed_version()}")
         raise typer.Exit()
 
 

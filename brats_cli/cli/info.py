@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from brats_cli import __version__
+from brats_cli import DISTRIBUTION, installed_version
 from brats_cli.cli import console
 
 
@@ -20,7 +20,7 @@ def info() -> None:
     from brats_cli.errors import WeightsError
 
     table = Table(show_header=False, box=None)
-    table.add_row("brats", __version__)
+    table.add_row(DISTRIBUTION, installed_version())
     table.add_row("python", platform.python_version())
     table.add_row("torch", torch.__version__)
     table.add_row("numpy", numpy.__version__)

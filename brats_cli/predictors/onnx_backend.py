@@ -26,8 +26,8 @@ def import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as error:
         raise BratsError(
-            "onnxruntime is not installed: install the 'cpu' extra (pip install 'brats[cpu]') "
-            "or, for CUDA, the 'gpu' extra (pip install 'brats[gpu]')"
+            "onnxruntime is not installed: install the 'cpu' extra (pip install 'brats-resunet[cpu]') "
+            "or, for CUDA, the 'gpu' extra (pip install 'brats-resunet[gpu]')"
         ) from error
     return onnxruntime
 
