@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 TEMP_MARKER = ".partial-"
@@ -98,13 +98,20 @@ def remove_stale_staging(target: Path) -> list[Path]:
     return removed
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, targets: Iterable[str] | None = None) -> list[Path]:
     """Delete temporary files that killed runs left behind in `folder`: only those whose writing
-    process (the PID in the name) is gone, so a run never deletes a concurrent run's work."""
+    process (the PID in the name) is gone, so a run never deletes a concurrent run's work.
+
+    `targets` limits the sweep to the temporaries of these file names. Processes on other machines
+    (shards of a cluster job sharing a folder) have PIDs this machine cannot see, so a shard must
+    only sweep the outputs no other shard writes: its own."""
+    prefixes = None if targets is None else tuple(f".{name}{TEMP_MARKER}" for name in targets)
     removed = []
     for path in Path(folder).glob(f".*{TEMP_MARKER}*"):
         match = _TEMPORARY_PID.match(path.name)
         if match is None or _process_alive(int(match["pid"])):
+            continue
+        if prefixes is not None and not path.name.startswith(prefixes):
             continue
         with contextlib.suppress(OSError):
             path.unlink()

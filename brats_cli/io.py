@@ -120,6 +120,24 @@ class Case:
     def output_name(self) -> str:
         return f"{self.case_id}.nii.gz"
 
+    @property
+    def probabilities_name(self) -> str:
+        return probabilities_name(self.case_id)
+
+
+# `--save-probabilities` writes `<ID>_probabilities.nii.gz` beside `<ID>.nii.gz`: the BraTS
+# validators match `(\d{5}-\d{3})\.nii\.gz` (2023+) or files ending in `<ID>.nii.gz`, which this
+# name never does, so they see one prediction per case.
+PROBABILITIES_SUFFIX = "_probabilities"
+
+
+def probabilities_name(case_id: str) -> str:
+    return f"{case_id}{PROBABILITIES_SUFFIX}.nii.gz"
+
+
+def is_probabilities_file(path: Path) -> bool:
+    return path.name.endswith(f"{PROBABILITIES_SUFFIX}.nii.gz")
+
 
 @dataclass
 class Discovery:
@@ -509,6 +527,57 @@ def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
 def write_label_map(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
     """Write canonical-orientation labels back in the input's orientation, atomically."""
     save_nifti(label_image(labels, geometry), path)
+
+
+# NIfTI-1 and -2 have no float16 type: probabilities are stored as int16 scaled by 2**-14, two
+# bytes a voxel as float16 would take. Every stored value k * 2**-14 is exact in float32, 0 and 1
+# included (k = 0..16384), so readers that apply the NIfTI scale (nibabel's get_fdata, ITK, FSL,
+# ITK-SNAP) see floats in [0, 1] in steps of 6.1e-5.
+PROBABILITY_STEP = 2.0**-14
+PROBABILITY_LEVELS = 2**14
+PROBABILITY_REGIONS = ("WT", "TC", "ET")
+
+
+def quantise_probabilities(probabilities: np.ndarray, thresholds: tuple[float, ...]) -> np.ndarray:
+    """(C, ...) probabilities in [0, 1] as int16 multiples of PROBABILITY_STEP, the nearest level,
+    except where rounding would move a voxel across its channel's threshold: there the next level
+    on the voxel's own side is taken, so that `stored * PROBABILITY_STEP > threshold` is exactly
+    `probability > threshold` (the masks the labels were made from)."""
+    if probabilities.shape[0] != len(thresholds):
+        raise ValueError(f"{probabilities.shape[0]} probability maps but {len(thresholds)} thresholds")
+    values = np.clip(probabilities.astype(np.float64, copy=False), 0.0, 1.0)
+    levels = np.rint(values * PROBABILITY_LEVELS).astype(np.int32)
+    for channel, threshold in enumerate(thresholds):
+        above = values[channel] > threshold
+        stored_above = levels[channel] * PROBABILITY_STEP > threshold
+        # One level suffices: the nearest level lies on the wrong side only when the threshold
+        # sits between it and the value, so the neighbouring level on the value's side is past it.
+        levels[channel][above & ~stored_above] += 1
+        levels[channel][~above & stored_above] -= 1
+    return levels.astype(np.int16)
+
+
+def probability_image(probabilities: np.ndarray, geometry: Geometry, thresholds: tuple[float, ...]) -> nib.Nifti1Image:
+    """A 4D image (X, Y, Z, 3) of the WT, TC, ET probabilities, canonical (3, ...) in, in the
+    file's own orientation with the input's affine, qform and sform, scaled int16 (see above)."""
+    stored = quantise_probabilities(geometry.from_canonical(probabilities), thresholds)
+    header = geometry.header.copy()
+    header.set_data_dtype(np.int16)
+    image = nib.Nifti1Image(np.moveaxis(stored, 0, -1), geometry.affine, header=header)
+    image.header.set_slope_inter(PROBABILITY_STEP, 0.0)
+    image.set_qform(geometry.header.get_qform(), code=int(geometry.header["qform_code"]))
+    image.set_sform(geometry.header.get_sform(), code=int(geometry.header["sform_code"]))
+    image.header["cal_min"] = 0
+    image.header["cal_max"] = 1
+    image.header["descrip"] = f"brats probabilities {','.join(PROBABILITY_REGIONS)}".encode()
+    return image
+
+
+def write_probabilities(
+    probabilities: np.ndarray, geometry: Geometry, thresholds: tuple[float, ...], path: Path
+) -> None:
+    """Write canonical (3, ...) WT, TC, ET probabilities in the input's geometry, atomically."""
+    save_nifti(probability_image(probabilities, geometry, thresholds), path)
 
 
 def ensure_output_folder(folder: Path) -> Path:

@@ -39,6 +39,8 @@ class PipelineConfig:
     region_window: tuple[int, int, int] = (128, 128, 128)
     # Test-time augmentation: the axis flips averaged in every stage; ((),) is none.
     mirrors: tuple[tuple[int, ...], ...] = ((),)
+    # Keep the WT, TC and ET ensemble probabilities (Segmentation.probabilities).
+    keep_probabilities: bool = False
 
     def __post_init__(self) -> None:
         if set(self.thresholds) != set(Stage):
@@ -70,6 +72,7 @@ class PipelineConfig:
             thresholds={stage: spec.threshold for stage, spec in manifest.stages.items()},
             region_window=manifest.region_window,
             mirrors=settings.mirrors,
+            keep_probabilities=settings.probabilities,
         )
 
 
@@ -79,6 +82,10 @@ class Segmentation:
     windows: list[Window]
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # With `keep_probabilities`: (3, 240, 240, 155) float32, canonical orientation, the mean over
+    # folds (and flips) of the WT, TC and ET models, 0 outside the region windows; all 0 when the
+    # base model found no tumour (the region models did not run).
+    probabilities: np.ndarray | None = None
 
 
 def ensemble_mask(probabilities: np.ndarray, mode: Ensemble, threshold: float = 0.5) -> np.ndarray:
@@ -214,10 +221,12 @@ def segment_preprocessed(
             [],
             seconds,
             ["the base model found no tumour; writing an all-background segmentation"],
+            np.zeros((len(REGION_STAGES), *BRATS_SHAPE), dtype=np.float32) if config.keep_probabilities else None,
         )
     windows = localise_windows(box, MODEL_GRID, config.region_window)
 
     masks: dict[Stage, np.ndarray] = {}
+    kept: list[np.ndarray] = []
     reduce = fold_reduction(config.ensemble)
     for stage in REGION_STAGES:
         announce(stage.value)
@@ -225,14 +234,18 @@ def segment_preprocessed(
         predictor = mirrored(predictors[stage], config.mirrors)
         probabilities = predict_windows(predictor, model_input, windows, reduce)
         masks[stage] = ensemble_mask(probabilities, config.ensemble, config.thresholds[stage])
+        if config.keep_probabilities:
+            # The mean over folds: what `mean` thresholds (a vote thresholds each fold instead).
+            kept.append(probabilities[0] if probabilities.shape[0] == 1 else probabilities.mean(axis=0))
         seconds[stage.value] = time.perf_counter() - started
 
     started = time.perf_counter()
     labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
     labels = apply_et_threshold(labels, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)
+    probability_maps = uncrop_from_model_grid(np.stack(kept)) if kept else None
     seconds["compose"] = time.perf_counter() - started
     warnings = []
     if len(windows) > 1:
         warnings.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
-    return Segmentation(full, windows, seconds, warnings)
+    return Segmentation(full, windows, seconds, warnings, probability_maps)

@@ -28,6 +28,7 @@ from brats_cli.io import (
     Naming,
     atomic_path,
     is_nifti,
+    is_probabilities_file,
     nifti_stem,
     parse_name,
     read_label_map,
@@ -142,6 +143,8 @@ def pair_files(prediction: Path, reference: Path) -> Pairing:
     notes: list[str] = []
     for path in _nifti_files(prediction):
         if is_temporary(path):  # hidden files are skipped already; kept explicit for the rule's sake
+            continue
+        if is_probabilities_file(path):  # `brats segment --save-probabilities` beside its label maps
             continue
         case_id = _prediction_id(path)
         if case_id in predictions:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import numpy as np
 
 from brats_cli import host
 from brats_cli.bundle import Bundle, load_weights
-from brats_cli.choices import Backend, LabelConvention, Naming, Precision, Stage
+from brats_cli.choices import REGION_STAGES, Backend, LabelConvention, Naming, Precision, Stage
 from brats_cli.errors import BratsError, CaseError, InputError, WeightsError
 from brats_cli.io import (
     BRATS_SHAPE,
@@ -39,14 +39,16 @@ from brats_cli.io import (
     parse_name,
     remove_stale_temporaries,
     write_label_map,
+    write_probabilities,
 )
 from brats_cli.labels import REGIONS, Region, region_masks
 from brats_cli.pipeline import PipelineConfig, Segmentation, segment_image, segment_preprocessed
 from brats_cli.predictors import StagePredictor, require_backend, stage_predictors
 from brats_cli.preprocess import preprocess
 from brats_cli.settings import Settings
+from brats_cli.shards import Shard
 
-__all__ = ["Batch", "CaseResult", "Prediction", "Segmenter", "Settings", "Status", "case_from_files"]
+__all__ = ["Batch", "CaseResult", "Prediction", "Segmenter", "Settings", "Shard", "Status", "case_from_files"]
 
 
 class Status(str, Enum):
@@ -68,6 +70,8 @@ class CaseResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     output: Path | None = None
+    # With Settings(probabilities=True): the `<ID>_probabilities.nii.gz` written beside `output`.
+    probabilities: Path | None = None
 
 
 @dataclass
@@ -78,6 +82,9 @@ class Prediction:
     convention: LabelConvention
     seconds: dict[str, float]
     warnings: list[str]
+    # With Settings(probabilities=True): (3, X, Y, Z) float32 WT, TC, ET probabilities on the
+    # input's grid (the mean over folds and flips; `labels` are these thresholded and composed).
+    probabilities: np.ndarray | None = None
 
 
 OnStage = Callable[[str, str], None]  # (case ID, stage name) as each stage starts
@@ -287,8 +294,11 @@ class Segmenter:
         config = self.config(chosen)
         segmentation: Segmentation = segment_image(canonical, self.predictors, config)
         result = segmentation.labels if geometry is None else geometry.from_canonical(segmentation.labels)
+        probabilities = segmentation.probabilities
+        if probabilities is not None and geometry is not None:
+            probabilities = geometry.from_canonical(probabilities)
         return Prediction(result.astype(np.uint8, copy=False), config.convention, segmentation.seconds,
-                          segmentation.warnings)  # fmt: skip
+                          segmentation.warnings, probabilities)  # fmt: skip
 
     # -- files -----------------------------------------------------------------------------
 
@@ -301,17 +311,22 @@ class Segmenter:
         on_stage: OnStage | None = None,
     ) -> CaseResult:
         """Segment one case (a case folder, its four files, or a {modality: file} mapping) into
-        `output/<ID>.nii.gz`, overwriting it. Problems with the case become a FAILED result;
-        problems with `output` (not creatable, not writable) raise OutputError."""
+        `output/<ID>.nii.gz` (and `<ID>_probabilities.nii.gz` with Settings(probabilities=True)),
+        overwriting them. Problems with the case become a FAILED result; problems with `output`
+        (not creatable, not writable) raise OutputError."""
         case = case_from_files(files, case_id)
         folder = ensure_output_folder(Path(output))
         return self._segment(case, folder / case.output_name, on_stage)
 
-    def segment_folder(self, input: str | Path, output: str | Path, *, overwrite: bool = False) -> Batch:
+    def segment_folder(
+        self, input: str | Path, output: str | Path, *, overwrite: bool = False, shard: Shard | str | None = None
+    ) -> Batch:
         """A batch over every case under `input` (a folder of case folders, one case folder, or
         one case's files): made now (InputError, OutputError), segmented as it is iterated
-        (`for result in batch`, or `batch.run()`)."""
-        return Batch(self, Path(input), Path(output), overwrite=overwrite)
+        (`for result in batch`, or `batch.run()`). `shard` ("K/N" or a Shard) keeps every N-th
+        case by sorted ID from the K-th, so that N processes share one input and output folder."""
+        chosen = Shard.parse(shard) if isinstance(shard, str) else shard
+        return Batch(self, Path(input), Path(output), overwrite=overwrite, shard=chosen)
 
     def _segment(
         self, case: Case, target: Path, on_stage: OnStage | None = None, load: Loader | None = None
@@ -334,6 +349,12 @@ class Segmenter:
             segmentation = segment_preprocessed(model_input, self.predictors, config, on_stage=announce)
             announce("write")
             write_started = time.perf_counter()
+            probabilities_path = None
+            if segmentation.probabilities is not None:
+                # Before the label map: a label map on disk means its case is complete.
+                probabilities_path = target.with_name(case.probabilities_name)
+                thresholds = tuple(config.thresholds[stage] for stage in REGION_STAGES)
+                write_probabilities(segmentation.probabilities, geometry, thresholds, probabilities_path)
             write_label_map(segmentation.labels, geometry, target)
             write_seconds = time.perf_counter() - write_started
         except CaseError as error:
@@ -352,6 +373,7 @@ class Segmenter:
             stage_seconds={"read": read_seconds, **segmentation.seconds, "write": write_seconds},
             warnings=[*read_warnings, *segmentation.warnings],
             output=target,
+            probabilities=probabilities_path,
         )
 
 
@@ -378,7 +400,10 @@ class Batch:
     """One run over a folder: its cases are found and the output folder made (and swept of a
     dead run's temporaries) when the Batch is made; iterating it segments every case whose output
     does not exist yet (all of them with `overwrite`), reading the next case while the current one
-    computes, and yields each case's result as it finishes. A failed case fails alone."""
+    computes, and yields each case's result as it finishes. A failed case fails alone.
+
+    With a `shard` the batch holds only that shard's cases (`Shard.select`); it sweeps only their
+    temporaries, so shards on other machines sharing the output folder keep theirs."""
 
     def __init__(
         self,
@@ -387,19 +412,51 @@ class Batch:
         output: Path,
         *,
         overwrite: bool = False,
+        shard: Shard | None = None,
     ) -> None:
         self.segmenter = segmenter
         discovery = discover_cases(input)
         self.cases: list[Case] = discovery.cases
         self.notes: list[str] = discovery.notes
+        if segmenter.settings.probabilities:
+            # Before sharding, so every shard decides alike: case X's probabilities file is named as
+            # case "X_probabilities"'s label map would be.
+            labels = {case.output_name for case in self.cases}
+            self.cases = [
+                replace(case, problem=f"its {case.probabilities_name} would overwrite another case's label map")
+                if case.probabilities_name in labels and not case.problem
+                else case
+                for case in self.cases
+            ]
+        self.shard = shard
+        if shard is not None:
+            total = len({case.case_id for case in self.cases})
+            chosen = shard.select(case.case_id for case in self.cases)
+            self.cases = [case for case in self.cases if case.case_id in chosen]
+            self.notes.append(f"shard {shard} ({shard.source}): {len(chosen)} of {total} case(s)")
         self.output = ensure_output_folder(output)
-        remove_stale_temporaries(self.output)
+        remove_stale_temporaries(self.output, None if shard is None else self._output_names())
         self.overwrite = overwrite
         self.results: list[CaseResult] = []
         self._in_progress: Path | None = None  # the output of the case being segmented, if new
 
     def __len__(self) -> int:
         return len(self.cases)
+
+    def _output_names(self) -> list[str]:
+        names = [case.output_name for case in self.cases]
+        if self.segmenter.settings.probabilities:
+            names += [case.probabilities_name for case in self.cases]
+        return names
+
+    def _existing(self, case: Case) -> str | None:
+        """`_existing_output` of the case's label map; with probabilities asked for, a label map
+        without its probabilities file (an earlier run without them) is redone."""
+        found = _existing_output(self.output / case.output_name, self.overwrite)
+        wanted = self.segmenter.settings.probabilities
+        if found == DONE_OUTPUT and wanted and not (self.output / case.probabilities_name).is_file():
+            return None
+        return found
 
     def __iter__(self) -> Iterator[CaseResult]:
         return self.segment()
@@ -408,9 +465,7 @@ class Batch:
         """Segment the cases in order, yielding each result as it finishes; `on_stage` is told each
         stage as it starts (for a progress display)."""
         # Decided once, so the prefetched list and this loop cannot disagree.
-        existing = {
-            case.case_id: _existing_output(self.output / case.output_name, self.overwrite) for case in self.cases
-        }
+        existing = {case.case_id: self._existing(case) for case in self.cases}
         blocked = {case_id: problem for case_id, problem in existing.items() if problem not in (None, DONE_OUTPUT)}
         skipped = {case_id for case_id, problem in existing.items() if problem == DONE_OUTPUT and not self.overwrite}
         loaders = prefetched([case for case in self.cases if case.case_id not in skipped | blocked.keys()])

@@ -49,6 +49,9 @@ class Settings:
     fuse_folds: bool = False
     # torch only: torch.compile the networks.
     compile: bool = False
+    # Also keep the ensemble's WT, TC and ET probabilities (`Prediction.probabilities`), written
+    # beside each label map as `<ID>_probabilities.nii.gz` by `segment_case` and `segment_folder`.
+    probabilities: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in (
@@ -67,7 +70,7 @@ class Settings:
         ):
             raise SettingsError(f"et_threshold must be a non-negative integer, got {self.et_threshold!r}")
         object.__setattr__(self, "mirrors", _mirrors(self.mirrors))
-        for name in ("fuse_folds", "compile"):
+        for name in ("fuse_folds", "compile", "probabilities"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.backend is Backend.TORCH and self.compile and self.fuse_folds:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,6 +15,7 @@ from brats_cli.cli import console
 from brats_cli.cli.options import LabelWord, label_convention
 from brats_cli.errors import SettingsError
 from brats_cli.settings import Settings, mirrors_of
+from brats_cli.shards import Shard
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -92,6 +95,26 @@ def segment(
         typer.Option(help="Output label convention: ET = 4 (2021) or 3 (2023); auto by input names."),
     ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists (default: skip them).")] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            help="Segment only every N-th case by sorted ID, from the K-th (0-based): N processes with "
+            "0/N ... N-1/N share one input and output. Default in a SLURM array job: the task's position and "
+            "the array's size (said in the log).",
+        ),
+    ] = None,
+    save_probabilities: Annotated[
+        bool,
+        typer.Option(
+            "--save-probabilities",
+            help="Also write the ensemble's WT, TC, ET probabilities as OUTPUT/<ID>_probabilities.nii.gz.",
+        ),
+    ] = False,
+    log: Annotated[
+        Path | None,
+        typer.Option(help="Append every note, warning and error of the run, timestamped, to this file."),
+    ] = None,
     profile: Annotated[
         bool,
         typer.Option(
@@ -104,6 +127,7 @@ def segment(
     chosen_folds = _parse_folds(folds)
     mirrors = mirrors_of(_parse_axes(tta_axes)) if tta else ((),)
     try:
+        chosen_shard = Shard.parse(shard) if shard is not None else Shard.from_slurm(os.environ)
         settings = Settings(
             backend=backend,
             device=device,
@@ -115,11 +139,14 @@ def segment(
             et_threshold=et_threshold,
             labels=label_convention(labels),
             mirrors=mirrors,
+            probabilities=save_probabilities,
         )
     except SettingsError as error:
         console.error(str(error))
         raise typer.Exit(console.EXIT_UNUSABLE) from None
-    options = SegmentOptions(input, output, weights, settings, overwrite=overwrite, profile=profile)
+    options = SegmentOptions(
+        input, output, weights, settings, overwrite=overwrite, profile=profile, shard=chosen_shard, log=log
+    )
     raise typer.Exit(run_segment(options))
 
 
@@ -133,9 +160,22 @@ class SegmentOptions:
     settings: Settings
     overwrite: bool = False
     profile: bool = False
+    shard: Shard | None = None
+    log: Path | None = None
 
 
 def run_segment(options: SegmentOptions) -> int:
+    """`_run_segment` with the run log open when one is asked for."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(console.log_to(options.log))
+        except OSError as error:
+            console.error(f"{options.log}: cannot write the log ({error.strerror or error})")
+            return console.EXIT_UNUSABLE
+        return _run_segment(options)
+
+
+def _run_segment(options: SegmentOptions) -> int:
     """Set up, segment each case while rendering progress, render the summary; the exit code."""
     from brats_cli.allocator import keep_freed_memory
     from brats_cli.errors import BratsError
@@ -151,7 +191,9 @@ def run_segment(options: SegmentOptions) -> int:
             try:
                 settings = options.settings
                 segmenter = Segmenter(options.weights, settings)
-                batch = segmenter.segment_folder(options.input, options.output, overwrite=options.overwrite)
+                batch = segmenter.segment_folder(
+                    options.input, options.output, overwrite=options.overwrite, shard=options.shard
+                )
                 segmenter.load()
             except BratsError as error:
                 console.error(str(error))
@@ -162,7 +204,7 @@ def run_segment(options: SegmentOptions) -> int:
             reason = segmenter.precision_reason
             precision = segmenter.precision + (f" (auto: {reason})" if reason else "")
             mirrors = len(settings.mirrors)
-            console.stderr.print(
+            console.info(
                 f"brats: {len(batch)} case(s), weights {segmenter.bundle.root}, backend {settings.backend.value}, "
                 f"device {device}, precision {precision}"
                 + (f", test-time mirroring {mirrors} flips" if mirrors > 1 else "")
@@ -177,6 +219,8 @@ def run_segment(options: SegmentOptions) -> int:
                 for result in batch.segment(on_stage):
                     if result.status is Status.FAILED:
                         console.error(f"{result.case_id}: {result.message}")
+                    else:
+                        console.log(result.status.value, f"{result.case_id} ({result.seconds:.1f} s) {result.output}")
                     for message in result.warnings:
                         console.warning(f"{result.case_id}: {message}")
                     progress.advance(task)
