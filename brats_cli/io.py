@@ -548,7 +548,9 @@ def quantise_probabilities(probabilities: np.ndarray, thresholds: tuple[float, .
     values = np.clip(probabilities.astype(np.float64, copy=False), 0.0, 1.0)
     levels = np.rint(values * PROBABILITY_LEVELS).astype(np.int32)
     for channel, threshold in enumerate(thresholds):
-        above = values[channel] > threshold
+        # Compared in the probabilities' own type, as the pipeline compared them (a float32 map
+        # against a Python float is a float32 comparison).
+        above = probabilities[channel] > threshold
         stored_above = levels[channel] * PROBABILITY_STEP > threshold
         # One level suffices: the nearest level lies on the wrong side only when the threshold
         # sits between it and the value, so the neighbouring level on the value's side is past it.
