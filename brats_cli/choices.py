@@ -84,3 +84,15 @@ class ExportPrecision(str, Enum):
 
     FP32 = "fp32"
     FP16 = "fp16"
+
+
+class Task(str, Enum):
+    """A BraTS task whose scoring rules `brats evaluate` applies (`brats_cli.tasks`): its label
+    set and its lesion-wise settings."""
+
+    GLI2023 = "gli2023"
+    SSA2023 = "ssa2023"
+    PED2023 = "ped2023"
+    MEN2023 = "men2023"
+    MET2023 = "met2023"
+    GLI2024 = "gli2024"

@@ -186,12 +186,16 @@ def region_scores(
 
 @dataclass(frozen=True)
 class LesionWiseRules:
-    """The BraTS 2023 glioma lesion-wise definition."""
+    """The BraTS 2023 lesion-wise definition; the defaults are the glioma task's (the official
+    `metrics.py` of BraTS-2023-Metrics: `dilation_factor = 3`, `lesion_volume_thresh = 50`).
+    Other tasks change `dilations` and `ignore_at_most_voxels` (`brats_cli.tasks`)."""
 
     # Ground-truth lesions are the 26-connected components of the reference dilated this many
-    # times (by the 26-connected element), each restricted to the reference voxels: lesions closer
-    # than a few voxels count as one.
+    # times, each restricted to the reference voxels: lesions closer than a few voxels count as one.
     dilations: int = 3
+    # The dilation's structuring element, scipy's generate_binary_structure(3, connectivity): the
+    # official scripts dilate with connectivity 2 (the 18 face and edge neighbours, no corners).
+    dilation_connectivity: int = 2
     # Ground-truth lesions of this many voxels or fewer are left out of the score (neither a
     # lesion to find nor, when a prediction touches them, a false positive).
     ignore_at_most_voxels: int = 50
@@ -204,6 +208,7 @@ class LesionWiseRules:
 
 
 BRATS2023_LESION_RULES = LesionWiseRules()
+# Lesions and predicted components are 26-connected (cc3d's connectivity=26 in the official scripts).
 LESION_STRUCTURE = ndimage.generate_binary_structure(3, 3)
 
 
@@ -237,7 +242,8 @@ def lesion_wise(
         return LesionWiseScores(rules.nothing_to_score_dice, rules.nothing_to_score_hd95, 0, 0, 0)
     prediction, reference = prediction[box], reference[box]
 
-    dilated = ndimage.binary_dilation(reference, structure=LESION_STRUCTURE, iterations=rules.dilations)
+    element = ndimage.generate_binary_structure(3, rules.dilation_connectivity)
+    dilated = ndimage.binary_dilation(reference, structure=element, iterations=rules.dilations)
     dilated_lesions, lesion_count = ndimage.label(dilated, structure=LESION_STRUCTURE)
     components, _ = ndimage.label(prediction, structure=LESION_STRUCTURE)
 

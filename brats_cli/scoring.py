@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brats_cli.choices import Task
 from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
 from brats_cli.files import is_temporary
 from brats_cli.io import (
@@ -42,6 +43,7 @@ from brats_cli.metrics import (
     lesion_wise,
     region_scores,
 )
+from brats_cli.tasks import TaskRules, task_rules
 
 CSV_COLUMNS: tuple[str, ...] = ("case", "region", "dice", "hd95", "sensitivity", "specificity")
 LESION_WISE_COLUMNS: tuple[str, ...] = ("lesion_wise_dice", "lesion_wise_hd95")
@@ -222,9 +224,16 @@ def _read(case_id: str, path: Path) -> tuple[np.ndarray, Geometry]:
         raise CaseError(case_id, str(error)) from error
 
 
-def score_pair(pair: Pair, choice: LabelConvention | None = None, with_lesion_wise: bool = False) -> CaseScores:
-    """Score one case on WT, TC and ET. Raises CaseError when a file is unreadable or the
+def score_pair(
+    pair: Pair,
+    choice: LabelConvention | None = None,
+    with_lesion_wise: bool = False,
+    task: TaskRules | None = None,
+) -> CaseScores:
+    """Score one case on WT, TC and ET with the task's label set and lesion-wise settings (the
+    BraTS 2023 glioma task's by default). Raises CaseError when a file is unreadable or the
     prediction's shape or affine differs from the ground truth's."""
+    task = task or task_rules(None)
     reference, reference_geometry = _read(pair.case_id, pair.reference)
     reference_labels = label_values(reference)
     prediction = None
@@ -243,9 +252,12 @@ def score_pair(pair: Pair, choice: LabelConvention | None = None, with_lesion_wi
                 f"affine of {pair.prediction.name} differs from the ground truth's ({pair.reference.name})",
             )
         prediction_labels = label_values(prediction)
-    convention, reason = resolve_convention(choice, pair.naming, reference_labels | prediction_labels)
+    if choice is None and task.convention is not None:
+        convention, reason = task.convention, f"--task {task.task.value}"
+    else:
+        convention, reason = resolve_convention(choice, pair.naming, reference_labels | prediction_labels)
 
-    allowed = {0, *convention.labels}
+    allowed = {0, *convention.labels, *task.other_labels}
     warnings = []
     for path, values in ((pair.reference, reference_labels), (pair.prediction, prediction_labels)):
         stray = sorted(values - allowed)
@@ -265,7 +277,7 @@ def score_pair(pair: Pair, choice: LabelConvention | None = None, with_lesion_wi
     regions = {r: region_scores(prediction_masks[r], reference_masks[r]) for r in REGIONS}
     lesions = None
     if with_lesion_wise:
-        lesions = {r: lesion_wise(prediction_masks[r], reference_masks[r]) for r in REGIONS}
+        lesions = {r: lesion_wise(prediction_masks[r], reference_masks[r], rules=task.lesion_rules[r]) for r in REGIONS}
     return CaseScores(pair.case_id, convention, reason, regions, lesions, False, warnings)
 
 
@@ -368,6 +380,7 @@ class Evaluation:
     lesion_wise: bool = False
     scores: list[CaseScores] = field(default_factory=list)
     failures: list[CaseError] = field(default_factory=list)
+    task: TaskRules = field(default_factory=lambda: task_rules(None))
 
     @classmethod
     def of(
@@ -377,10 +390,18 @@ class Evaluation:
         *,
         labels: LabelConvention | str | None = None,
         lesion_wise: bool = False,
+        task: Task | str | None = None,
     ) -> Evaluation:
         chosen = None if labels is None else LabelConvention(getattr(labels, "value", labels))
+        rules = task_rules(task)
+        if chosen is not None and rules.convention is not None and chosen is not rules.convention:
+            raise InputError(
+                f"--labels {chosen.value} contradicts --task {rules.task.value}, whose labels are the "
+                f"{rules.convention.value} convention's (ET = {rules.convention.enhancing})"
+                + "".join(f", {value} = {name}" for value, name in rules.other_labels.items())
+            )
         pairing = pair_files(Path(prediction), Path(reference))
-        return cls(pairing, chosen, lesion_wise, failures=list(pairing.unreadable))
+        return cls(pairing, chosen, lesion_wise, failures=list(pairing.unreadable), task=rules)
 
     @property
     def notes(self) -> list[str]:
@@ -393,7 +414,7 @@ class Evaluation:
         """Score each pair, yielding it with its scores or the reason it could not be scored."""
         for pair in self.pairing.pairs:
             try:
-                scores = score_pair(pair, self.labels, self.lesion_wise)
+                scores = score_pair(pair, self.labels, self.lesion_wise, self.task)
             except CaseError as error:
                 self.failures.append(error)
                 yield pair, error
@@ -427,6 +448,7 @@ class Evaluation:
         return {
             "cases": self.rows(),
             "labels": {r.case_id: r.convention.value for r in self.scores},
+            "task": self.task.task.value,
             "summary": self.summary(),
             "missing": self.missing,
             "errors": {f.case_id: f.reason for f in self.failures},
@@ -445,6 +467,7 @@ def evaluate(
     *,
     labels: LabelConvention | str | None = None,
     lesion_wise: bool = False,
+    task: Task | str | None = None,
 ) -> Evaluation:
-    """`brats evaluate PRED GT` from Python: every pair scored."""
-    return Evaluation.of(Path(prediction), Path(reference), labels=labels, lesion_wise=lesion_wise).run()
+    """`brats evaluate PRED GT` from Python: every pair scored (with `task`'s rules, `brats_cli.tasks`)."""
+    return Evaluation.of(Path(prediction), Path(reference), labels=labels, lesion_wise=lesion_wise, task=task).run()

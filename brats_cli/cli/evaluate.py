@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from brats_cli.choices import LabelConvention
+from brats_cli.choices import LabelConvention, Task
 from brats_cli.cli import console
 from brats_cli.cli.options import LabelWord, label_convention
 
@@ -32,11 +32,19 @@ def evaluate(
     lesion_wise: Annotated[
         bool, typer.Option("--lesion-wise", help="Add the BraTS 2023 lesion-wise Dice and HD95.")
     ] = False,
+    task: Annotated[
+        Task,
+        typer.Option(
+            help="The task whose rules apply: lesion-wise dilations and smallest lesion per task (2023: gli, ssa, "
+            "ped 3 and 50 voxels, men 1 and 50, met 1 and 2); gli2024: labels 1-3 and 4 = resection cavity "
+            "(in no region), 3 dilations, lesions of 20 voxels (ET 10) or fewer ignored."
+        ),
+    ] = Task.GLI2023,
 ) -> None:
     """Score PRED against GT per case and region (WT, TC, ET): Dice, HD95, sensitivity,
     specificity with the BraTS 2021 rules; a summary table per region."""
     convention = label_convention(labels)
-    raise typer.Exit(run_evaluate(prediction, reference, convention, csv, json, lesion_wise))
+    raise typer.Exit(run_evaluate(prediction, reference, convention, csv, json, lesion_wise, task))
 
 
 def run_evaluate(
@@ -46,6 +54,7 @@ def run_evaluate(
     csv_path: Path | None,
     json_path: Path | None,
     with_lesion_wise: bool,
+    task: Task = Task.GLI2023,
 ) -> int:
     """Pair, score while rendering progress, render the summary, write; the exit code."""
     from brats_cli.errors import BratsError
@@ -56,7 +65,7 @@ def run_evaluate(
             console.error(f"{path}: folder for {option} does not exist")
             return console.EXIT_UNUSABLE
     try:
-        evaluation = Evaluation.of(prediction, reference, labels=labels, lesion_wise=with_lesion_wise)
+        evaluation = Evaluation.of(prediction, reference, labels=labels, lesion_wise=with_lesion_wise, task=task)
     except BratsError as error:
         console.error(str(error))
         return console.EXIT_UNUSABLE
@@ -82,8 +91,10 @@ def run_evaluate(
         f"{convention.value} ({reason}{f', {count} cases' if len(conventions) > 1 else ''})"
         for convention, reason, count in conventions
     )
+    rules = evaluation.task
     console.stderr.print(
         f"brats evaluate: {len(evaluation.scores)} of {len(evaluation)} case(s) scored, labels {described or '-'}"
+        + (f", task {rules.task.value} (lesion-wise: {rules.describe()})" if with_lesion_wise else "")
     )
     _render_summary(evaluation.summary(), len(evaluation.scores), evaluation.missing)
     if evaluation.failures:
