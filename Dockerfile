@@ -1,8 +1,9 @@
 # brats as a BraTS challenge submission image:
 #   docker build -t brats-resunet .
-#   docker run --rm --gpus all --network none -v IN:/input:ro -v OUT:/output brats [segment options]
+#   docker run --rm --gpus all --network none -v IN:/input:ro -v OUT:/output brats-resunet [segment options]
 # segments every case in /input (case folders, or one case's four files directly as in the 2021
-# harness) into /output/<ID>.nii.gz. Other subcommands: docker run --entrypoint brats brats evaluate ...
+# harness) into /output/<ID>.nii.gz; `... brats-resunet infer --data_path=... --output_path=...` is
+# the MLCube form (mlcube/). Other subcommands: docker run --entrypoint brats brats-resunet evaluate ...
 #
 # Why this base: PyPI's torch 2.13.0 (TORCH_SPEC below) is built for CUDA 13.0 and cuDNN 9 (its
 # wheel requires cuda-toolkit 13.0 and nvidia-cudnn-cu13 9.x), and so is onnxruntime-gpu 1.31 (the
@@ -74,7 +75,11 @@ RUN mkdir -p /input /output
 LABEL org.opencontainers.image.title="brats-resunet" \
       org.opencontainers.image.description="Glioma segmentation with the residual 3D U-Net with localisation (BraTS 2021)" \
       org.opencontainers.image.licenses="Apache-2.0"
-# Extra arguments are appended: `docker run ... brats --device cpu --folds 0`. The empty CMD stops
-# a base image's CMD (e.g. /bin/bash) from being passed as an argument.
-ENTRYPOINT ["brats", "segment", "/input", "/output"]
+# brats-container answers the three submission formats (brats_cli/cli/container.py):
+#   no arguments (BraTS 2021, 2025):  brats segment /input /output
+#   segment options:                  docker run ... brats-resunet --device cpu --folds 0
+#   MLCube (BraTS 2023-2024):         docker run ... brats-resunet infer --data_path=D --output_path=O
+#                                     [--parameters_file=F]  (mlcube/mlcube.yaml)
+# The empty CMD stops a base image's CMD (e.g. /bin/bash) from being passed as an argument.
+ENTRYPOINT ["brats-container"]
 CMD []

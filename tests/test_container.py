@@ -63,7 +63,7 @@ def test_hadolint_rejects_an_unpinned_apt_install(tmp_path: Path) -> None:
 
 
 def test_entrypoint_segments_input_into_output() -> None:
-    assert _entrypoint() == ["brats", "segment", "/input", "/output"]
+    assert _entrypoint() == ["brats-container"]
     # The empty CMD: a base image's CMD (e.g. ["/bin/bash"]) would otherwise become an argument.
     assert "CMD []" in DOCKERFILE.read_text().splitlines()
 
