@@ -296,3 +296,140 @@ def test_default_weights_segment_with_both_backends_without_arguments(
     # labels agree as closely as bf16 must agree with fp32 to be the default (99.5%).
     tumour = (labels["torch"] > 0) | (labels["onnx"] > 0)
     assert (labels["torch"][tumour] == labels["onnx"][tumour]).mean() > 0.995
+
+
+# ---- the three submission formats side by side: 2021 (one container per case, the case's files
+# directly in /input), 2023-2024 (MLCube's docker runner: `infer`, its mounts, the caller's uid,
+# no network) and 2025 (/input -> /output, no arguments, several cases); the same label maps.
+
+MLCUBE = ROOT / "mlcube"
+# MLCube 0.0.9's omegaconf 2.1.0 declares `PyYAML>=5.1.*`, which pip 24.1 and later refuse to
+# read: it installs only with an older pip, in its own environment.
+MLCUBE_PACKAGES = ("pip<24.1", "mlcube==0.0.9", "mlcube-docker==0.0.9")
+VALIDATOR_ID = r"(\d{5}-\d{3})\.nii\.gz"
+
+
+@pytest.fixture(scope="module")
+def mlcube(tmp_path_factory) -> Path:
+    """The `mlcube` command of a scratch environment holding MLCube's docker runner."""
+    venv = tmp_path_factory.mktemp("mlcube-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    for package in MLCUBE_PACKAGES:  # pip first, then MLCube with that pip
+        result = subprocess.run([*pip, package], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return venv / "bin" / "mlcube"
+
+
+def _cube_for(image: str, docker: str, folder: Path) -> Path:
+    """mlcube/ as shipped, with what differs here: the local image, podman (or a recorder) as
+    MLCube's docker executable, the CPU, and the unprivileged caller (MLCube's cpu_args give
+    `-u $(id -u):$(id -g)`, root's here). Set in the file: MLCube's -P overrides go through click,
+    which reads any `h` in them (`localhost`) as -h, help."""
+    cube = yaml_load(MLCUBE / "mlcube.yaml")
+    cube["docker"].update(image=image, docker=docker, build_strategy="pull",
+                          cpu_args=f"--rm -u {CALLER[0]}:{CALLER[1]}")  # fmt: skip
+    cube["platform"]["accelerator_count"] = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mlcube.yaml").write_text(yaml_dump(cube))
+    return folder / "mlcube.yaml"
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def yaml_dump(document: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def _several_2023_cases(real_data: Path, folder: Path, ids: list[str]) -> Path:
+    """The real case under several 2023 IDs, as a test phase's data folder holds them."""
+    source = real_data / "BraTS-GLI-00001-000"
+    for case_id in ids:
+        (folder / case_id).mkdir(parents=True)
+        for suffix in NAMES_2021:
+            shutil.copy(source / f"{source.name}-{suffix}.nii.gz", folder / case_id / f"{case_id}-{suffix}.nii.gz")
+    return _readable_by_all(folder)
+
+
+@pytest.mark.container
+def test_mlcube_builds_the_docker_command_line_of_the_brats_harness(mlcube: Path, tmp_path: Path) -> None:
+    """What MLCube's docker runner runs, recorded by a stand-in for docker: the `infer` task, its
+    three mounts (data and workspace read-only), the caller's uid, no network."""
+    record = tmp_path / "record.txt"
+    recorder = tmp_path / "docker"
+    recorder.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" --- >> {record}\n')
+    recorder.chmod(0o755)
+    workspace = tmp_path / "workspace"
+    (workspace / "data").mkdir(parents=True)
+    shutil.copy(MLCUBE / "workspace" / "parameters.yaml", workspace)
+    cube = _cube_for("brats-resunet:latest", str(recorder), tmp_path / "cube")
+    result = subprocess.run([str(mlcube), "run", f"--mlcube={cube}", "--task=infer", "--platform=docker",
+                             f"--workspace={workspace}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [call.strip("\n").split("\n") for call in record.read_text().split("---\n") if call.strip()]
+    assert calls[-1] == [
+        "run", "--rm", "-u", f"{CALLER[0]}:{CALLER[1]}", "--network=none",
+        "--volume", f"{workspace}/data:/mlcube_io0:ro", "--volume", f"{workspace}:/mlcube_io1:ro",
+        "--volume", f"{workspace}/predictions:/mlcube_io2", "brats-resunet:latest",
+        "infer", "--data_path=/mlcube_io0", "--parameters_file=/mlcube_io1/parameters.yaml",
+        "--output_path=/mlcube_io2",
+    ]  # fmt: skip
+
+
+@pytest.mark.container
+def test_2021_mlcube_and_2025_invocations_write_the_same_label_maps(
+    image: str, mlcube: Path, real_data: Path, tmp_path: Path
+) -> None:
+    """The default weights baked into the image, three ways: MLCube drives podman itself
+    (`infer`); the 2025 form (no arguments) on the same folder of several 2023-named cases; and
+    the 2021 form, one container per case with its four files directly in /input."""
+    import re
+
+    ids = ["BraTS-GLI-00001-000", "BraTS-GLI-00002-000", "BraTS-GLI-00003-001"]
+    workspace = tmp_path / "workspace"
+    _several_2023_cases(real_data, workspace / "data", ids)
+    shutil.copy(MLCUBE / "workspace" / "parameters.yaml", workspace)
+    _readable_by_all(workspace)
+    _owned_by_caller(workspace / "predictions")
+    cube = _cube_for(image, "podman", tmp_path / "cube")
+    environ = {**os.environ, "CONTAINERS_CONF": CONTAINERS_CONF}
+    result = subprocess.run([str(mlcube), "run", f"--mlcube={cube}", "--task=infer", "--platform=docker",
+                             f"--workspace={workspace}"], capture_output=True, text=True, timeout=1200,
+                            env=environ)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    mlcube_out = workspace / "predictions"
+
+    out_2025 = _owned_by_caller(tmp_path / "output-2025")
+    run_2025 = _podman("run", "--rm", "--network", "none", "--user", f"{CALLER[0]}:{CALLER[1]}",
+                       "-v", f"{workspace / 'data'}:/input:ro", "-v", f"{out_2025}:/output", image)  # fmt: skip
+    assert run_2025.returncode == 0, run_2025.stderr
+
+    out_2021 = _owned_by_caller(tmp_path / "output-2021")
+    for case_id in ids:
+        flat = tmp_path / "input-2021" / case_id  # one case's four files directly in /input
+        flat.mkdir(parents=True)
+        for path in (workspace / "data" / case_id).iterdir():
+            shutil.copy(path, flat / path.name)
+        _readable_by_all(flat)
+        run_2021 = _podman("run", "--rm", "--network", "none", "--user", f"{CALLER[0]}:{CALLER[1]}",
+                           "-v", f"{flat}:/input:ro", "-v", f"{out_2021}:/output", image)  # fmt: skip
+        assert run_2021.returncode == 0, run_2021.stderr
+
+    expected = [f"{case_id}.nii.gz" for case_id in ids]
+    for folder in (mlcube_out, out_2025, out_2021):
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == expected, folder  # nothing else: no temporaries, no logs
+        assert sorted(re.search(VALIDATOR_ID, name).group(1) for name in names) == [  # type: ignore[union-attr]
+            "00001-000", "00002-000", "00003-001"]  # fmt: skip
+        assert all((folder / name).stat().st_uid == CALLER[0] for name in names)
+    source = real_data / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t2f.nii.gz"
+    for name in expected:
+        labels = _assert_same_label_map(mlcube_out / name, out_2025 / name, source)
+        _assert_same_label_map(out_2021 / name, out_2025 / name, source)
+        assert set(np.unique(labels).tolist()) - {0}, "the default weights found no tumour"
