@@ -71,7 +71,7 @@ class Shard:
         if (task_id - first) % step or count != size or not first <= task_id <= last:
             raise SettingsError(
                 f"SLURM array job {job}: task IDs {first}-{last}:{step} with {count} tasks are not one range, "
-                "so task ID and count give no shard; pass --shard K/N"
+                "so task ID and count give no shard; pass --shard K/N (0/1: every case)"
             )
         source = f"SLURM array job {job}, task {task_id} of {first}-{last}" + (f":{step}" if step > 1 else "")
         return cls((task_id - first) // step, count, source)
