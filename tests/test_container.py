@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 RECIPE = ROOT / "Singularity.def"
 BUILD_SCRIPT = ROOT / ".ci" / "container-build"
-IMAGE = "localhost/brats:ci"
+IMAGE = "localhost/brats-resunet:ci"
 CONTAINERS_CONF = "/tmp/brats-containers.conf"
 # An unprivileged caller: the tests run as root, the harnesses and users as themselves.
 CALLER = (1000, 1000)
