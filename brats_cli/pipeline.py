@@ -19,6 +19,7 @@ from brats_cli.labels import apply_et_threshold, compose_labels
 from brats_cli.localise import Window, localise_windows, tumour_box
 from brats_cli.predictors import StagePredictor
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
+from brats_cli.quality import EnsembleQuality, QualityMeter
 from brats_cli.settings import Settings
 
 
@@ -39,6 +40,9 @@ class PipelineConfig:
     region_window: tuple[int, int, int] = (128, 128, 128)
     # Test-time augmentation: the axis flips averaged in every stage; ((),) is none.
     mirrors: tuple[tuple[int, ...], ...] = ((),)
+    # Measure the ensemble's confidence for the QA report (`quality.py`) while segmenting; off, the
+    # pipeline does exactly what it did without it (the labels never depend on it).
+    quality: bool = False
 
     def __post_init__(self) -> None:
         if set(self.thresholds) != set(Stage):
@@ -79,6 +83,7 @@ class Segmentation:
     windows: list[Window]
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    quality: EnsembleQuality | None = None  # measured when `PipelineConfig.quality` asks
 
 
 def ensemble_mask(probabilities: np.ndarray, mode: Ensemble, threshold: float = 0.5) -> np.ndarray:
@@ -95,14 +100,18 @@ def predict_windows(
     image: np.ndarray,
     windows: list[Window],
     reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    observe: Callable[[Window, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Fold probabilities over the model grid from window-sized predictions; overlapping windows are
     averaged, voxels outside every window get probability 0. `reduce` maps each window's (K, ...)
-    fold maps to the (M, ...) maps kept (`fold_reduction`)."""
+    fold maps to the (M, ...) maps kept (`fold_reduction`); `observe` sees each window's K fold maps
+    before that (the QA report's fold disagreement)."""
     total: np.ndarray | None = None
     count = np.zeros(image.shape[1:], dtype=np.float32)
     for window in windows:
         probabilities = predictor(image[(slice(None), *window)])
+        if observe is not None:
+            observe(window, probabilities)
         if reduce is not None:
             probabilities = reduce(probabilities)
         if total is None:
@@ -214,25 +223,40 @@ def segment_preprocessed(
             [],
             seconds,
             ["the base model found no tumour; writing an all-background segmentation"],
+            EnsembleQuality(windows=0) if config.quality else None,
         )
     windows = localise_windows(box, MODEL_GRID, config.region_window)
 
     masks: dict[Stage, np.ndarray] = {}
     reduce = fold_reduction(config.ensemble)
+    meter = QualityMeter(MODEL_GRID, windows, config.thresholds) if config.quality else None
     for stage in REGION_STAGES:
         announce(stage.value)
         started = time.perf_counter()
         predictor = mirrored(predictors[stage], config.mirrors)
-        probabilities = predict_windows(predictor, model_input, windows, reduce)
+        observe = None if meter is None else _observer(meter, stage)
+        probabilities = predict_windows(predictor, model_input, windows, reduce, observe)
         masks[stage] = ensemble_mask(probabilities, config.ensemble, config.thresholds[stage])
+        if meter is not None:
+            mean = probabilities[0] if probabilities.shape[0] == 1 else probabilities.mean(axis=0)
+            meter.observe_ensemble(stage, mean, masks[stage])
         seconds[stage.value] = time.perf_counter() - started
 
     started = time.perf_counter()
     labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
+    composed_et = int(np.count_nonzero(labels == config.convention.enhancing)) if meter is not None else 0
     labels = apply_et_threshold(labels, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)
     seconds["compose"] = time.perf_counter() - started
+    quality = None
+    if meter is not None:
+        removed = composed_et if not np.any(labels == config.convention.enhancing) else 0
+        quality = meter.result(et_removed_voxels=removed)
     warnings = []
     if len(windows) > 1:
         warnings.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
-    return Segmentation(full, windows, seconds, warnings)
+    return Segmentation(full, windows, seconds, warnings, quality)
+
+
+def _observer(meter: QualityMeter, stage: Stage) -> Callable[[Window, np.ndarray], None]:
+    return lambda window, probabilities: meter.observe_folds(stage, window, probabilities)

@@ -17,6 +17,7 @@ from brats_cli.settings import Settings, mirrors_of
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from brats_cli.report import Report
     from brats_cli.segmenter import CaseResult
 
 
@@ -92,6 +93,14 @@ def segment(
         typer.Option(help="Output label convention: ET = 4 (2021) or 3 (2023); auto by input names."),
     ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists (default: skip them).")] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            help="After the batch, write the visual QA report OUTPUT/report/ (as `brats report`), with fold "
+            "disagreement and entropy measured while segmenting; keeps each case's QA data in the hidden "
+            "OUTPUT/.brats-qa. Needs matplotlib (the report extra)."
+        ),
+    ] = False,
     profile: Annotated[
         bool,
         typer.Option(
@@ -119,7 +128,7 @@ def segment(
     except SettingsError as error:
         console.error(str(error))
         raise typer.Exit(console.EXIT_UNUSABLE) from None
-    options = SegmentOptions(input, output, weights, settings, overwrite=overwrite, profile=profile)
+    options = SegmentOptions(input, output, weights, settings, overwrite=overwrite, profile=profile, report=report)
     raise typer.Exit(run_segment(options))
 
 
@@ -133,6 +142,7 @@ class SegmentOptions:
     settings: Settings
     overwrite: bool = False
     profile: bool = False
+    report: bool = False
 
 
 def run_segment(options: SegmentOptions) -> int:
@@ -151,7 +161,13 @@ def run_segment(options: SegmentOptions) -> int:
             try:
                 settings = options.settings
                 segmenter = Segmenter(options.weights, settings)
-                batch = segmenter.segment_folder(options.input, options.output, overwrite=options.overwrite)
+                batch = segmenter.segment_folder(
+                    options.input, options.output, overwrite=options.overwrite, quality=options.report
+                )
+                if options.report:  # before any case: a missing extra or a blocked folder is said now
+                    from brats_cli.report import REPORT_FOLDER, check_report_folder
+
+                    check_report_folder(options.output / REPORT_FOLDER)
                 segmenter.load()
             except BratsError as error:
                 console.error(str(error))
@@ -180,6 +196,7 @@ def run_segment(options: SegmentOptions) -> int:
                     for message in result.warnings:
                         console.warning(f"{result.case_id}: {message}")
                     progress.advance(task)
+            written = _write_report(options) if options.report else None
     except Interrupted as interrupted:
         done = batch.finished() if batch is not None else []
         console.error(
@@ -192,7 +209,32 @@ def run_segment(options: SegmentOptions) -> int:
     peak = segmenter.peak_gpu_memory_gib() if options.profile else None
     if peak is not None:
         console.stderr.print(f"peak GPU memory {peak:.2f} GiB")
+    if written is not None:
+        if isinstance(written, str):
+            console.error(written)
+            return console.EXIT_UNUSABLE
+        from brats_cli.cli.report import render_report
+
+        render_report(written)
     return console.EXIT_CASE_FAILED if batch.failed else console.EXIT_OK
+
+
+def _write_report(options: SegmentOptions) -> Report | str:
+    """The QA report of the output folder, or the one-line reason it could not be written."""
+    from brats_cli.errors import BratsError
+    from brats_cli.report import write_report
+
+    progress = console.progress()
+    try:
+        with progress:
+            task = progress.add_task("report", total=None)
+            return write_report(
+                options.output,
+                options.input,
+                on_case=lambda case_id: progress.update(task, description=f"report: {case_id}"),
+            )
+    except BratsError as error:
+        return str(error)
 
 
 def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
