@@ -1,8 +1,12 @@
-"""Shared terminal output: progress and tables on stderr, one-line errors, exit codes."""
+"""Shared terminal output: progress and tables on stderr, one-line errors, exit codes.
+
+Messages are printed as text, never as Rich markup: a file name or a hint like `brats[report]`
+holds square brackets that markup would swallow."""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 
 # Exit codes: 0 everything done; 1 some case failed; 2 the input, weights or output cannot be used
 # at all; 130/143 interrupted by SIGINT/SIGTERM.
@@ -15,15 +19,15 @@ stdout = Console(highlight=False)
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    stderr.print(f"[dim]note:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[dim]note:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def progress():
