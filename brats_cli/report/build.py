@@ -652,9 +652,10 @@ def _draw_comparison(scores: CaseScores, pair_reference: Path, pair_prediction: 
     union = region_masks(reference, convention)[REGIONS[0]] | region_masks(prediction, convention)[REGIONS[0]]
     centre = numbers.centre_of_mass(union) or tuple(size // 2 for size in reference.shape)
     largest = numbers.largest_area_slice(union, axis=2)
+    axial = largest if largest is not None else centre[2]
     views = [
-        figures.View(2, largest if largest is not None else centre[2], "axial\nlargest area"),
-        figures.View(1, centre[1], "coronal\ncentre of mass"),
+        figures.View(2, axial, f"axial {axial}\nlargest area"),
+        figures.View(1, centre[1], f"coronal {centre[1]}\ncentre of mass"),
     ]
     dice = "   ".join(f"{r.value} Dice {scores.regions[r].dice:.3f}" for r in REGIONS)
     hd95 = "   ".join(f"{r.value} HD95 {scores.regions[r].hd95:.1f}" for r in REGIONS)
@@ -801,6 +802,14 @@ def _write_evaluation_files(
             f'<table class="small"><thead><tr><th class="text">region</th>{head}</tr></thead>'
             f"<tbody>{statistics}</tbody></table><h2>Cases, worst first</h2>"
         )
+    shown = [case_id for case_id in worst if case_id in pictures]
+    after = ""
+    if shown:
+        after = "<h2>The worst cases: ground truth beside prediction</h2>" + "".join(
+            f'<a href="{_escape(pictures[case_id])}"><img src="{_escape(pictures[case_id])}" alt="{_escape(case_id)}" '
+            'style="max-width:48%;margin:0 1% 1em 0"></a>'
+            for case_id in shown
+        )
     page = render(
         "Evaluation report",
         f"brats {__version__}: predictions against the ground truth, BraTS 2021 rules (a missing prediction "
@@ -809,5 +818,6 @@ def _write_evaluation_files(
         notes,
         table,
         before_table=before,
+        after_table=after,
     )
     write_text_atomically(folder / INDEX, page)

@@ -271,8 +271,8 @@ def comparison_figure(
             axes.set_yticks([])
             if row == 0:
                 axes.set_title(name, fontsize=10)
-            if column == 0:
-                axes.set_ylabel(view.title, fontsize=9)
+            if column == 0:  # inside the panel, as in `case_figure`
+                axes.text(4, 4, view.title, color="white", fontsize=8, va="top", ha="left")
     figure.suptitle(title, x=0.04, ha="left", fontsize=12, fontweight="bold", y=1 - 0.1 / figure_height)
     figure.text(0.04, 1 - 0.42 / figure_height, subtitle, fontsize=9, ha="left", va="top")
     figure.legend(handles=_legend_handles(), loc="upper right", ncol=3, fontsize=8, frameon=False)
