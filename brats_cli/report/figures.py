@@ -1,4 +1,4 @@
-"""The QA report's pictures, drawn with matplotlib's Agg backend (no display, no GUI toolkit).
+"""The QA report's pictures, drawn on matplotlib's Agg canvas (no pyplot, no display, no GUI toolkit).
 
 Slices are shown in the radiological convention of the released BraTS data (the patient's left on
 the image's right, anterior at the top of axial slices, superior at the top of the others), from
@@ -37,14 +37,16 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def _pyplot():
+def _figure(width: float, height: float):
+    """A figure drawn by the Agg canvas directly: no pyplot, so no GUI toolkit, no display, and a
+    notebook's own matplotlib backend is left alone."""
     require_matplotlib()
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)  # files only: never a display or a GUI toolkit
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(width, height), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(figure)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +128,6 @@ def case_figure(
     labels alone without `images`); and a small thumbnail of one view's overlay (the last: the
     slice of largest tumour area when there is a tumour).
     `labels` (X, Y, Z) and `images` (4, X, Y, Z) are canonical (LPS)."""
-    plt = _pyplot()
     windows = [intensity_window(channel) for channel in images] if images is not None else []
     columns = len(MODALITY_TITLES) + 1 if images is not None else 1
     heights = [labels.shape[1] if view.axis == 2 else labels.shape[2] for view in views]
@@ -135,7 +136,7 @@ def case_figure(
     inches_per_voxel = 1.0 / DPI
     figure_width = max(columns * width * inches_per_voxel * 1.02, 6.0)
     figure_height = sum(heights) * inches_per_voxel * 1.08 + 1.1
-    figure = plt.figure(figsize=(figure_width, figure_height), dpi=DPI, facecolor="white")
+    figure = _figure(figure_width, figure_height)
     grid = figure.add_gridspec(
         len(views),
         columns,
@@ -177,7 +178,6 @@ def case_figure(
         figure.text(0.02, 1 - 0.72 / figure_height, note, fontsize=8, ha="left", va="top", color="#a33")
     figure.legend(handles=_legend_handles(), loc="upper right", ncol=3, fontsize=8, frameon=False)
     figure.savefig(path, dpi=DPI, facecolor="white")
-    plt.close(figure)
 
     shown = views[thumbnail_view]
     background = grey(display_slice(images[0], shown.axis, shown.index), windows[0]) if images is not None else None
@@ -185,7 +185,9 @@ def case_figure(
     small = overlay(background, panel_labels, convention)
     # Cropped to the brain (or, without images, the labels) so the tumour is not a speck in the table.
     content = display_slice(images[0], shown.axis, shown.index) != 0 if images is not None else panel_labels != 0
-    plt.imsave(thumbnail, _crop(small, content, THUMBNAIL_MARGIN))
+    from matplotlib.image import imsave
+
+    imsave(thumbnail, _crop(small, content, THUMBNAIL_MARGIN))
 
 
 def _crop(rgb: np.ndarray, content: np.ndarray, margin: int) -> np.ndarray:
@@ -206,9 +208,9 @@ def _crop(rgb: np.ndarray, content: np.ndarray, margin: int) -> np.ndarray:
 def box_plots(path: Path, values: Mapping[str, Mapping[str, Sequence[float]]], cases: int) -> None:
     """Per metric (Dice, HD95) a panel of per-region box plots over the cases, each case a dot:
     the paper's Table 3 as a picture. `values[metric][region]` are the per-case scores."""
-    plt = _pyplot()
     metrics = list(values)
-    figure, axes_list = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8), dpi=DPI, squeeze=False)
+    figure = _figure(5.0 * len(metrics), 3.8)
+    axes_list = figure.subplots(1, len(metrics), squeeze=False)
     rng = np.random.default_rng(0)  # fixed jitter: the same picture for the same scores
     for axes, metric in zip(axes_list[0], metrics, strict=True):
         regions = list(values[metric])
@@ -226,7 +228,6 @@ def box_plots(path: Path, values: Mapping[str, Mapping[str, Sequence[float]]], c
             axes.set_ylabel("voxels (mm)")
     figure.tight_layout()
     figure.savefig(path, dpi=DPI, facecolor="white")
-    plt.close(figure)
 
 
 def comparison_figure(
@@ -240,13 +241,12 @@ def comparison_figure(
     flair: np.ndarray | None = None,
 ) -> None:
     """Ground truth beside prediction, per view, over FLAIR when it is given (labels alone otherwise)."""
-    plt = _pyplot()
     window = intensity_window(flair) if flair is not None else None
     heights = [prediction.shape[1] if view.axis == 2 else prediction.shape[2] for view in views]
     width = max(prediction.shape[0] if view.axis != 0 else prediction.shape[1] for view in views)
     figure_width = max(2 * width / DPI * 1.04, 5.0)
     figure_height = sum(heights) / DPI * 1.1 + 0.9
-    figure = plt.figure(figsize=(figure_width, figure_height), dpi=DPI, facecolor="white")
+    figure = _figure(figure_width, figure_height)
     grid = figure.add_gridspec(
         len(views),
         2,
@@ -277,4 +277,3 @@ def comparison_figure(
     figure.text(0.04, 1 - 0.42 / figure_height, subtitle, fontsize=9, ha="left", va="top")
     figure.legend(handles=_legend_handles(), loc="upper right", ncol=3, fontsize=8, frameon=False)
     figure.savefig(path, dpi=DPI, facecolor="white")
-    plt.close(figure)
