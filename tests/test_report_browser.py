@@ -53,6 +53,10 @@ window.addEventListener("load", () => {
   const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute("src"));
   document.body.setAttribute("data-images", document.images.length);
   document.body.setAttribute("data-broken", broken.join(" "));
+  const rows = () => [...document.querySelectorAll("table.sortable tbody tr")].map(r => r.cells[1].dataset.v);
+  document.body.setAttribute("data-order", rows().join(" "));
+  [...document.querySelectorAll("table.sortable th")].find(th => th.textContent === "WT ml").click();
+  document.body.setAttribute("data-sorted", rows().join(" "));
 });
 </script>"""
 
@@ -93,9 +97,14 @@ def test_the_page_renders_with_every_resource_loaded_and_is_not_blank(report_fol
     finally:
         probe.unlink()
     assert dom.returncode == 0, dom.stderr[-2000:]
-    loaded = re.search(r'data-images="(\d+)" data-broken="([^"]*)"', dom.stdout)
+    loaded = re.search(
+        r'data-images="(\d+)" data-broken="([^"]*)" data-order="([^"]*)" data-sorted="([^"]*)"', dom.stdout
+    )
     assert loaded is not None, "the probe did not run: the page's load event never came"
     assert int(loaded[1]) == 2 and loaded[2] == "", f"images that did not load: {loaded[2]}"
+    # Flagged first (the corrupt map); a click on "WT ml" sorts by volume, the blank one last.
+    assert loaded[3].split() == ["BraTS2021_00003", "BraTS2021_00001", "BraTS2021_00002"]
+    assert loaded[4].split() == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"]
     # The DOM after scripts ran: the table holds a row per case, the failed one with its reason.
     assert dom.stdout.count("<tr class=") == 3
     assert "BraTS2021_00003" in dom.stdout and "not a readable NIfTI file" in dom.stdout
