@@ -2,7 +2,8 @@
 
 The library's entry points, imported on first use so that `import brats_cli` (and `brats --help`)
 stays instant: `Segmenter` and `Settings` (segmentation, `brats_cli.segmenter`), `evaluate` and
-`Evaluation` (scoring, `brats_cli.scoring`)."""
+`Evaluation` (scoring, `brats_cli.scoring`), `write_report` and `write_evaluation_report` (the visual
+QA report, `brats_cli.report`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ _LAZY = {
     "Settings": "brats_cli.settings",
     "evaluate": "brats_cli.scoring",
     "Evaluation": "brats_cli.scoring",
+    "write_report": "brats_cli.report",
+    "write_evaluation_report": "brats_cli.report",
 }
 __all__ = [
     "DISTRIBUTION",
@@ -31,9 +34,12 @@ __all__ = [
     "__version__",
     "evaluate",
     "installed_version",
+    "write_evaluation_report",
+    "write_report",
 ]
 
 if TYPE_CHECKING:
+    from brats_cli.report import write_evaluation_report, write_report
     from brats_cli.scoring import Evaluation, evaluate
     from brats_cli.segmenter import CaseResult, Segmenter, Status
     from brats_cli.settings import Settings

@@ -6,7 +6,6 @@ weights load without executing code (safetensors, never pickle).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, TypedDict
 
 from brats_cli.choices import REGION_STAGES, Backend, Stage
 from brats_cli.errors import WeightsError
-from brats_cli.files import atomic_path, write_text_atomically
+from brats_cli.files import atomic_path, sha256_file, write_text_atomically
 from brats_cli.labels import LabelConvention
 from brats_cli.preprocess import MODEL_GRID
 
@@ -215,14 +214,6 @@ class Bundle:
 
     def fold_paths(self, stage: Stage) -> list[Path]:
         return [self.root / fold.file for fold in self.manifest.stages[stage].folds]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_bundle(root: Path, *, verify: bool = True) -> Bundle:

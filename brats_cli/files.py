@@ -5,9 +5,10 @@ logs); a run killed midway leaves only a temporary that the next run removes."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 TEMP_MARKER = ".partial-"
@@ -59,6 +60,14 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Replace `path` by `text` in one rename."""
     with atomic_path(Path(path)) as temporary:
         temporary.write_text(text)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _process_alive(pid: int) -> bool:
@@ -117,3 +126,38 @@ def remove_stale_temporaries(folder: Path, targets: Iterable[str] | None = None)
             path.unlink()
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield a hidden staging folder beside `target` to build a whole folder in; on success it
+    takes `target`'s place, on any failure (a signal included) it is removed and `target` stays as
+    it was. So a reader finds the old folder, the new one, or (for an instant, if a run dies between
+    the two renames) none, never a half-written one.
+
+    An existing `target` is replaced only if `replaceable(target)` says it is an earlier folder of
+    the same kind (never a user's folder that happens to have the name); otherwise FileExistsError."""
+    import shutil
+
+    target = Path(target)
+    aside = target.with_name(f"{target.name}.old")
+    remove_stale_staging(target)  # what killed runs left, never a live one's
+    remove_stale_staging(aside)
+    if (target.exists() or target.is_symlink()) and not (target.is_dir() and replaceable(target)):
+        raise FileExistsError(target)
+    staging = staging_folder(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if target.exists():
+            old = staging_folder(aside)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -19,6 +19,7 @@ from brats_cli.labels import apply_et_threshold, compose_labels
 from brats_cli.localise import Window, localise_windows, tumour_box
 from brats_cli.predictors import StagePredictor
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
+from brats_cli.quality import EnsembleQuality, QualityMeter
 from brats_cli.settings import Settings
 
 
@@ -41,6 +42,9 @@ class PipelineConfig:
     mirrors: tuple[tuple[int, ...], ...] = ((),)
     # Keep the WT, TC and ET ensemble probabilities (Segmentation.probabilities).
     keep_probabilities: bool = False
+    # Measure the ensemble's confidence for the QA report (`quality.py`) while segmenting; off, the
+    # pipeline does exactly what it did without it (the labels never depend on it).
+    quality: bool = False
 
     def __post_init__(self) -> None:
         if set(self.thresholds) != set(Stage):
@@ -86,6 +90,7 @@ class Segmentation:
     # folds (and flips) of the WT, TC and ET models, 0 outside the region windows; all 0 when the
     # base model found no tumour (the region models did not run).
     probabilities: np.ndarray | None = None
+    quality: EnsembleQuality | None = None  # measured when `PipelineConfig.quality` asks
 
 
 def ensemble_mask(probabilities: np.ndarray, mode: Ensemble, threshold: float = 0.5) -> np.ndarray:
@@ -102,14 +107,18 @@ def predict_windows(
     image: np.ndarray,
     windows: list[Window],
     reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    observe: Callable[[Window, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Fold probabilities over the model grid from window-sized predictions; overlapping windows are
     averaged, voxels outside every window get probability 0. `reduce` maps each window's (K, ...)
-    fold maps to the (M, ...) maps kept (`fold_reduction`)."""
+    fold maps to the (M, ...) maps kept (`fold_reduction`); `observe` sees each window's K fold maps
+    before that (the QA report's fold disagreement)."""
     total: np.ndarray | None = None
     count = np.zeros(image.shape[1:], dtype=np.float32)
     for window in windows:
         probabilities = predictor(image[(slice(None), *window)])
+        if observe is not None:
+            observe(window, probabilities)
         if reduce is not None:
             probabilities = reduce(probabilities)
         if total is None:
@@ -222,30 +231,46 @@ def segment_preprocessed(
             seconds,
             ["the base model found no tumour; writing an all-background segmentation"],
             np.zeros((len(REGION_STAGES), *BRATS_SHAPE), dtype=np.float32) if config.keep_probabilities else None,
+            EnsembleQuality(windows=0) if config.quality else None,
         )
     windows = localise_windows(box, MODEL_GRID, config.region_window)
 
     masks: dict[Stage, np.ndarray] = {}
     kept: list[np.ndarray] = []
     reduce = fold_reduction(config.ensemble)
+    meter = QualityMeter(MODEL_GRID, windows, config.thresholds) if config.quality else None
     for stage in REGION_STAGES:
         announce(stage.value)
         started = time.perf_counter()
         predictor = mirrored(predictors[stage], config.mirrors)
-        probabilities = predict_windows(predictor, model_input, windows, reduce)
+        observe = None if meter is None else _observer(meter, stage)
+        probabilities = predict_windows(predictor, model_input, windows, reduce, observe)
         masks[stage] = ensemble_mask(probabilities, config.ensemble, config.thresholds[stage])
-        if config.keep_probabilities:
+        if config.keep_probabilities or meter is not None:
             # The mean over folds: what `mean` thresholds (a vote thresholds each fold instead).
-            kept.append(probabilities[0] if probabilities.shape[0] == 1 else probabilities.mean(axis=0))
+            mean = probabilities[0] if probabilities.shape[0] == 1 else probabilities.mean(axis=0)
+            if config.keep_probabilities:
+                kept.append(mean)
+            if meter is not None:
+                meter.observe_ensemble(stage, mean, masks[stage])
         seconds[stage.value] = time.perf_counter() - started
 
     started = time.perf_counter()
     labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
+    composed_et = int(np.count_nonzero(labels == config.convention.enhancing)) if meter is not None else 0
     labels = apply_et_threshold(labels, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)
     probability_maps = uncrop_from_model_grid(np.stack(kept)) if kept else None
     seconds["compose"] = time.perf_counter() - started
+    quality = None
+    if meter is not None:
+        removed = composed_et if not np.any(labels == config.convention.enhancing) else 0
+        quality = meter.result(et_removed_voxels=removed)
     warnings = []
     if len(windows) > 1:
         warnings.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
-    return Segmentation(full, windows, seconds, warnings, probability_maps)
+    return Segmentation(full, windows, seconds, warnings, probability_maps, quality)
+
+
+def _observer(meter: QualityMeter, stage: Stage) -> Callable[[Window, np.ndarray], None]:
+    return lambda window, probabilities: meter.observe_folds(stage, window, probabilities)

@@ -13,6 +13,7 @@ writes, what an interrupted run finished) is decided here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +46,7 @@ from brats_cli.labels import REGIONS, Region, region_masks
 from brats_cli.pipeline import PipelineConfig, Segmentation, segment_image, segment_preprocessed
 from brats_cli.predictors import StagePredictor, require_backend, stage_predictors
 from brats_cli.preprocess import preprocess
+from brats_cli.quality import EnsembleQuality
 from brats_cli.settings import Settings
 from brats_cli.shards import Shard
 
@@ -72,6 +74,9 @@ class CaseResult:
     output: Path | None = None
     # With Settings(probabilities=True): the `<ID>_probabilities.nii.gz` written beside `output`.
     probabilities: Path | None = None
+    convention: LabelConvention | None = None  # the labels written (DONE only)
+    # Measured when asked (`quality=True`): fold disagreement, entropy, windows, ET threshold.
+    quality: EnsembleQuality | None = None
 
 
 @dataclass
@@ -309,33 +314,51 @@ class Segmenter:
         *,
         case_id: str | None = None,
         on_stage: OnStage | None = None,
+        quality: bool = False,
     ) -> CaseResult:
         """Segment one case (a case folder, its four files, or a {modality: file} mapping) into
         `output/<ID>.nii.gz` (and `<ID>_probabilities.nii.gz` with Settings(probabilities=True)),
         overwriting them. Problems with the case become a FAILED result; problems with `output`
-        (not creatable, not writable) raise OutputError."""
+        (not creatable, not writable) raise OutputError. `quality`: measure the ensemble's
+        confidence into `CaseResult.quality` (nothing is written for it)."""
         case = case_from_files(files, case_id)
         folder = ensure_output_folder(Path(output))
-        return self._segment(case, folder / case.output_name, on_stage)
+        return self._segment(case, folder / case.output_name, on_stage, quality=quality)
 
     def segment_folder(
-        self, input: str | Path, output: str | Path, *, overwrite: bool = False, shard: Shard | str | None = None
+        self,
+        input: str | Path,
+        output: str | Path,
+        *,
+        overwrite: bool = False,
+        shard: Shard | str | None = None,
+        quality: bool = False,
     ) -> Batch:
         """A batch over every case under `input` (a folder of case folders, one case folder, or
         one case's files): made now (InputError, OutputError), segmented as it is iterated
         (`for result in batch`, or `batch.run()`). `shard` ("K/N" or a Shard) keeps every N-th
-        case by sorted ID from the K-th, so that N processes share one input and output folder."""
+        case by sorted ID from the K-th, so that N processes share one input and output folder.
+        `quality`: measure each case's ensemble confidence and keep it, with the case's status, for
+        the QA report (`write_report`) in the hidden OUTPUT/.brats-qa (see
+        `brats_cli.report.records` for why there)."""
         chosen = Shard.parse(shard) if isinstance(shard, str) else shard
-        return Batch(self, Path(input), Path(output), overwrite=overwrite, shard=chosen)
+        return Batch(self, Path(input), Path(output), overwrite=overwrite, shard=chosen, quality=quality)
 
     def _segment(
-        self, case: Case, target: Path, on_stage: OnStage | None = None, load: Loader | None = None
+        self,
+        case: Case,
+        target: Path,
+        on_stage: OnStage | None = None,
+        load: Loader | None = None,
+        quality: bool = False,
     ) -> CaseResult:
         """Segment one case and write `target`; every failure becomes a FAILED result, never an
         exception. `load` returns the case's preprocessed grid and geometry (default: read it now);
         the time spent waiting for it is the case's "read" seconds."""
         started = time.perf_counter()
         config = self.config(LabelConvention.of_naming(case.naming))
+        if quality:
+            config = dataclasses.replace(config, quality=True)
 
         def announce(name: str) -> None:
             if on_stage:
@@ -374,6 +397,8 @@ class Segmenter:
             warnings=[*read_warnings, *segmentation.warnings],
             output=target,
             probabilities=probabilities_path,
+            convention=config.convention,
+            quality=segmentation.quality,
         )
 
 
@@ -413,6 +438,7 @@ class Batch:
         *,
         overwrite: bool = False,
         shard: Shard | None = None,
+        quality: bool = False,
     ) -> None:
         self.segmenter = segmenter
         discovery = discover_cases(input)
@@ -437,6 +463,12 @@ class Batch:
         self.output = ensure_output_folder(output)
         remove_stale_temporaries(self.output, None if shard is None else self._output_names())
         self.overwrite = overwrite
+        self.quality = quality
+        if quality:
+            from brats_cli.report.records import QA_FOLDER
+
+            if (self.output / QA_FOLDER).is_dir():
+                remove_stale_temporaries(self.output / QA_FOLDER)
         self.results: list[CaseResult] = []
         self._in_progress: Path | None = None  # the output of the case being segmented, if new
 
@@ -479,12 +511,25 @@ class Batch:
                 else:
                     _, load = next(loaders)
                     self._in_progress = None if target.exists() else target  # --overwrite: cannot tell
-                    result = self.segmenter._segment(case, target, on_stage, load)
+                    result = self.segmenter._segment(case, target, on_stage, load, self.quality)
                     self._in_progress = None
+                if self.quality and result.status is not Status.SKIPPED:
+                    result = self._record(result)
                 self.results.append(result)
                 yield result
         finally:
             loaders.close()
+
+    def _record(self, result: CaseResult) -> CaseResult:
+        """Keep the case's QA record; a record that cannot be written costs the report its
+        numbers, never the segmentation: it becomes a warning of the case."""
+        from brats_cli.report.records import CaseRecord, write_record
+
+        try:
+            write_record(self.output, CaseRecord.of_result(result))
+        except (BratsError, OSError) as error:
+            return dataclasses.replace(result, warnings=[*result.warnings, f"QA record not kept: {error}"])
+        return result
 
     def finished(self) -> list[str]:
         """IDs of the cases this run wrote, including one written and then interrupted before its

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from brats_cli import installed_version
-from brats_cli.cli import bundle, evaluate, export, info, segment, synth, train
+from brats_cli.cli import bundle, evaluate, export, info, report, segment, synth, train
 
 app = typer.Typer(
     name="brats",
@@ -20,6 +20,7 @@ app.command("segment")(segment.segment)
 app.command("info")(info.info)
 app.command("synth")(synth.synth)
 app.command("evaluate")(evaluate.evaluate)
+app.command("report")(report.report)
 app.command("train")(train.train)
 app.command("bundle")(bundle.bundle)
 app.command("export")(export.export)

@@ -1,5 +1,8 @@
 """Shared terminal output: progress and tables on stderr, one-line errors, exit codes, and the
-run log a command may keep (`--log FILE`)."""
+run log a command may keep (`--log FILE`).
+
+Messages are printed as text, never as Rich markup: a file name or a hint like `brats[report]`
+holds square brackets that markup would swallow."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 
 # Exit codes: 0 everything done; 1 some case failed; 2 the input, weights or output cannot be used
 # at all; 130/143 interrupted by SIGINT/SIGTERM.
@@ -37,23 +41,23 @@ def log(kind: str, message: str) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     log("error", message)
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", markup=True, soft_wrap=True)
     log("warning", message)
 
 
 def note(message: str) -> None:
-    stderr.print(f"[dim]note:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[dim]note:[/] {escape(message)}", markup=True, soft_wrap=True)
     log("note", message)
 
 
 def info(message: str) -> None:
     """A plain progress line on stderr, kept in the run log."""
-    stderr.print(message, soft_wrap=True)
+    stderr.print(message, markup=False, soft_wrap=True)
     log("info", message)
 
 

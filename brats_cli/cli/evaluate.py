@@ -40,11 +40,19 @@ def evaluate(
             "(in no region), 3 dilations, lesions of 20 voxels (ET 10) or fewer ignored."
         ),
     ] = Task.GLI2023,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Write a visual report to this folder: box plots of Dice and HD95 per region, the per-case "
+            "table, ground truth beside prediction for the worst cases. Needs matplotlib (the report extra).",
+        ),
+    ] = None,
 ) -> None:
     """Score PRED against GT per case and region (WT, TC, ET): Dice, HD95, sensitivity,
     specificity with the BraTS 2021 rules; a summary table per region."""
     convention = label_convention(labels)
-    raise typer.Exit(run_evaluate(prediction, reference, convention, csv, json, lesion_wise, task))
+    raise typer.Exit(run_evaluate(prediction, reference, convention, csv, json, lesion_wise, task, report))
 
 
 def run_evaluate(
@@ -55,6 +63,7 @@ def run_evaluate(
     json_path: Path | None,
     with_lesion_wise: bool,
     task: Task = Task.GLI2023,
+    report_path: Path | None = None,
 ) -> int:
     """Pair, score while rendering progress, render the summary, write; the exit code."""
     from brats_cli.errors import BratsError
@@ -65,6 +74,10 @@ def run_evaluate(
             console.error(f"{path}: folder for {option} does not exist")
             return console.EXIT_UNUSABLE
     try:
+        if report_path is not None:  # before scoring: a missing extra or a blocked folder is said now
+            from brats_cli.report import check_report_folder
+
+            check_report_folder(report_path, "evaluation")
         evaluation = Evaluation.of(prediction, reference, labels=labels, lesion_wise=with_lesion_wise, task=task)
     except BratsError as error:
         console.error(str(error))
@@ -105,6 +118,13 @@ def run_evaluate(
             evaluation.write_csv(csv_path)
         if json_path is not None:
             evaluation.write_json(json_path)
+        if report_path is not None:
+            from brats_cli.report import write_evaluation_report
+
+            written = write_evaluation_report(evaluation, report_path)
+            for message in written.notes[len(evaluation.notes) :]:
+                console.note(message)
+            console.stderr.print(f"report: {written.index}")
     except BratsError as error:
         console.error(str(error))
         return console.EXIT_UNUSABLE

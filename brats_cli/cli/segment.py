@@ -20,6 +20,7 @@ from brats_cli.shards import Shard
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from brats_cli.report import Report
     from brats_cli.segmenter import CaseResult
 
 
@@ -115,6 +116,14 @@ def segment(
         Path | None,
         typer.Option(help="Append every note, warning and error of the run, timestamped, to this file."),
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            help="After the batch, write the visual QA report OUTPUT/report/ (as `brats report`), with fold "
+            "disagreement and entropy measured while segmenting; keeps each case's QA data in the hidden "
+            "OUTPUT/.brats-qa. Needs matplotlib (the report extra)."
+        ),
+    ] = False,
     profile: Annotated[
         bool,
         typer.Option(
@@ -145,7 +154,15 @@ def segment(
         console.error(str(error))
         raise typer.Exit(console.EXIT_UNUSABLE) from None
     options = SegmentOptions(
-        input, output, weights, settings, overwrite=overwrite, profile=profile, shard=chosen_shard, log=log
+        input,
+        output,
+        weights,
+        settings,
+        overwrite=overwrite,
+        profile=profile,
+        shard=chosen_shard,
+        log=log,
+        report=report,
     )
     raise typer.Exit(run_segment(options))
 
@@ -162,6 +179,7 @@ class SegmentOptions:
     profile: bool = False
     shard: Shard | None = None
     log: Path | None = None
+    report: bool = False
 
 
 def run_segment(options: SegmentOptions) -> int:
@@ -192,8 +210,16 @@ def _run_segment(options: SegmentOptions) -> int:
                 settings = options.settings
                 segmenter = Segmenter(options.weights, settings)
                 batch = segmenter.segment_folder(
-                    options.input, options.output, overwrite=options.overwrite, shard=options.shard
+                    options.input,
+                    options.output,
+                    overwrite=options.overwrite,
+                    shard=options.shard,
+                    quality=options.report,
                 )
+                if options.report:  # before any case: a missing extra or a blocked folder is said now
+                    from brats_cli.report import REPORT_FOLDER, check_report_folder
+
+                    check_report_folder(options.output / REPORT_FOLDER)
                 segmenter.load()
             except BratsError as error:
                 console.error(str(error))
@@ -224,6 +250,7 @@ def _run_segment(options: SegmentOptions) -> int:
                     for message in result.warnings:
                         console.warning(f"{result.case_id}: {message}")
                     progress.advance(task)
+            written = _write_report(options) if options.report else None
     except Interrupted as interrupted:
         done = batch.finished() if batch is not None else []
         console.error(
@@ -236,7 +263,32 @@ def _run_segment(options: SegmentOptions) -> int:
     peak = segmenter.peak_gpu_memory_gib() if options.profile else None
     if peak is not None:
         console.stderr.print(f"peak GPU memory {peak:.2f} GiB")
+    if written is not None:
+        if isinstance(written, str):
+            console.error(written)
+            return console.EXIT_UNUSABLE
+        from brats_cli.cli.report import render_report
+
+        render_report(written)
     return console.EXIT_CASE_FAILED if batch.failed else console.EXIT_OK
+
+
+def _write_report(options: SegmentOptions) -> Report | str:
+    """The QA report of the output folder, or the one-line reason it could not be written."""
+    from brats_cli.errors import BratsError
+    from brats_cli.report import write_report
+
+    progress = console.progress()
+    try:
+        with progress:
+            task = progress.add_task("report", total=None)
+            return write_report(
+                options.output,
+                options.input,
+                on_case=lambda case_id: progress.update(task, description=f"report: {case_id}"),
+            )
+    except BratsError as error:
+        return str(error)
 
 
 def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
