@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from brats_cli.choices import REGION_STAGES, Backend, Stage
-from brats_cli.errors import WeightsError
+from brats_cli.errors import WeightsError, first_line
 from brats_cli.files import atomic_path, write_text_atomically
 from brats_cli.labels import LabelConvention
 from brats_cli.preprocess import MODEL_GRID
@@ -177,7 +177,7 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
         backend = Backend(_require(data, "backend", str, source))
         labels = LabelConvention(str(_require(data, "labels", str, source)))
     except ValueError as error:
-        raise WeightsError(f"{source}: {error}") from error
+        raise WeightsError(f"{source}: {first_line(error)}") from error
     stages_data = _require(data, "stages", dict, source)
     unknown = sorted(set(stages_data) - {s.value for s in Stage})
     if unknown:
@@ -238,7 +238,7 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
     try:
         data = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{manifest_path}: unreadable manifest ({error})") from error
+        raise WeightsError(f"{manifest_path}: unreadable manifest ({first_line(error)})") from error
     manifest = manifest_from_dict(data, str(manifest_path))
     bundle = Bundle(root, manifest)
     if verify:

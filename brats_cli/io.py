@@ -127,23 +127,79 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def _group_folder(folder: Path, notes: list[str]) -> list[Case]:
-    """Cases whose files lie directly in `folder`, grouped by the case ID in their names."""
+# Modality words in other tools' file names, for saying how to rename a case that has no BraTS
+# names: BraTS-Toolkit's `<ID>_fla_bet.nii.gz`, `t1`, `t1c`, `t2`; bare 2021 names (`flair.nii.gz`);
+# the 2023 suffixes with another separator; `t1gd`/`t2flair` as some archives write them.
+_MODALITY_WORDS: dict[str, Modality] = {
+    "fla": Modality.FLAIR,
+    "flair": Modality.FLAIR,
+    "t2f": Modality.FLAIR,
+    "t2flair": Modality.FLAIR,
+    "t1": Modality.T1,
+    "t1n": Modality.T1,
+    "t1c": Modality.T1CE,
+    "t1ce": Modality.T1CE,
+    "t1gd": Modality.T1CE,
+    "t2": Modality.T2,
+    "t2w": Modality.T2,
+}
+
+
+def _modality_in_name(path: Path) -> Modality | None:
+    """The one modality a non-BraTS file name mentions (`TCGA-DU-7294_fla_bet.nii.gz`: FLAIR), or None."""
+    words = re.split(r"[^a-z0-9]+", nifti_stem(path).lower())
+    found = {_MODALITY_WORDS[word] for word in words if word in _MODALITY_WORDS}
+    return found.pop() if len(found) == 1 else None
+
+
+def _unnamed_case(folder: Path, images: list[Path]) -> Case | None:
+    """A folder whose NIfTI files name modalities, but not as BraTS does, is a case its user meant
+    to run: a failed case that says which names it found and how to rename them. None when the
+    names mention no modality (a folder of segmentations, say): not a case."""
+    modalities = {path: _modality_in_name(path) for path in images}
+    if not any(modalities.values()):
+        return None
+    case_id = folder.resolve().name
+    by_modality: dict[Modality, list[Path]] = defaultdict(list)
+    for path, modality in modalities.items():
+        if modality is not None:
+            by_modality[modality].append(path)
+    if all(len(by_modality[modality]) == 1 for modality in CHANNEL_ORDER):
+        extension = {m: ".nii.gz" if by_modality[m][0].name.endswith(".nii.gz") else ".nii" for m in CHANNEL_ORDER}
+        renames = ", ".join(
+            f"{by_modality[m][0].name} -> {case_id}_{SUFFIX[Naming.BRATS2021][m]}{extension[m]}" for m in CHANNEL_ORDER
+        )
+        names_2023 = ", ".join(f"{case_id}-{SUFFIX[Naming.BRATS2023][m]}{extension[m]}" for m in CHANNEL_ORDER)
+        problem = f"no BraTS file names: rename {renames} (or to the BraTS 2023 names {names_2023})"
+    else:
+        found = ", ".join(path.name for path in images)
+        problem = (
+            f"no BraTS file names (found {found}): a case needs four files named <ID>_flair, _t1, _t1ce, "
+            "_t2.nii.gz (BraTS 2021) or <ID>-t2f, -t1n, -t1c, -t2w.nii.gz (BraTS 2023)"
+        )
+    return Case(case_id, Naming.BRATS2021, {}, None, problem)
+
+
+def _group_folder(folder: Path) -> tuple[list[Case], list[Path]]:
+    """Cases whose files lie directly in `folder`, grouped by the case ID in their names, and the
+    NIfTI files there without a BraTS name."""
     groups: dict[str, list[tuple[Path, ParsedName]]] = defaultdict(list)
     # Every entry named like an image, files or not: a folder or a FIFO under a modality's name is
     # that case's problem, said as such, rather than a "missing modality".
     images = sorted(p for p in folder.iterdir() if is_nifti(p) and (p.is_file() or not p.name.startswith(".")))
+    foreign = []
     for path in images:
         parsed = parse_name(path)
         if parsed is None:
             if path.is_file():
-                notes.append(f"{path}: not a BraTS modality name, ignored")
+                foreign.append(path)
             continue
         groups[parsed.case_id].append((path, parsed))
-    cases = []
-    for case_id, members in sorted(groups.items()):
-        cases.append(_assemble_case(case_id, members))
-    return cases
+    return [_assemble_case(case_id, members) for case_id, members in sorted(groups.items())], foreign
+
+
+def _ignored(foreign: list[Path]) -> list[str]:
+    return [f"{path}: not a BraTS modality name, ignored" for path in foreign]
 
 
 def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case:
@@ -191,23 +247,36 @@ def discover_cases(root: Path) -> Discovery:
         raise InputError(f"{root}: input is not a folder")
     notes: list[str] = []
     try:
-        cases = _group_folder(root, notes)
+        cases, foreign = _group_folder(root)
         subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except PermissionError as error:
         raise InputError(f"{error.filename}: cannot read folder (permission denied)") from error
     for sub in subfolders:
         try:
-            found = _group_folder(sub, notes)
-            empty = not found and not any(sub.iterdir())
+            found, stray = _group_folder(sub)
+            empty = not found and not stray and not any(sub.iterdir())
         except PermissionError:
             # One unreadable case folder is that case's failure, not the batch's: named by the folder.
             cases.append(Case(sub.name, Naming.BRATS2021, {}, None, f"{sub}: cannot read folder (permission denied)"))
             continue
-        if empty:
+        unnamed = _unnamed_case(sub, stray) if stray and not found else None
+        if unnamed is not None:
+            cases.append(unnamed)
             continue
-        if not found:
+        if found:
+            notes.extend(_ignored(stray))
+        elif stray:
+            notes.append(f"{sub}: no BraTS image files ({len(stray)} NIfTI file(s) not named by modality), ignored")
+        elif not empty:
             notes.append(f"{sub}: no BraTS image files, ignored")
         cases.extend(found)
+    # INPUT itself is a would-be case only when nothing else is one: a BraTS-Toolkit case folder
+    # given alone fails as it does among others; beside real cases, its stray files are notes.
+    unnamed = _unnamed_case(root, foreign) if foreign and not cases else None
+    if unnamed is not None:
+        cases.append(unnamed)
+    else:
+        notes[:0] = _ignored(foreign)
     seen: dict[str, Case] = {}
     unique: list[Case] = []
     for case in cases:
@@ -488,7 +557,7 @@ def save_nifti(image: nib.Nifti1Image, path: Path) -> None:
             nib.save(image, temporary)
     except OSError as error:
         # strerror alone: the error's own file name is the temporary, already removed.
-        raise OutputError(f"{path}: cannot write ({error.strerror or first_line(error)})") from error
+        raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
 
 
 def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
@@ -509,6 +578,25 @@ def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
 def write_label_map(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
     """Write canonical-orientation labels back in the input's orientation, atomically."""
     save_nifti(label_image(labels, geometry), path)
+
+
+def check_output_folder(folder: Path) -> Path:
+    """Refuse an output folder that could not be made or written, without making it: a command
+    that then fails before its first case (weights, device) leaves nothing behind."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder:
+        if not folder.is_dir():
+            raise OutputError(f"{folder}: output is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{folder}: output folder is not writable")
+    elif not existing.is_dir():
+        raise OutputError(f"{folder}: cannot create output folder ({existing} is not a folder)")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: cannot create output folder ({existing} is not writable)")
+    return folder
 
 
 def ensure_output_folder(folder: Path) -> Path:

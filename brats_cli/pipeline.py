@@ -78,7 +78,8 @@ class Segmentation:
     labels: np.ndarray  # (240, 240, 155) uint8, canonical orientation
     windows: list[Window]
     seconds: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a user should look into
+    notes: list[str] = field(default_factory=list)  # information: the run went as designed
 
 
 def ensemble_mask(probabilities: np.ndarray, mode: Ensemble, threshold: float = 0.5) -> np.ndarray:
@@ -232,7 +233,8 @@ def segment_preprocessed(
     labels = apply_et_threshold(labels, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)
     seconds["compose"] = time.perf_counter() - started
-    warnings = []
+    # Several windows are how a large tumour is covered (localise.py), not a problem with the case.
+    notes = []
     if len(windows) > 1:
-        warnings.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
-    return Segmentation(full, windows, seconds, warnings)
+        notes.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
+    return Segmentation(full, windows, seconds, notes=notes)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
+from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError, first_line
 from brats_cli.files import is_temporary
 from brats_cli.io import (
     SEGMENTATION_SUFFIX,
@@ -327,7 +327,7 @@ def write_csv(path: Path, table: list[dict[str, object]], with_lesion_wise: bool
             writer.writeheader()
             writer.writerows(table)
     except OSError as error:
-        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+        raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
 
 
 def _json_safe(value: object) -> object:
@@ -346,7 +346,7 @@ def write_json(path: Path, document: dict[str, object]) -> None:
             json.dump(_json_safe(document), handle, indent=2)
             handle.write("\n")
     except OSError as error:
-        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+        raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def synth(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from brats_cli import synth as phantoms
-    from brats_cli.errors import BratsError
+    from brats_cli.errors import BratsError, first_line
 
     rows: list[phantoms.PreviewRow] = []
     try:
@@ -83,7 +83,7 @@ def synth(
         if preview is not None:
             phantoms.save_preview(rows, preview)
     except OSError as error:
-        console.error(f"{output}: cannot write ({error.strerror or error})")
+        console.error(f"{output}: cannot write ({first_line(error)})")
         raise typer.Exit(console.EXIT_UNUSABLE) from None
     except BratsError as error:
         console.error(str(error))

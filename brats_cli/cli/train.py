@@ -153,7 +153,7 @@ def _print_case(case, reused: bool) -> None:
 
 
 def run_train(options: TrainOptions) -> int:
-    from brats_cli.errors import BratsError
+    from brats_cli.errors import BratsError, first_line
     from brats_cli.predictors.torch_backend import resolve_device
     from brats_cli.training import distributed
     from brats_cli.training.loop import STAGE_ORDER
@@ -203,13 +203,11 @@ def run_train(options: TrainOptions) -> int:
     except OSError as error:  # a disk filling up or a folder made read-only during training
         where = f"{error.filename}: " if error.filename else ""
         console.error(
-            f"{where}cannot write ({error.strerror or error}); the last complete epoch is checkpointed: "
+            f"{where}cannot write ({first_line(error)}); the last complete epoch is checkpointed: "
             "free the space or fix the folder, then rerun with --resume"
         )
         return console.EXIT_UNUSABLE
     except (MemoryError, RuntimeError) as error:  # out of memory on the host or the GPU, above all
-        from brats_cli.errors import first_line
-
         console.error(
             f"training stopped: {first_line(error)[:300]}; the last complete epoch is checkpointed: "
             "a smaller recipe (width, batch_size, patch) or --resume after freeing memory"

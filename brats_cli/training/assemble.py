@@ -13,7 +13,7 @@ from typing import Any
 
 from brats_cli import __version__
 from brats_cli.bundle import Architecture, Bundle, Stage, write_torch_bundle
-from brats_cli.errors import InputError
+from brats_cli.errors import InputError, first_line
 from brats_cli.preprocess import MODEL_GRID
 from brats_cli.training.folds import FOLDS_FILE, read_folds
 from brats_cli.training.loop import BEST, LAST, load_checkpoint
@@ -43,7 +43,7 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
     try:
         recipe_data = json.loads(recipe_path.read_text())
     except (OSError, ValueError) as error:
-        raise InputError(f"{recipe_path}: unreadable ({error})") from error
+        raise InputError(f"{recipe_path}: unreadable ({first_line(error)})") from error
     recipe = recipe_from_dict(recipe_data, str(recipe_path))
     folds = read_folds(run / FOLDS_FILE)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_cli.errors import BratsError, CaseError, InputError, UnusableCases
+from brats_cli.errors import BratsError, CaseError, InputError, UnusableCases, first_line
 from brats_cli.files import atomic_path, write_text_atomically
 from brats_cli.io import SEPARATOR, Case, discover_cases, load_case, read_label_map
 from brats_cli.labels import LabelConvention, Region, region_masks, unexpected_labels
@@ -156,7 +156,7 @@ def prepare_cache(
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"{cache}: cannot create the cache folder ({error})") from error
+        raise InputError(f"{cache}: cannot create the cache folder ({first_line(error)})") from error
     if not os.access(cache, os.W_OK):
         raise InputError(f"{cache}: the cache folder is not writable")
     prepared: list[CachedCase] = []
@@ -169,7 +169,7 @@ def prepare_cache(
             continue
         except OSError as error:  # writing the entry: a full disk is no case's fault; stop here
             where = error.filename or cache
-            raise InputError(f"{where}: cannot write the cache ({error.strerror or error})") from error
+            raise InputError(f"{where}: cannot write the cache ({first_line(error)})") from error
         prepared.append(entry)
     if problems:
         raise UnusableCases(None, problems)
@@ -180,7 +180,7 @@ def _prepare_one(case: Case, cache: Path, on_case: Callable[[Case, bool], None] 
     try:
         key = cache_key(case)
     except OSError as error:
-        raise CaseError(case.case_id, f"cannot read file information ({error})") from error
+        raise CaseError(case.case_id, f"cannot read file information ({first_line(error)})") from error
     folder = cache / f"{case.case_id}-{key}"
     entry = _read_entry(folder, case)
     if entry is not None:

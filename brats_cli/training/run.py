@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from brats_cli.bundle import Stage
-from brats_cli.errors import BratsError, InputError
+from brats_cli.errors import BratsError, InputError, first_line
 from brats_cli.files import write_text_atomically
 from brats_cli.io import Case
 from brats_cli.training import distributed
@@ -61,7 +61,7 @@ def check_recipe(run: Path, recipe: Recipe) -> bool:
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise InputError(f"{path}: unreadable ({error})") from error
+        raise InputError(f"{path}: unreadable ({first_line(error)})") from error
     if stored != recipe.to_dict():
         raise InputError(
             f"{path}: this run was started with a different recipe ({_first_difference(stored, recipe.to_dict())}); "
@@ -75,7 +75,7 @@ def record_recipe(run: Path, recipe: Recipe) -> None:
     try:
         write_text_atomically(path, json.dumps(recipe.to_dict(), indent=1) + "\n")
     except OSError as error:
-        raise InputError(f"{run}: cannot write to the run folder ({error.strerror or error})") from error
+        raise InputError(f"{run}: cannot write to the run folder ({first_line(error)})") from error
 
 
 def prepare(
@@ -95,7 +95,7 @@ def prepare(
     try:
         Path(run).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"{run}: cannot create the run folder ({error})") from error
+        raise InputError(f"{run}: cannot create the run folder ({first_line(error)})") from error
     if not os.access(run, os.W_OK):
         raise InputError(f"{run}: the run folder is not writable")
     recorded = check_recipe(run, recipe)
