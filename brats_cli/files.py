@@ -99,14 +99,55 @@ def remove_stale_staging(target: Path) -> list[Path]:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files that killed runs left behind in `folder`: only those whose writing
-    process (the PID in the name) is gone, so a run never deletes a concurrent run's work."""
+    """Delete temporary files and staging folders that killed runs left behind in `folder`: only
+    those whose writing process (the PID in the name) is gone, so a run never deletes a
+    concurrent run's work."""
     removed = []
     for path in Path(folder).glob(f".*{TEMP_MARKER}*"):
         match = _TEMPORARY_PID.match(path.name)
         if match is None or _process_alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
-            path.unlink()
+            _remove(path)
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder to fill; on success it becomes `target` by rename (a `target`
+    already there is replaced: moved aside, the new one renamed in, the old one deleted), on any
+    failure or signal it is deleted. A reader sees the old folder, the new one whole, or (only
+    between two renames) none; never part of one. A killed run's staging is swept by
+    `remove_stale_temporaries` on the parent folder."""
+    target = Path(target)
+    staging = staging_folder(target)
+    aside = staging_folder(target.with_name(f"{target.name}.replaced"))
+    for leftover in (staging, aside):  # a dead run's, whose PID came round again
+        _remove(leftover)
+    staging.mkdir()
+    try:
+        yield staging
+        if target.exists() or target.is_symlink():
+            os.replace(target, aside)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)  # put the old one back
+            raise
+    except BaseException:
+        _remove(staging)
+        raise
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree if it is there; never follow a link."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
