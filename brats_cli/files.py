@@ -118,11 +118,13 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     """Yield a hidden staging folder to fill; on success it becomes `target` by rename (a `target`
     already there is replaced: moved aside, the new one renamed in, the old one deleted), on any
     failure or signal it is deleted. A reader sees the old folder, the new one whole, or (only
-    between two renames) none; never part of one. A killed run's staging is swept by
-    `remove_stale_temporaries` on the parent folder."""
+    between two renames) none; never part of one. Staging that killed runs left for `target` is
+    swept first (`remove_stale_temporaries` on the parent sweeps any target's)."""
     target = Path(target)
-    staging = staging_folder(target)
-    aside = staging_folder(target.with_name(f"{target.name}.replaced"))
+    replaced = target.with_name(f"{target.name}.replaced")
+    staging, aside = staging_folder(target), staging_folder(replaced)
+    remove_stale_staging(target)  # what killed runs left, never a live one's
+    remove_stale_staging(replaced)
     for leftover in (staging, aside):  # a dead run's, whose PID came round again
         _remove(leftover)
     staging.mkdir()
