@@ -580,22 +580,23 @@ def write_label_map(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
     save_nifti(label_image(labels, geometry), path)
 
 
-def check_output_folder(folder: Path) -> Path:
-    """Refuse an output folder that could not be made or written, without making it: a command
-    that then fails before its first case (weights, device) leaves nothing behind."""
+def check_output_folder(folder: Path, what: str = "output folder") -> Path:
+    """Refuse a folder that could not be made or written (OutputError naming it as `what`),
+    without making it: a command that then fails before its first write (weights, device) leaves
+    nothing behind, and a file in the way is said as such rather than as "File exists"."""
     folder = Path(folder)
     existing = folder
     while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
     if existing == folder:
         if not folder.is_dir():
-            raise OutputError(f"{folder}: output is not a folder")
+            raise OutputError(f"{folder}: exists and is not a folder (needed as the {what})")
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"{folder}: output folder is not writable")
+            raise OutputError(f"{folder}: {what} is not writable")
     elif not existing.is_dir():
-        raise OutputError(f"{folder}: cannot create output folder ({existing} is not a folder)")
+        raise OutputError(f"{folder}: cannot create {what} ({existing} is not a folder)")
     elif not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{folder}: cannot create output folder ({existing} is not writable)")
+        raise OutputError(f"{folder}: cannot create {what} ({existing} is not writable)")
     return folder
 
 

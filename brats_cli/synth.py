@@ -40,6 +40,7 @@ from brats_cli.io import (
     SUFFIX,
     Modality,
     Naming,
+    check_output_folder,
 )
 from brats_cli.labels import EDEMA, NECROSIS, LabelConvention
 
@@ -1107,7 +1108,7 @@ def write_phantom_cases(
 ) -> list[Path]:
     """Write cases 0..n-1 of series `seed` under `root`; `on_case` sees each phantom once written.
     Staging folders that killed runs left in `root` are deleted first (only those of dead processes)."""
-    root = Path(root)
+    root = check_output_folder(Path(root))
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -142,7 +142,7 @@ def test_an_output_that_cannot_be_a_folder_is_refused_in_words(tmp_path, nothing
     text = one_line(result.output)
     assert "Errno" not in text
     expected = (
-        f"{out}: output is not a folder"
+        f"{out}: exists and is not a folder (needed as the output folder)"
         if kind == "file"
         else f"{out}: cannot create output folder ({tmp_path / 'taken'} is not a folder)"
     )
@@ -176,3 +176,70 @@ def test_help_says_what_was_measured():
     for number in ("1.19x", "2.05x"):
         assert number in shown and number in readme and number in results
     assert "Slower on both machines measured" in shown
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "train" / "smoke.toml"
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("data is a file", "input is not a folder"),
+        ("run folder is a file", "exists and is not a folder (needed as the run folder)"),
+        ("init-from is a file", "neither a weights bundle (manifest.json) nor a training run folder"),
+        ("init-from is missing", "--init-from does not exist"),
+    ],
+)
+def test_train_refused_on_its_arguments_writes_nothing(tmp_path, how, message):
+    data, run = tmp_path / "data", tmp_path / "run"
+    write_case(data, "BraTS2021_00001", synthetic_image())
+    (tmp_path / "afile").write_text("x")
+    options = ["--recipe", str(SMOKE), "--data", str(data), "--out", str(run)]
+    if how == "data is a file":
+        options[3] = str(tmp_path / "afile")
+    elif how == "run folder is a file":
+        options[5] = str(tmp_path / "afile")
+    elif how == "init-from is a file":
+        options += ["--init-from", str(tmp_path / "afile")]
+    else:
+        options += ["--init-from", str(tmp_path / "nowhere")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, ["train", *options])
+    assert result.exit_code == 2, result.output
+    assert message in one_line(result.output) and "Errno" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, no cache
+
+
+def test_synth_into_a_file_says_so(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = runner.invoke(app, ["synth", str(tmp_path / "afile"), "--n", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'afile'}: exists and is not a folder (needed as the output folder)" in one_line(result.output)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate's reports: checked before scoring, never aliasing each other or an input
+
+
+@pytest.mark.parametrize("how", ["same file", "a folder", "an input"])
+def test_evaluate_reports_that_would_clash_are_refused_before_scoring(tmp_path, how):
+    import nibabel as nib
+    import numpy as np
+
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[2:4, 2:4, 2:4] = 2
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "BraTS2021_00001_seg.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "BraTS2021_00001.nii.gz")
+    prediction, reference = tmp_path / "BraTS2021_00001.nii.gz", tmp_path / "BraTS2021_00001_seg.nii.gz"
+    csv, json = tmp_path / "scores.csv", tmp_path / "scores.json"
+    expected = {
+        "same file": (csv, csv, f"{csv}: --csv and --json name the same file"),
+        "a folder": (tmp_path, json, f"{tmp_path}: is a folder; --csv needs a file name"),
+        "an input": (csv, reference, f"{reference}: --json would overwrite an input of this evaluation"),
+    }
+    csv, json, message = expected[how]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = runner.invoke(app, ["evaluate", str(prediction), str(reference), "--csv", str(csv), "--json", str(json)])
+    assert result.exit_code == 2, result.output
+    assert message in one_line(result.output)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -217,9 +217,9 @@ def good_pair(tmp_path_factory, labelled) -> Path:
         ("empty input folder", "no BraTS cases found (expected <ID>_flair.nii.gz or <ID>-t2f.nii.gz files)"),
         ("input folder does not exist", "input folder does not exist"),
         ("fewer cases than folds", "1 labelled case(s) for 2 folds; every fold needs one validation case"),
-        ("run folder under a regular file", "cannot create the run folder"),
-        ("immutable run folder", "the run folder is not writable"),
-        ("immutable cache folder", "the cache folder is not writable"),
+        ("run folder under a regular file", "cannot create run folder ("),
+        ("immutable run folder", "run folder is not writable"),
+        ("immutable cache folder", "cache folder is not writable"),
     ],
 )
 def test_train_unusable_folders_exit_2_before_anything_is_written(tmp_path, recipe, good_pair, how, message):
