@@ -243,3 +243,24 @@ def test_evaluate_reports_that_would_clash_are_refused_before_scoring(tmp_path, 
     assert result.exit_code == 2, result.output
     assert message in one_line(result.output)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_synth_without_its_extra_says_how_to_install_it_on_one_line(tmp_path, monkeypatch):
+    """`pip install -e ".[cpu]"` alone has no nilearn: synth says which extra, brackets and all
+    (rich once took `[synth]` for a style tag and printed `pip install 'brats'`)."""
+    from brats_cli import synth
+
+    monkeypatch.setattr(synth, "TEMPLATE_PACKAGE", "nilearn_not_installed_here")
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--n", "1"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "pip install 'brats[synth]' (in a clone: pip install -e '.[cpu,synth]')" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_brackets_in_messages_survive(capsys):
+    from brats_cli.cli import console
+
+    console.error("folds [1] of /data/[x]/case")
+    console.stderr.print("wrote /data/[x]/out")
+    assert capsys.readouterr().err.splitlines() == ["error: folds [1] of /data/[x]/case", "wrote /data/[x]/out"]
