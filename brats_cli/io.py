@@ -444,17 +444,32 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     return _read_data(image, path, np.float32), _geometry(image)
 
 
+# How far from a whole number a float-typed label may be (float32 written by some tools holds its
+# labels exactly; this only absorbs a scaling's rounding).
+LABEL_ROUNDING = 1e-3
+
+
 def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """A segmentation as an integer array in its stored orientation, with its geometry.
 
-    Float-typed label files (some tools write them) are rounded to the nearest integer."""
+    Float-typed label files (some tools write them) must hold whole numbers, within
+    LABEL_ROUNDING; any other value is an ImageReadError naming the file."""
     path = Path(path)
     image = _load_header(path)
     data = _read_data(image, path, np.generic)
     if np.issubdtype(data.dtype, np.floating):
         if not np.all(np.isfinite(data)):
             raise ImageReadError(f"{path}: NaN or Inf voxels in a label map")
-        data = np.rint(data)
+        rounded = np.rint(data)
+        # Labels stored as floats are whole numbers; anything else (a probability map, a resampled
+        # or scaled label map) would round to confident labels that no one drew.
+        fractional = np.abs(data - rounded) > LABEL_ROUNDING
+        if fractional.any():
+            raise ImageReadError(
+                f"{path}: {int(fractional.sum())} voxel(s) hold non-integer values (such as {data[fractional][0]:g}); "
+                "a label map holds whole labels (is this a probability map, or an interpolated one?)"
+            )
+        data = rounded
         if data.size and (data.min() < np.iinfo(np.int32).min or data.max() > np.iinfo(np.int32).max):
             raise ImageReadError(f"{path}: label values out of the integer range")
     elif np.issubdtype(data.dtype, np.integer):
