@@ -30,11 +30,12 @@ def nothing_bundle(tmp_path_factory):
 
 
 def toolkit_case(root: Path, case_id: str) -> Path:
-    """A case as BraTS-Toolkit writes it: `<ID>_fla_bet.nii.gz` etc., made from a BraTS-named one."""
-    write_case(root, case_id, synthetic_image())
+    """A case folder named as BraTS-Toolkit writes it: `<ID>_fla_bet.nii.gz` etc. The files are
+    empty: a case without BraTS names fails on its names, before anything is read."""
     folder = root / case_id
-    for brats, toolkit in zip(("flair", "t1", "t1ce", "t2"), TOOLKIT, strict=True):
-        (folder / f"{case_id}_{brats}.nii.gz").rename(folder / f"{case_id}_{toolkit}_bet.nii.gz")
+    folder.mkdir(parents=True)
+    for toolkit in TOOLKIT:
+        (folder / f"{case_id}_{toolkit}_bet.nii.gz").write_bytes(b"")
     return folder
 
 
