@@ -202,6 +202,15 @@ def _ignored(foreign: list[Path]) -> list[str]:
     return [f"{path}: not a BraTS modality name, ignored" for path in foreign]
 
 
+def not_a_file(path: Path, what: str) -> str | None:
+    """What is wrong when an entry named like a NIfTI file is not a regular file (never opened:
+    reading a FIFO would block), or None for a file."""
+    if path.is_file():
+        return None
+    kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
+    return f"{path} is {kind}, not {what}"
+
+
 def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case:
     namings = {parsed.naming for _, parsed in members}
     naming = Naming.BRATS2023 if Naming.BRATS2023 in namings else Naming.BRATS2021
@@ -213,10 +222,9 @@ def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case
         elif parsed.modality is not None:
             files[parsed.modality].append(path)
     problem = None
-    odd = [path for path, _ in members if not path.is_file()]
+    odd = [not_a_file(path, "an image file") for path, _ in members if not path.is_file()]
     if odd:
-        kind = "a folder" if odd[0].is_dir() else "not a regular file (a FIFO, socket or device?)"
-        problem = f"{odd[0]} is {kind}, not an image file"
+        problem = odd[0]
     elif len(case_id) > MAX_ID_LENGTH:
         problem = f"case ID is {len(case_id)} characters long; at most {MAX_ID_LENGTH} make a usable file name"
     elif not SAFE_ID.match(case_id):

@@ -29,6 +29,7 @@ from brats_cli.io import (
     atomic_path,
     is_nifti,
     nifti_stem,
+    not_a_file,
     parse_name,
     read_label_map,
 )
@@ -81,8 +82,10 @@ def _segmentation_id(path: Path) -> tuple[str, Naming] | None:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
+    """The entries of `folder` named like NIfTI files, files or not: a folder or a FIFO at a
+    prediction's or ground truth's name is that case's error (`_read`), not a missing file."""
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
     except PermissionError as error:
         raise InputError(f"{folder}: cannot read folder (permission denied)") from error
 
@@ -124,6 +127,8 @@ def pair_files(prediction: Path, reference: Path) -> Pairing:
     for path, role in ((prediction, "prediction"), (reference, "ground truth")):
         if not path.exists():
             raise InputError(f"{path}: {role} path does not exist")
+        if not path.is_file() and not path.is_dir():
+            raise InputError(f"{path}: {role} is not a regular file or a folder (a FIFO, socket or device?)")
     if reference.is_file() or prediction.is_file():
         if not (reference.is_file() and prediction.is_file()):
             raise InputError(f"{prediction} vs {reference}: give two folders or two files, not a folder and a file")
@@ -213,6 +218,9 @@ class CaseScores:
 
 
 def _read(case_id: str, path: Path) -> tuple[np.ndarray, Geometry]:
+    problem = not_a_file(path, "a label map")
+    if problem:
+        raise CaseError(case_id, problem)
     try:
         return read_label_map(path)
     except ImageReadError as error:

@@ -61,3 +61,29 @@ def test_evaluate_names_the_probability_map_and_scores_the_other_cases(tmp_path)
     text = one_line(result.output)
     assert "BraTS2021_00002.nii.gz: 189 voxel(s) hold non-integer values (such as 0.5); a label map holds whole" in text
     assert "1 of 2 case(s) scored" in text
+
+
+@pytest.mark.parametrize("side", ["prediction", "ground truth"])
+def test_evaluate_a_folder_or_fifo_at_a_label_maps_name_fails_that_case(tmp_path, side):
+    """Never scored as a missing prediction (Dice 0) nor ignored, never opened (a FIFO would
+    block): that case fails saying what is there; the others are scored."""
+    import os
+
+    predictions, truth = tmp_path / "pred", tmp_path / "gt"
+    predictions.mkdir()
+    truth.mkdir()
+    for case in ("BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"):
+        nib.save(nib.Nifti1Image(labels(), np.eye(4)), truth / f"{case}_seg.nii.gz")
+        nib.save(nib.Nifti1Image(labels(), np.eye(4)), predictions / f"{case}.nii.gz")
+    folder = predictions / "BraTS2021_00001.nii.gz" if side == "prediction" else truth / "BraTS2021_00001_seg.nii.gz"
+    fifo = predictions / "BraTS2021_00002.nii.gz" if side == "prediction" else truth / "BraTS2021_00002_seg.nii.gz"
+    folder.unlink()
+    folder.mkdir()
+    fifo.unlink()
+    os.mkfifo(fifo)
+    result = runner.invoke(app, ["evaluate", str(predictions), str(truth)])
+    assert result.exit_code == 1, result.output
+    text = one_line(result.output)
+    assert f"error: BraTS2021_00001: {folder} is a folder, not a label map" in text
+    assert f"error: BraTS2021_00002: {fifo} is not a regular file (a FIFO, socket or device?), not a label map" in text
+    assert "1 of 3 case(s) scored" in text and "missing predictions" not in text
