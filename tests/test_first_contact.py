@@ -189,6 +189,7 @@ SMOKE = Path(__file__).resolve().parents[1] / "train" / "smoke.toml"
         ("run folder is a file", "exists and is not a folder (needed as the run folder)"),
         ("init-from is a file", "neither a weights bundle (manifest.json) nor a training run folder"),
         ("init-from is missing", "--init-from does not exist"),
+        ("fold beyond the recipe's", "--fold 7: the recipe has folds 0..4"),
     ],
 )
 def test_train_refused_on_its_arguments_writes_nothing(tmp_path, how, message):
@@ -200,6 +201,8 @@ def test_train_refused_on_its_arguments_writes_nothing(tmp_path, how, message):
         options[3] = str(tmp_path / "afile")
     elif how == "run folder is a file":
         options[5] = str(tmp_path / "afile")
+    elif how == "fold beyond the recipe's":
+        options += ["--fold", "7"]
     elif how == "init-from is a file":
         options += ["--init-from", str(tmp_path / "afile")]
     else:

@@ -151,12 +151,16 @@ def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
     raise InputError(f"{source}: neither a weights bundle ({MANIFEST}) nor a training run folder ({RECIPE_FILE})")
 
 
+def check_fold(recipe: Recipe, fold: int | None) -> None:
+    if fold is not None and not 0 <= fold < recipe.folds:
+        raise InputError(f"--fold {fold}: the recipe has folds 0..{recipe.folds - 1}")
+
+
 def plan_jobs(
     recipe: Recipe, run: Path, cached: Sequence[CachedCase], folds: Folds, stages: Sequence[Stage], fold: int | None
 ) -> list[FoldJob]:
     """One job per selected stage and fold: `fold` None means the folds each stage's recipe lists."""
-    if fold is not None and not 0 <= fold < recipe.folds:
-        raise InputError(f"--fold {fold}: the recipe has folds 0..{recipe.folds - 1}")
+    check_fold(recipe, fold)
     by_id = {c.case_id: c for c in cached}
     jobs = []
     for stage in sorted(stages, key=STAGE_ORDER.index):
@@ -196,8 +200,10 @@ def run_training(
     each fold starts from that bundle's or run's weights for the same stage and fold."""
     configure(deterministic)
     run = Path(run)
+    # What can be refused from the arguments alone, before any case is read or the run folder made.
+    check_fold(recipe, fold)
     if init_from is not None:
-        check_init_source(init_from)  # before any case is read or the run folder made
+        check_init_source(init_from)
     # The records this call makes, if the run is new: removed again if no epoch of any fold ever
     # completes, so that a corrected recipe is not refused as "a different recipe" of a run that
     # never trained.
