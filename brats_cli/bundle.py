@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from brats_cli.choices import REGION_STAGES, Backend, Stage
-from brats_cli.errors import WeightsError
-from brats_cli.files import atomic_path, sha256_file, write_text_atomically
+from brats_cli.errors import OutputError, WeightsError, first_line
+from brats_cli.files import atomic_folder, atomic_path, is_temporary, sha256_file, write_text_atomically
 from brats_cli.labels import LabelConvention
 from brats_cli.preprocess import MODEL_GRID
 
@@ -176,7 +176,7 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
         backend = Backend(_require(data, "backend", str, source))
         labels = LabelConvention(str(_require(data, "labels", str, source)))
     except ValueError as error:
-        raise WeightsError(f"{source}: {error}") from error
+        raise WeightsError(f"{source}: {first_line(error)}") from error
     stages_data = _require(data, "stages", dict, source)
     unknown = sorted(set(stages_data) - {s.value for s in Stage})
     if unknown:
@@ -229,7 +229,7 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
     try:
         data = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{manifest_path}: unreadable manifest ({error})") from error
+        raise WeightsError(f"{manifest_path}: unreadable manifest ({first_line(error)})") from error
     manifest = manifest_from_dict(data, str(manifest_path))
     bundle = Bundle(root, manifest)
     if verify:
@@ -305,33 +305,62 @@ def write_torch_bundle(
 ) -> Bundle:
     """Write a torch bundle: one `<stage>_fold<k>.safetensors` per state dict, and the manifest.
 
-    The manifest is validated by loading the bundle back before returning it."""
+    The bundle is built in a hidden sibling folder and renamed to `root` once its manifest loads
+    back, so `root` is a whole bundle or untouched, whatever stops the write (a signal, a full
+    disk: OutputError). `root` may be absent, an empty folder or a bundle (only a manifest and
+    weight files), which is replaced whole; a folder holding anything else is refused."""
     from safetensors.torch import save_file
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    stages = {}
-    for stage in Stage:
-        folds = []
-        for index, state in enumerate(weights[stage]):
-            file = f"{stage.value}_fold{index}{WEIGHT_SUFFIX[Backend.TORCH]}"
-            tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
-            with atomic_path(root / file) as temporary:
-                save_file(tensors, str(temporary))
-            folds.append(FoldFile(file, sha256_file(root / file)))
-        arch = architectures[stage]
-        stages[stage] = StageSpec(
-            arch.width, arch.input_size, tuple(folds), arch.levels, arch.norm_groups, arch.threshold
-        )
-    manifest = Manifest(
-        backend=Backend.TORCH,
-        labels=labels,
-        stages=stages,
-        et_threshold=et_threshold,
-        name=name,
-        description=description,
-        metadata=metadata or {},
-    )
-    manifest_from_dict(manifest.to_dict())
-    write_manifest(root, manifest)
+    check_bundle_target(root)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(root) as staging:
+            stages = {}
+            for stage in Stage:
+                folds = []
+                for index, state in enumerate(weights[stage]):
+                    file = f"{stage.value}_fold{index}{WEIGHT_SUFFIX[Backend.TORCH]}"
+                    tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
+                    with atomic_path(staging / file) as temporary:
+                        save_file(tensors, str(temporary))
+                    folds.append(FoldFile(file, sha256_file(staging / file)))
+                arch = architectures[stage]
+                stages[stage] = StageSpec(
+                    arch.width, arch.input_size, tuple(folds), arch.levels, arch.norm_groups, arch.threshold
+                )
+            manifest = Manifest(
+                backend=Backend.TORCH,
+                labels=labels,
+                stages=stages,
+                et_threshold=et_threshold,
+                name=name,
+                description=description,
+                metadata=metadata or {},
+            )
+            manifest_from_dict(manifest.to_dict())
+            write_manifest(staging, manifest)
+            load_bundle(staging)
+    except OSError as error:
+        raise OutputError(f"{root}: cannot write the bundle ({first_line(error)}); nothing was written") from error
     return load_bundle(root)
+
+
+def check_bundle_target(root: Path) -> None:
+    """Refuse, before any work, a target that `write_torch_bundle` may not replace: a file, a
+    link, or a folder holding anything but a bundle's files (a user's files would go with it)."""
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise OutputError(f"{root}: exists and is not a folder; choose a new --out")
+    if not root.is_dir():
+        return
+    try:
+        names = sorted(path.name for path in root.iterdir())
+    except OSError as error:
+        raise OutputError(f"{root}: cannot read ({first_line(error)})") from error
+    bundle_files = (MANIFEST, *WEIGHT_SUFFIX.values())
+    foreign = [name for name in names if not name.endswith(bundle_files) and not is_temporary(root / name)]
+    if foreign:
+        raise OutputError(
+            f"{root}: holds files that are not a bundle's ({', '.join(foreign[:5])}); a bundle replaces the "
+            "whole folder: choose a new or empty --out"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,10 +61,31 @@ class ExportError(BratsError):
     """An export that cannot be done or whose verification failed."""
 
 
+def in_words(error: OSError) -> str:
+    """What went wrong with a file, in words and without the errno code or the file name Python
+    puts in `str(error)` (`[Errno 28] No space left on device: '/out/.x.partial-7'`): "No space
+    left on device". The message quoting it names the file itself, as the user knows it (not a
+    temporary's name)."""
+    if error.strerror:
+        return error.strerror
+    if error.errno:
+        return os.strerror(error.errno)
+    text = str(error)
+    # An OSError built from a message alone (`OSError("[Errno 5] ...")` from some libraries).
+    return re.sub(r"^\[Errno -?[0-9]+\]\s*", "", text).strip() or type(error).__name__
+
+
 def first_line(error: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type's name when it has none:
-    what a one-line error message quotes of a library's exception."""
-    for line in str(error).splitlines():
+    what a one-line error message quotes of a library's exception. An OSError is said in words
+    (`in_words`), never as `[Errno N] ...`."""
+    if isinstance(error, OSError):
+        return _first_line_of(in_words(error), error)
+    return _first_line_of(str(error), error)
+
+
+def _first_line_of(text: str, error: BaseException) -> str:
+    for line in text.splitlines():
         if line.strip():
             return line.strip()
     return type(error).__name__

@@ -39,7 +39,7 @@ from brats_cli.bundle import (
     write_manifest,
 )
 from brats_cli.choices import Backend, ExportPrecision
-from brats_cli.errors import ExportError, WeightsError
+from brats_cli.errors import ExportError, WeightsError, first_line
 from brats_cli.files import atomic_path, remove_stale_staging, staging_folder
 
 if TYPE_CHECKING:
@@ -252,14 +252,14 @@ def export_bundle(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ExportError(f"{out.parent}: cannot create ({error.strerror})") from error
+        raise ExportError(f"{out.parent}: cannot create ({first_line(error)})") from error
     remove_stale_staging(out)  # what killed exports left, never a live one's
     staging = staging_folder(out)
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
     except OSError as error:
-        raise ExportError(f"{staging.parent}: cannot write ({error.strerror or error})") from error
+        raise ExportError(f"{staging.parent}: cannot write ({first_line(error)})") from error
     verifications: list[Verification] = []
     try:
         stages: dict[Stage, StageSpec] = {}
@@ -311,11 +311,11 @@ def export_bundle(
         try:
             os.replace(staging, out)
         except OSError as error:
-            raise ExportError(f"{out}: cannot move the exported bundle into place ({error.strerror})") from error
+            raise ExportError(f"{out}: cannot move the exported bundle into place ({first_line(error)})") from error
     except OSError as error:  # a disk filling up, a folder made read-only
         shutil.rmtree(staging, ignore_errors=True)
         where = error.filename or staging
-        raise ExportError(f"{where}: cannot write ({error.strerror or error}); nothing was written to {out}") from error
+        raise ExportError(f"{where}: cannot write ({first_line(error)}); nothing was written to {out}") from error
     except BaseException:  # including a signal turned into Interrupted by the command
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -108,8 +108,9 @@ def remove_stale_staging(target: Path) -> list[Path]:
 
 
 def remove_stale_temporaries(folder: Path, targets: Iterable[str] | None = None) -> list[Path]:
-    """Delete temporary files that killed runs left behind in `folder`: only those whose writing
-    process (the PID in the name) is gone, so a run never deletes a concurrent run's work.
+    """Delete temporary files and staging folders that killed runs left behind in `folder`: only
+    those whose writing process (the PID in the name) is gone, so a run never deletes a
+    concurrent run's work.
 
     `targets` limits the sweep to the temporaries of these file names. Processes on other machines
     (shards of a cluster job sharing a folder) have PIDs this machine cannot see, so a shard must
@@ -123,41 +124,60 @@ def remove_stale_temporaries(folder: Path, targets: Iterable[str] | None = None)
         if prefixes is not None and not path.name.startswith(prefixes):
             continue
         with contextlib.suppress(OSError):
-            path.unlink()
+            _remove(path)
             removed.append(path)
     return removed
 
 
 @contextlib.contextmanager
 def staged_folder(target: Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
-    """Yield a hidden staging folder beside `target` to build a whole folder in; on success it
-    takes `target`'s place, on any failure (a signal included) it is removed and `target` stays as
-    it was. So a reader finds the old folder, the new one, or (for an instant, if a run dies between
-    the two renames) none, never a half-written one.
-
-    An existing `target` is replaced only if `replaceable(target)` says it is an earlier folder of
-    the same kind (never a user's folder that happens to have the name); otherwise FileExistsError."""
-    import shutil
-
+    """`atomic_folder`, for a folder the tool owns by name (a report): an existing `target` is
+    replaced only if `replaceable(target)` says it is an earlier folder of the same kind, never a
+    user's folder that happens to have the name; otherwise FileExistsError, before anything is made."""
     target = Path(target)
-    aside = target.with_name(f"{target.name}.old")
-    remove_stale_staging(target)  # what killed runs left, never a live one's
-    remove_stale_staging(aside)
     if (target.exists() or target.is_symlink()) and not (target.is_dir() and replaceable(target)):
         raise FileExistsError(target)
-    staging = staging_folder(target)
-    shutil.rmtree(staging, ignore_errors=True)
+    with atomic_folder(target) as staging:
+        yield staging
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder to fill; on success it becomes `target` by rename (a `target`
+    already there is replaced: moved aside, the new one renamed in, the old one deleted), on any
+    failure or signal it is deleted. A reader sees the old folder, the new one whole, or (only
+    between two renames) none; never part of one. Staging that killed runs left for `target` is
+    swept first (`remove_stale_temporaries` on the parent sweeps any target's)."""
+    target = Path(target)
+    replaced = target.with_name(f"{target.name}.replaced")
+    staging, aside = staging_folder(target), staging_folder(replaced)
+    remove_stale_staging(target)  # what killed runs left, never a live one's
+    remove_stale_staging(replaced)
+    for leftover in (staging, aside):  # a dead run's, whose PID came round again
+        _remove(leftover)
     staging.mkdir()
     try:
         yield staging
-        if target.exists():
-            old = staging_folder(aside)
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
+        if target.exists() or target.is_symlink():
+            os.replace(target, aside)
+        try:
             os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        except BaseException:
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)  # put the old one back
+            raise
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         raise
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree if it is there; never follow a link."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

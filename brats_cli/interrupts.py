@@ -32,3 +32,11 @@ def interruptible() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def in_worker(_worker_id: int = 0) -> None:
+    """For a data-loading worker process forked inside `interruptible()`: the main process alone
+    turns a signal into Interrupted and shuts its workers down; a worker ignores Ctrl-C (sent to
+    the whole process group) and ends on SIGTERM without a traceback. A DataLoader's worker_init_fn."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

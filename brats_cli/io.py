@@ -145,23 +145,88 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def _group_folder(folder: Path, notes: list[str]) -> list[Case]:
-    """Cases whose files lie directly in `folder`, grouped by the case ID in their names."""
+# Modality words in other tools' file names, for saying how to rename a case that has no BraTS
+# names: BraTS-Toolkit's `<ID>_fla_bet.nii.gz`, `t1`, `t1c`, `t2`; bare 2021 names (`flair.nii.gz`);
+# the 2023 suffixes with another separator; `t1gd`/`t2flair` as some archives write them.
+_MODALITY_WORDS: dict[str, Modality] = {
+    "fla": Modality.FLAIR,
+    "flair": Modality.FLAIR,
+    "t2f": Modality.FLAIR,
+    "t2flair": Modality.FLAIR,
+    "t1": Modality.T1,
+    "t1n": Modality.T1,
+    "t1c": Modality.T1CE,
+    "t1ce": Modality.T1CE,
+    "t1gd": Modality.T1CE,
+    "t2": Modality.T2,
+    "t2w": Modality.T2,
+}
+
+
+def _modality_in_name(path: Path) -> Modality | None:
+    """The one modality a non-BraTS file name mentions (`TCGA-DU-7294_fla_bet.nii.gz`: FLAIR), or None."""
+    words = re.split(r"[^a-z0-9]+", nifti_stem(path).lower())
+    found = {_MODALITY_WORDS[word] for word in words if word in _MODALITY_WORDS}
+    return found.pop() if len(found) == 1 else None
+
+
+def _unnamed_case(folder: Path, images: list[Path]) -> Case | None:
+    """A folder whose NIfTI files name modalities, but not as BraTS does, is a case its user meant
+    to run: a failed case that says which names it found and how to rename them. None when the
+    names mention no modality (a folder of segmentations, say): not a case."""
+    modalities = {path: _modality_in_name(path) for path in images}
+    if not any(modalities.values()):
+        return None
+    case_id = folder.resolve().name
+    by_modality: dict[Modality, list[Path]] = defaultdict(list)
+    for path, modality in modalities.items():
+        if modality is not None:
+            by_modality[modality].append(path)
+    if all(len(by_modality[modality]) == 1 for modality in CHANNEL_ORDER):
+        extension = {m: ".nii.gz" if by_modality[m][0].name.endswith(".nii.gz") else ".nii" for m in CHANNEL_ORDER}
+        renames = ", ".join(
+            f"{by_modality[m][0].name} -> {case_id}_{SUFFIX[Naming.BRATS2021][m]}{extension[m]}" for m in CHANNEL_ORDER
+        )
+        names_2023 = ", ".join(f"{case_id}-{SUFFIX[Naming.BRATS2023][m]}{extension[m]}" for m in CHANNEL_ORDER)
+        problem = f"no BraTS file names: rename {renames} (or to the BraTS 2023 names {names_2023})"
+    else:
+        found = ", ".join(path.name for path in images)
+        problem = (
+            f"no BraTS file names (found {found}): a case needs four files named <ID>_flair, _t1, _t1ce, "
+            "_t2.nii.gz (BraTS 2021) or <ID>-t2f, -t1n, -t1c, -t2w.nii.gz (BraTS 2023)"
+        )
+    return Case(case_id, Naming.BRATS2021, {}, None, problem)
+
+
+def _group_folder(folder: Path) -> tuple[list[Case], list[Path]]:
+    """Cases whose files lie directly in `folder`, grouped by the case ID in their names, and the
+    NIfTI files there without a BraTS name."""
     groups: dict[str, list[tuple[Path, ParsedName]]] = defaultdict(list)
     # Every entry named like an image, files or not: a folder or a FIFO under a modality's name is
     # that case's problem, said as such, rather than a "missing modality".
     images = sorted(p for p in folder.iterdir() if is_nifti(p) and (p.is_file() or not p.name.startswith(".")))
+    foreign = []
     for path in images:
         parsed = parse_name(path)
         if parsed is None:
             if path.is_file():
-                notes.append(f"{path}: not a BraTS modality name, ignored")
+                foreign.append(path)
             continue
         groups[parsed.case_id].append((path, parsed))
-    cases = []
-    for case_id, members in sorted(groups.items()):
-        cases.append(_assemble_case(case_id, members))
-    return cases
+    return [_assemble_case(case_id, members) for case_id, members in sorted(groups.items())], foreign
+
+
+def _ignored(foreign: list[Path]) -> list[str]:
+    return [f"{path}: not a BraTS modality name, ignored" for path in foreign]
+
+
+def not_a_file(path: Path, what: str) -> str | None:
+    """What is wrong when an entry named like a NIfTI file is not a regular file (never opened:
+    reading a FIFO would block), or None for a file."""
+    if path.is_file():
+        return None
+    kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
+    return f"{path} is {kind}, not {what}"
 
 
 def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case:
@@ -175,10 +240,9 @@ def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case
         elif parsed.modality is not None:
             files[parsed.modality].append(path)
     problem = None
-    odd = [path for path, _ in members if not path.is_file()]
+    odd = [not_a_file(path, "an image file") for path, _ in members if not path.is_file()]
     if odd:
-        kind = "a folder" if odd[0].is_dir() else "not a regular file (a FIFO, socket or device?)"
-        problem = f"{odd[0]} is {kind}, not an image file"
+        problem = odd[0]
     elif len(case_id) > MAX_ID_LENGTH:
         problem = f"case ID is {len(case_id)} characters long; at most {MAX_ID_LENGTH} make a usable file name"
     elif not SAFE_ID.match(case_id):
@@ -209,23 +273,36 @@ def discover_cases(root: Path) -> Discovery:
         raise InputError(f"{root}: input is not a folder")
     notes: list[str] = []
     try:
-        cases = _group_folder(root, notes)
+        cases, foreign = _group_folder(root)
         subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except PermissionError as error:
         raise InputError(f"{error.filename}: cannot read folder (permission denied)") from error
     for sub in subfolders:
         try:
-            found = _group_folder(sub, notes)
-            empty = not found and not any(sub.iterdir())
+            found, stray = _group_folder(sub)
+            empty = not found and not stray and not any(sub.iterdir())
         except PermissionError:
             # One unreadable case folder is that case's failure, not the batch's: named by the folder.
             cases.append(Case(sub.name, Naming.BRATS2021, {}, None, f"{sub}: cannot read folder (permission denied)"))
             continue
-        if empty:
+        unnamed = _unnamed_case(sub, stray) if stray and not found else None
+        if unnamed is not None:
+            cases.append(unnamed)
             continue
-        if not found:
+        if found:
+            notes.extend(_ignored(stray))
+        elif stray:
+            notes.append(f"{sub}: no BraTS image files ({len(stray)} NIfTI file(s) not named by modality), ignored")
+        elif not empty:
             notes.append(f"{sub}: no BraTS image files, ignored")
         cases.extend(found)
+    # INPUT itself is a would-be case only when nothing else is one: a BraTS-Toolkit case folder
+    # given alone fails as it does among others; beside real cases, its stray files are notes.
+    unnamed = _unnamed_case(root, foreign) if foreign and not cases else None
+    if unnamed is not None:
+        cases.append(unnamed)
+    else:
+        notes[:0] = _ignored(foreign)
     seen: dict[str, Case] = {}
     unique: list[Case] = []
     for case in cases:
@@ -393,17 +470,32 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
     return _read_data(image, path, np.float32), _geometry(image)
 
 
+# How far from a whole number a float-typed label may be (float32 written by some tools holds its
+# labels exactly; this only absorbs a scaling's rounding).
+LABEL_ROUNDING = 1e-3
+
+
 def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """A segmentation as an integer array in its stored orientation, with its geometry.
 
-    Float-typed label files (some tools write them) are rounded to the nearest integer."""
+    Float-typed label files (some tools write them) must hold whole numbers, within
+    LABEL_ROUNDING; any other value is an ImageReadError naming the file."""
     path = Path(path)
     image = _load_header(path)
     data = _read_data(image, path, np.generic)
     if np.issubdtype(data.dtype, np.floating):
         if not np.all(np.isfinite(data)):
             raise ImageReadError(f"{path}: NaN or Inf voxels in a label map")
-        data = np.rint(data)
+        rounded = np.rint(data)
+        # Labels stored as floats are whole numbers; anything else (a probability map, a resampled
+        # or scaled label map) would round to confident labels that no one drew.
+        fractional = np.abs(data - rounded) > LABEL_ROUNDING
+        if fractional.any():
+            raise ImageReadError(
+                f"{path}: {int(fractional.sum())} voxel(s) hold non-integer values (such as {data[fractional][0]:g}); "
+                "a label map holds whole labels (is this a probability map, or an interpolated one?)"
+            )
+        data = rounded
         if data.size and (data.min() < np.iinfo(np.int32).min or data.max() > np.iinfo(np.int32).max):
             raise ImageReadError(f"{path}: label values out of the integer range")
     elif np.issubdtype(data.dtype, np.integer):
@@ -506,7 +598,7 @@ def save_nifti(image: nib.Nifti1Image, path: Path) -> None:
             nib.save(image, temporary)
     except OSError as error:
         # strerror alone: the error's own file name is the temporary, already removed.
-        raise OutputError(f"{path}: cannot write ({error.strerror or first_line(error)})") from error
+        raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
 
 
 def label_image(labels: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:
@@ -580,6 +672,26 @@ def write_probabilities(
 ) -> None:
     """Write canonical (3, ...) WT, TC, ET probabilities in the input's geometry, atomically."""
     save_nifti(probability_image(probabilities, geometry, thresholds), path)
+
+
+def check_output_folder(folder: Path, what: str = "output folder") -> Path:
+    """Refuse a folder that could not be made or written (OutputError naming it as `what`),
+    without making it: a command that then fails before its first write (weights, device) leaves
+    nothing behind, and a file in the way is said as such rather than as "File exists"."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder:
+        if not folder.is_dir():
+            raise OutputError(f"{folder}: exists and is not a folder (needed as the {what})")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{folder}: {what} is not writable")
+    elif not existing.is_dir():
+        raise OutputError(f"{folder}: cannot create {what} ({existing} is not a folder)")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: cannot create {what} ({existing} is not writable)")
+    return folder
 
 
 def ensure_output_folder(folder: Path) -> Path:

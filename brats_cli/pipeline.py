@@ -85,7 +85,8 @@ class Segmentation:
     labels: np.ndarray  # (240, 240, 155) uint8, canonical orientation
     windows: list[Window]
     seconds: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a user should look into
+    notes: list[str] = field(default_factory=list)  # information: the run went as designed
     # With `keep_probabilities`: (3, 240, 240, 155) float32, canonical orientation, the mean over
     # folds (and flips) of the WT, TC and ET models, 0 outside the region windows; all 0 when the
     # base model found no tumour (the region models did not run).
@@ -230,8 +231,10 @@ def segment_preprocessed(
             [],
             seconds,
             ["the base model found no tumour; writing an all-background segmentation"],
-            np.zeros((len(REGION_STAGES), *BRATS_SHAPE), dtype=np.float32) if config.keep_probabilities else None,
-            EnsembleQuality(windows=0) if config.quality else None,
+            probabilities=(
+                np.zeros((len(REGION_STAGES), *BRATS_SHAPE), dtype=np.float32) if config.keep_probabilities else None
+            ),
+            quality=EnsembleQuality(windows=0) if config.quality else None,
         )
     windows = localise_windows(box, MODEL_GRID, config.region_window)
 
@@ -266,10 +269,11 @@ def segment_preprocessed(
     if meter is not None:
         removed = composed_et if not np.any(labels == config.convention.enhancing) else 0
         quality = meter.result(et_removed_voxels=removed)
-    warnings = []
+    # Several windows are how a large tumour is covered (localise.py), not a problem with the case.
+    notes = []
     if len(windows) > 1:
-        warnings.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
-    return Segmentation(full, windows, seconds, warnings, probability_maps, quality)
+        notes.append(f"tumour larger than one {config.region_window} window: {len(windows)} overlapping windows")
+    return Segmentation(full, windows, seconds, notes=notes, probabilities=probability_maps, quality=quality)
 
 
 def _observer(meter: QualityMeter, stage: Stage) -> Callable[[Window, np.ndarray], None]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_cli.choices import Task
-from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError
+from brats_cli.errors import CaseError, ImageReadError, InputError, OutputError, first_line
 from brats_cli.files import is_temporary
 from brats_cli.io import (
     SEGMENTATION_SUFFIX,
@@ -31,6 +31,7 @@ from brats_cli.io import (
     is_nifti,
     is_probabilities_file,
     nifti_stem,
+    not_a_file,
     parse_name,
     read_label_map,
 )
@@ -84,8 +85,10 @@ def _segmentation_id(path: Path) -> tuple[str, Naming] | None:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
+    """The entries of `folder` named like NIfTI files, files or not: a folder or a FIFO at a
+    prediction's or ground truth's name is that case's error (`_read`), not a missing file."""
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
     except PermissionError as error:
         raise InputError(f"{folder}: cannot read folder (permission denied)") from error
 
@@ -127,6 +130,8 @@ def pair_files(prediction: Path, reference: Path) -> Pairing:
     for path, role in ((prediction, "prediction"), (reference, "ground truth")):
         if not path.exists():
             raise InputError(f"{path}: {role} path does not exist")
+        if not path.is_file() and not path.is_dir():
+            raise InputError(f"{path}: {role} is not a regular file or a folder (a FIFO, socket or device?)")
     if reference.is_file() or prediction.is_file():
         if not (reference.is_file() and prediction.is_file()):
             raise InputError(f"{prediction} vs {reference}: give two folders or two files, not a folder and a file")
@@ -218,6 +223,9 @@ class CaseScores:
 
 
 def _read(case_id: str, path: Path) -> tuple[np.ndarray, Geometry]:
+    problem = not_a_file(path, "a label map")
+    if problem:
+        raise CaseError(case_id, problem)
     try:
         return read_label_map(path)
     except ImageReadError as error:
@@ -342,7 +350,7 @@ def write_csv(path: Path, table: list[dict[str, object]], with_lesion_wise: bool
             writer.writeheader()
             writer.writerows(table)
     except OSError as error:
-        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+        raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
 
 
 def _json_safe(value: object) -> object:
@@ -361,7 +369,7 @@ def write_json(path: Path, document: dict[str, object]) -> None:
             json.dump(_json_safe(document), handle, indent=2)
             handle.write("\n")
     except OSError as error:
-        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
+        raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,13 +27,14 @@ import numpy as np
 from brats_cli import host
 from brats_cli.bundle import Bundle, load_weights
 from brats_cli.choices import REGION_STAGES, Backend, LabelConvention, Naming, Precision, Stage
-from brats_cli.errors import BratsError, CaseError, InputError, WeightsError
+from brats_cli.errors import BratsError, CaseError, InputError, WeightsError, first_line
 from brats_cli.io import (
     BRATS_SHAPE,
     CHANNEL_ORDER,
     Case,
     Geometry,
     Modality,
+    check_output_folder,
     discover_cases,
     ensure_output_folder,
     load_case,
@@ -44,7 +45,7 @@ from brats_cli.io import (
 )
 from brats_cli.labels import REGIONS, Region, region_masks
 from brats_cli.pipeline import PipelineConfig, Segmentation, segment_image, segment_preprocessed
-from brats_cli.predictors import StagePredictor, require_backend, stage_predictors
+from brats_cli.predictors import StagePredictor, fold_numbers, require_backend, require_device, stage_predictors
 from brats_cli.preprocess import preprocess
 from brats_cli.quality import EnsembleQuality
 from brats_cli.settings import Settings
@@ -70,7 +71,8 @@ class CaseResult:
     message: str = ""
     volumes_ml: dict[Region, float] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a user should look into
+    notes: list[str] = field(default_factory=list)  # information (a tumour that needed several windows)
     output: Path | None = None
     # With Settings(probabilities=True): the `<ID>_probabilities.nii.gz` written beside `output`.
     probabilities: Path | None = None
@@ -90,6 +92,7 @@ class Prediction:
     # With Settings(probabilities=True): (3, X, Y, Z) float32 WT, TC, ET probabilities on the
     # input's grid (the mean over folds and flips; `labels` are these thresholded and composed).
     probabilities: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 OnStage = Callable[[str, str], None]  # (case ID, stage name) as each stage starts
@@ -192,6 +195,7 @@ class Segmenter:
         else:
             self.bundle = load_weights(None if weights is None else Path(weights), backend=self.settings.backend)
         require_backend(self.bundle, self.settings.backend)
+        require_device(self.settings)
         self.notes = self._check_folds()
         self._predictors: Mapping[Stage, StagePredictor] | None = None
 
@@ -202,18 +206,24 @@ class Segmenter:
         if chosen is None:
             return []
         counts = {stage: len(spec.folds) for stage, spec in self.bundle.manifest.stages.items()}
+        has = "; ".join(f"{stage.value} has {fold_numbers(count)}" for stage, count in counts.items())
         most = max(counts.values())
         absent = [fold for fold in chosen if fold >= most]
         if absent:
             raise WeightsError(
-                f"{self.bundle.root}: --folds {','.join(map(str, absent))}: no stage has such a fold "
-                f"(the stages have {', '.join(f'{s.value} {n}' for s, n in counts.items())} folds, numbered from 0)"
+                f"{self.bundle.root}: --folds {','.join(map(str, absent))}: no stage has such a fold ({has})"
             )
         notes = []
         for stage, count in counts.items():
             used = [fold for fold in chosen if fold < count]
+            if not used:  # a stage that would have no model at all
+                raise WeightsError(
+                    f"{self.bundle.root}: --folds {','.join(map(str, chosen))}: stage {stage.value} has no "
+                    f"such fold (it has {fold_numbers(count)})"
+                )
             if len(used) < len(chosen):
-                notes.append(f"stage {stage.value} has {count} fold(s): using {','.join(map(str, used))} of --folds")
+                using = ",".join(map(str, used))
+                notes.append(f"stage {stage.value} has {fold_numbers(count)}: using {using} of --folds")
         return notes
 
     # -- networks --------------------------------------------------------------------------
@@ -303,7 +313,7 @@ class Segmenter:
         if probabilities is not None and geometry is not None:
             probabilities = geometry.from_canonical(probabilities)
         return Prediction(result.astype(np.uint8, copy=False), config.convention, segmentation.seconds,
-                          segmentation.warnings, probabilities)  # fmt: skip
+                          segmentation.warnings, probabilities, segmentation.notes)  # fmt: skip
 
     # -- files -----------------------------------------------------------------------------
 
@@ -335,12 +345,13 @@ class Segmenter:
         quality: bool = False,
     ) -> Batch:
         """A batch over every case under `input` (a folder of case folders, one case folder, or
-        one case's files): made now (InputError, OutputError), segmented as it is iterated
-        (`for result in batch`, or `batch.run()`). `shard` ("K/N" or a Shard) keeps every N-th
-        case by sorted ID from the K-th, so that N processes share one input and output folder.
-        `quality`: measure each case's ensemble confidence and keep it, with the case's status, for
-        the QA report (`write_report`) in the hidden OUTPUT/.brats-qa (see
-        `brats_cli.report.records` for why there)."""
+        one case's files): its cases found and its output checked now (InputError, OutputError),
+        the output folder made and the cases segmented as it is iterated (`for result in batch`,
+        or `batch.run()`). `shard` ("K/N" or a Shard) keeps every N-th case by sorted ID from the
+        K-th, so that N processes share one input and output folder. `quality`: measure each
+        case's ensemble confidence and keep it, with the case's status, for the QA report
+        (`write_report`) in the hidden OUTPUT/.brats-qa (see `brats_cli.report.records` for why
+        there)."""
         chosen = Shard.parse(shard) if isinstance(shard, str) else shard
         return Batch(self, Path(input), Path(output), overwrite=overwrite, shard=chosen, quality=quality)
 
@@ -384,6 +395,9 @@ class Segmenter:
             return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, error.reason)
         except BratsError as error:
             return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, str(error))
+        except OSError as error:  # a file gone or a disk failing under the run: said in words
+            where = f"{error.filename}: " if error.filename else ""
+            return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, where + first_line(error))
         except Exception as error:  # a bug must not take the rest of the batch down with it
             message = f"internal error {type(error).__name__}: {error}"
             return CaseResult(case.case_id, Status.FAILED, time.perf_counter() - started, message)
@@ -395,6 +409,7 @@ class Segmenter:
             volumes_ml=_volumes_ml(segmentation.labels, config.convention, voxel_ml),
             stage_seconds={"read": read_seconds, **segmentation.seconds, "write": write_seconds},
             warnings=[*read_warnings, *segmentation.warnings],
+            notes=segmentation.notes,
             output=target,
             probabilities=probabilities_path,
             convention=config.convention,
@@ -422,8 +437,9 @@ def _existing_output(target: Path, overwrite: bool) -> str | None:
 
 
 class Batch:
-    """One run over a folder: its cases are found and the output folder made (and swept of a
-    dead run's temporaries) when the Batch is made; iterating it segments every case whose output
+    """One run over a folder: its cases are found and the output folder checked when the Batch
+    is made; the folder is made (and swept of a dead run's temporaries) when segmenting starts,
+    which segments every case whose output
     does not exist yet (all of them with `overwrite`), reading the next case while the current one
     computes, and yields each case's result as it finishes. A failed case fails alone.
 
@@ -460,8 +476,9 @@ class Batch:
             chosen = shard.select(case.case_id for case in self.cases)
             self.cases = [case for case in self.cases if case.case_id in chosen]
             self.notes.append(f"shard {shard} ({shard.source}): {len(chosen)} of {total} case(s)")
-        self.output = ensure_output_folder(output)
-        remove_stale_temporaries(self.output, None if shard is None else self._output_names())
+        # Checked now, made at the first case: a run refused before it (the networks do not load)
+        # leaves no empty output folder.
+        self.output = check_output_folder(output)
         self.overwrite = overwrite
         self.quality = quality
         if quality:
@@ -494,8 +511,14 @@ class Batch:
         return self.segment()
 
     def segment(self, on_stage: OnStage | None = None) -> Iterator[CaseResult]:
-        """Segment the cases in order, yielding each result as it finishes; `on_stage` is told each
-        stage as it starts (for a progress display)."""
+        """Make the output folder (OutputError) and sweep a dead run's temporaries from it now;
+        the iterator returned segments the cases in order, yielding each result as it finishes.
+        `on_stage` is told each stage as it starts (for a progress display)."""
+        ensure_output_folder(self.output)
+        remove_stale_temporaries(self.output, None if self.shard is None else self._output_names())
+        return self._segment_cases(on_stage)
+
+    def _segment_cases(self, on_stage: OnStage | None) -> Iterator[CaseResult]:
         # Decided once, so the prefetched list and this loop cannot disagree.
         existing = {case.case_id: self._existing(case) for case in self.cases}
         blocked = {case_id: problem for case_id, problem in existing.items() if problem not in (None, DONE_OUTPUT)}

@@ -30,7 +30,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brats_cli.errors import DependencyError
+from brats_cli.errors import DependencyError, OutputError, first_line
+from brats_cli.files import atomic_folder, atomic_path, remove_stale_temporaries
 from brats_cli.io import (
     BRATS_SHAPE,
     CHANNEL_ORDER,
@@ -39,14 +40,14 @@ from brats_cli.io import (
     SUFFIX,
     Modality,
     Naming,
-    save_nifti,
+    check_output_folder,
 )
 from brats_cli.labels import EDEMA, NECROSIS, LabelConvention
 
 TEMPLATE_PACKAGE = "nilearn"
 TEMPLATE_FOLDER = ("datasets", "data")
 TEMPLATE_NAME = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-EXTRA_HINT = "install the synth extra: pip install 'brats-resunet[synth]'"
+EXTRA_HINT = "install the synth extra: pip install 'brats-resunet[synth]' (in a clone: pip install -e '.[cpu,synth]')"
 
 # The released BraTS affine: LPS, origin at voxel (0, 239, 0).
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -1074,16 +1075,25 @@ def _nifti(data: np.ndarray, description: str = "") -> nib.Nifti1Image:
 
 
 def write_phantom(phantom: Phantom, root: Path) -> Path:
-    """Write one case folder in the BraTS training layout; every file is written atomically.
-    Generator-2 files record the generator, seed and index in the NIfTI `descrip` field."""
+    """Write one case folder in the BraTS training layout, whole or not at all: it is filled under
+    a hidden staging name and renamed into place (a case folder already there is replaced), so an
+    interrupted or failing write (a full disk: OutputError naming the case folder) never leaves a
+    case with only some modalities. Generator-2 files record the generator, seed and index in the
+    NIfTI `descrip` field."""
     folder = Path(root) / phantom.case_id
-    folder.mkdir(parents=True, exist_ok=True)
     separator = SEPARATOR[phantom.naming]
-    for channel, modality in enumerate(CHANNEL_ORDER):
-        name = f"{phantom.case_id}{separator}{SUFFIX[phantom.naming][modality]}.nii.gz"
-        save_nifti(_nifti(phantom.image[channel], phantom.description), folder / name)
-    segmentation = f"{phantom.case_id}{separator}{SEGMENTATION_SUFFIX}.nii.gz"
-    save_nifti(_nifti(phantom.labels, phantom.description), folder / segmentation)
+    files = [
+        (f"{phantom.case_id}{separator}{SUFFIX[phantom.naming][modality]}.nii.gz", phantom.image[channel])
+        for channel, modality in enumerate(CHANNEL_ORDER)
+    ]
+    files.append((f"{phantom.case_id}{separator}{SEGMENTATION_SUFFIX}.nii.gz", phantom.labels))
+    try:
+        with atomic_folder(folder) as staging:
+            for name, data in files:
+                with atomic_path(staging / name) as temporary:  # fsync'd before the folder's rename
+                    nib.save(_nifti(data, phantom.description), temporary)
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write ({first_line(error)}); this case was not written") from error
     return folder
 
 
@@ -1096,9 +1106,14 @@ def write_phantom_cases(
     non_enhancing: float = NON_ENHANCING_SHARE,
     generator: int = 1,
 ) -> list[Path]:
-    """Write cases 0..n-1 of series `seed` under `root`; `on_case` sees each phantom once written."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    """Write cases 0..n-1 of series `seed` under `root`; `on_case` sees each phantom once written.
+    Staging folders that killed runs left in `root` are deleted first (only those of dead processes)."""
+    root = check_output_folder(Path(root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{root}: cannot create output folder ({first_line(error)})") from error
+    remove_stale_temporaries(root)
     folders = []
     for index in range(n):
         phantom = make_phantom(seed, index, naming, non_enhancing, generator)
@@ -1135,12 +1150,19 @@ def preview_row(phantom: Phantom) -> PreviewRow:
     )
 
 
-def save_preview(rows: list[PreviewRow], path: Path) -> None:
-    """One PNG, a row per case: FLAIR, T1, T1ce, T2 and the labels over FLAIR, radiological view."""
+def require_preview() -> None:
+    """DependencyError unless matplotlib (for --preview) is installed: checked before any case."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError as error:
         raise DependencyError(f"--preview needs matplotlib: {EXTRA_HINT}") from error
+
+
+def save_preview(rows: list[PreviewRow], path: Path) -> None:
+    """One PNG, a row per case: FLAIR, T1, T1ce, T2 and the labels over FLAIR, radiological view."""
+    require_preview()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -1157,11 +1179,13 @@ def save_preview(rows: list[PreviewRow], path: Path) -> None:
             if row == 0:
                 axis.set_title(titles[column])
     figure.tight_layout()
-    from brats_cli.io import atomic_path
-
-    with atomic_path(Path(path)) as temporary:
-        figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
+    try:
+        with atomic_path(Path(path)) as temporary:
+            figure.savefig(temporary, dpi=80, format="png")
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
+    finally:
+        plt.close(figure)
 
 
 def show_slice(axis, data: np.ndarray) -> None:

@@ -63,6 +63,9 @@ def test_a_large_tumour_is_covered_by_several_windows_and_never_cut():
     threshold = {stage: Oracle(0.0) for stage in Stage}  # half the brain is tumour: split at the mean
     result = segment_image(image, threshold, PipelineConfig(et_threshold=0))
     assert len(result.windows) == 2
+    # How a large tumour is covered, not something to act on: information, never a warning.
+    assert result.notes == ["tumour larger than one (128, 128, 128) window: 2 overlapping windows"]
+    assert result.warnings == []
     grid = np.indices((240, 240, 155))
     truth = sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip(centre, radius, strict=True))) <= 0.9
     inside_crop = np.zeros_like(truth)

@@ -349,7 +349,7 @@ def test_segment_output_folder_unwritable_for_a_normal_user(background_bundle):
             path.chmod(0o755 if path.is_dir() else 0o644)
         for out, message in (
             (root / "out", "output folder is not writable"),
-            (root / "out" / "new", "cannot create output folder ([Errno 13] Permission denied"),
+            (root / "out" / "new", f"cannot create output folder ({root / 'out'} is not writable)"),
         ):
             command = [sys.executable, "-m", "brats_cli", "segment", str(root / "in"), str(out)]
             run = subprocess.run(

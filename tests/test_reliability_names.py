@@ -116,9 +116,22 @@ def test_folds_no_stage_has_are_refused_not_dropped(tmp_path, nothing_bundle):
     write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
     result = segment(tmp_path / "in", tmp_path / "out", "--weights", nothing_bundle.root, "--folds", "0,7")
     assert result.exit_code == 2
-    assert "--folds 7: no stage has such a fold (the stages have base 1, wt 1, tc 1, et 1 folds" in one_line(
-        result.output
+    assert "--folds 7: no stage has such a fold (base has fold 0; wt has fold 0; tc has fold 0; et has fold 0)" in (
+        one_line(result.output)
     )
+    assert not (tmp_path / "out").exists()
+
+
+def test_folds_a_one_fold_stage_lacks_say_which_it_has(tmp_path):
+    """The default bundle's shape: one base fold, several region folds. `--folds 1` is refused
+    naming the fold numbers the base stage has, before any output folder exists."""
+    bundle = flair_bundle(
+        tmp_path / "bundle", window=(64, 64, 64), folds={Stage.BASE: 1, Stage.WT: 2, Stage.TC: 2, Stage.ET: 2}
+    )
+    write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
+    result = segment(tmp_path / "in", tmp_path / "out", "--weights", bundle.root, "--folds", "1")
+    assert result.exit_code == 2, result.output
+    assert "--folds 1: stage base has no such fold (it has fold 0)" in one_line(result.output)
     assert not (tmp_path / "out").exists()
 
 

@@ -217,9 +217,9 @@ def good_pair(tmp_path_factory, labelled) -> Path:
         ("empty input folder", "no BraTS cases found (expected <ID>_flair.nii.gz or <ID>-t2f.nii.gz files)"),
         ("input folder does not exist", "input folder does not exist"),
         ("fewer cases than folds", "1 labelled case(s) for 2 folds; every fold needs one validation case"),
-        ("run folder under a regular file", "cannot create the run folder"),
-        ("immutable run folder", "the run folder is not writable"),
-        ("immutable cache folder", "the cache folder is not writable"),
+        ("run folder under a regular file", "cannot create run folder ("),
+        ("immutable run folder", "run folder is not writable"),
+        ("immutable cache folder", "cache folder is not writable"),
     ],
 )
 def test_train_unusable_folders_exit_2_before_anything_is_written(tmp_path, recipe, good_pair, how, message):
@@ -371,7 +371,7 @@ def event(name):
     return label == kill_at
 
 def die():
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, os.environ.get("BRATS_KILL_SIGNAL", "SIGKILL")))
 
 set_epoch = data_module.EpochSampler.set_epoch
 def on_epoch(self, number):
@@ -443,8 +443,10 @@ def _train_options(recipe: Path, data: Path, run: Path, cache: Path) -> list[str
     ]
 
 
-def _instrumented(options: list[str], kill_at: str = "", event_log: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**_environment(), "BRATS_KILL_AT": kill_at}
+def _instrumented(
+    options: list[str], kill_at: str = "", event_log: Path | None = None, signal_name: str = "SIGKILL"
+) -> subprocess.CompletedProcess:
+    env = {**_environment(), "BRATS_KILL_AT": kill_at, "BRATS_KILL_SIGNAL": signal_name}
     if event_log is not None:
         env["BRATS_EVENT_LOG"] = str(event_log)
     return subprocess.run(
@@ -507,6 +509,38 @@ def test_sigkill_while_last_checkpoint_is_half_written_resumes_from_the_previous
     assert resumed.exit_code == 0, resumed.output
     assert "resuming after epoch 1" in resumed.output
     assert sorted(p.name for p in fold.iterdir()) == ["best.pt", "last.pt", "log.csv"]
+    _assert_same_training_state(fold / "last.pt", reference_run["fold"] / "last.pt")
+    assert _log_without_times(fold / "log.csv") == _log_without_times(reference_run["fold"] / "log.csv")
+
+
+@pytest.mark.parametrize(
+    "signal_name, point",
+    [
+        ("SIGTERM", "2:loss:1"),  # inside epoch 2
+        pytest.param("SIGTERM", "2:write:last.pt:1", marks=pytest.mark.slow),  # epoch 2's last.pt half-written
+        pytest.param("SIGINT", "2:loss:1", marks=pytest.mark.slow),
+    ],
+)
+def test_sigterm_or_sigint_keeps_complete_epochs_and_resume_continues(
+    prepared_run, reference_run, tmp_path, signal_name, point
+):
+    """SIGTERM (a batch scheduler's stop) is handled as Ctrl-C is: the epoch in progress and any
+    half-written checkpoint are dropped, one line says so, exit 128 + the signal; --resume then
+    ends with the uninterrupted run's weights and log."""
+    run = tmp_path / "run"
+    options = _train_options(reference_run["recipe"], prepared_run["data"], run, prepared_run["cache"])
+    stopped = _instrumented(options, kill_at=point, signal_name=signal_name)
+    number = getattr(signal, signal_name)
+    assert stopped.returncode == 128 + number, stopped.stderr[-2000:]
+    errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: interrupted; the last complete epoch is checkpointed: rerun with --resume to continue"]
+    assert "Traceback" not in stopped.stderr
+    fold = run / "wt" / "fold0"
+    assert sorted(p.name for p in fold.iterdir()) == ["best.pt", "last.pt", "log.csv"]  # no temporary
+    assert _check_after_kill(fold, 0) == 1 and leftovers(run) == []
+    resumed = runner.invoke(app, [*options, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming after epoch 1" in resumed.output
     _assert_same_training_state(fold / "last.pt", reference_run["fold"] / "last.pt")
     assert _log_without_times(fold / "log.csv") == _log_without_times(reference_run["fold"] / "log.csv")
 

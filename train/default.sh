@@ -87,9 +87,11 @@ make_shards() {  # folder shards per_shard seed0 [synth options]: one synth proc
   shift 4
   stamp "phantoms: $shards x $per_shard in $folder, seeds $seed0.. $*"
   for i in $(seq 0 $((shards - 1))); do
-    # A shard with all its cases (each file is written atomically, the seg last) is kept: a rerun
-    # after a failed training step does not make the same phantoms again.
-    if [ "$(find "$folder/$i" -name '*_seg.nii.gz' 2>/dev/null | wc -l)" -eq "$per_shard" ]; then continue; fi
+    # A shard with all its cases (each case folder appears whole, by one rename) is kept: a rerun
+    # after a failed training step does not make the same phantoms again. Hidden staging folders
+    # of a killed synth are not cases.
+    if [ "$(find "$folder/$i" -mindepth 1 -name '.*' -prune -o -name '*_seg.nii.gz' -print 2>/dev/null | wc -l)" \
+      -eq "$per_shard" ]; then continue; fi
     one_thread "$PYTHON" -m brats_cli synth "$folder/$i" --n "$per_shard" --seed $((seed0 + i)) "$@" \
       >"$WORK/logs/synth-$(basename "$folder")-$i.log" 2>&1 &
     pids+=($!)

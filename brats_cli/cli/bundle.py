@@ -18,10 +18,15 @@ def bundle(
     from rich.table import Table
 
     from brats_cli.errors import BratsError
+    from brats_cli.interrupts import Interrupted, interruptible
     from brats_cli.training.assemble import assemble_bundle
 
     try:
-        written, trained = assemble_bundle(run, out)
+        with interruptible():
+            written, trained = assemble_bundle(run, out)
+    except Interrupted as interrupted:
+        console.error(f"interrupted; nothing was written to {out}")
+        raise typer.Exit(interrupted.exit_code) from None
     except BratsError as error:
         console.error(str(error))
         raise typer.Exit(console.EXIT_UNUSABLE) from None

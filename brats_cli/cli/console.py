@@ -22,8 +22,10 @@ EXIT_OK = 0
 EXIT_CASE_FAILED = 1
 EXIT_UNUSABLE = 2
 
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+# No markup by default: what is printed holds file names and case IDs, in which rich would take
+# `[...]` for a style tag and drop it. Only the prefixes below are markup.
+stderr = Console(stderr=True, highlight=False, markup=False)
+stdout = Console(highlight=False, markup=False)
 
 
 # The open run log, if any: every error, warning and note (and `info` line) is appended to it as

@@ -69,10 +69,10 @@ def run_evaluate(
     from brats_cli.errors import BratsError
     from brats_cli.scoring import Evaluation
 
-    for path, option in ((csv_path, "--csv"), (json_path, "--json")):
-        if path is not None and not Path(path).parent.is_dir():
-            console.error(f"{path}: folder for {option} does not exist")
-            return console.EXIT_UNUSABLE
+    problem = _report_problem(csv_path, json_path, (prediction, reference))
+    if problem:
+        console.error(problem)
+        return console.EXIT_UNUSABLE
     try:
         if report_path is not None:  # before scoring: a missing extra or a blocked folder is said now
             from brats_cli.report import check_report_folder
@@ -129,6 +129,27 @@ def run_evaluate(
         console.error(str(error))
         return console.EXIT_UNUSABLE
     return console.EXIT_CASE_FAILED if evaluation.failures else console.EXIT_OK
+
+
+def _report_problem(csv_path: Path | None, json_path: Path | None, inputs: tuple[Path, Path]) -> str | None:
+    """Why --csv or --json cannot be written, checked before any case is scored: a missing or
+    read-only folder, a folder at the name, the two options naming one file (the JSON would
+    replace the CSV), or a report that would overwrite an input file."""
+    import os
+
+    reports = [(path, option) for path, option in ((csv_path, "--csv"), (json_path, "--json")) if path is not None]
+    for path, option in reports:
+        if not path.parent.is_dir():
+            return f"{path}: folder for {option} does not exist"
+        if path.is_dir():
+            return f"{path}: is a folder; {option} needs a file name"
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return f"{path}: folder for {option} is not writable"
+        if any(source.is_file() and path.resolve() == source.resolve() for source in inputs):
+            return f"{path}: {option} would overwrite an input of this evaluation"
+    if len(reports) == 2 and reports[0][0].resolve() == reports[1][0].resolve():
+        return f"{csv_path}: --csv and --json name the same file"
+    return None
 
 
 _TITLES = {

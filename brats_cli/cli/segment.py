@@ -64,13 +64,18 @@ def segment(
     ] = None,
     fuse_folds: Annotated[
         bool,
-        typer.Option(help="torch: run each stage's fold models as one batched call on their stacked weights."),
+        typer.Option(
+            help="torch: run each stage's fold models as one batched call on their stacked weights. Slower on "
+            "both machines measured: 1.19x the time of fold by fold on an H100, 2.05x on a CPU (README, "
+            "Performance; bench/RESULTS.md); in bf16 it casts the weights."
+        ),
     ] = False,
     compile: Annotated[
         bool,
         typer.Option(
-            help="torch: compile the networks with torch.compile (needs a C compiler): about 20 s per network "
-            "shape at the first case, then faster forwards (README, Performance); pays off over many cases."
+            help="torch: compile the networks with torch.compile (needs a C compiler). On an H100: about 100 s "
+            "of compilation at the first case, then 1.21 instead of 1.37 s a case, so it pays only after several "
+            "hundred cases; on a CPU it made cases 1.33x slower (README, Performance; bench/RESULTS.md)."
         ),
     ] = False,
     tta: Annotated[
@@ -242,13 +247,20 @@ def _run_segment(options: SegmentOptions) -> int:
                 def on_stage(case_id: str, name: str) -> None:
                     progress.update(task, description=f"{case_id}: {name}")
 
-                for result in batch.segment(on_stage):
+                try:
+                    results = batch.segment(on_stage)
+                except BratsError as error:  # the output folder, checked before, cannot be made now
+                    console.error(str(error))
+                    return console.EXIT_UNUSABLE
+                for result in results:
                     if result.status is Status.FAILED:
                         console.error(f"{result.case_id}: {result.message}")
                     else:
                         console.log(result.status.value, f"{result.case_id} ({result.seconds:.1f} s) {result.output}")
                     for message in result.warnings:
                         console.warning(f"{result.case_id}: {message}")
+                    for message in result.notes:
+                        console.note(f"{result.case_id}: {message}")
                     progress.advance(task)
             written = _write_report(options) if options.report else None
     except Interrupted as interrupted:
@@ -304,7 +316,7 @@ def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
         table.add_column(f"{region.value} ml", justify="right")
     for result in results:
         volumes = [f"{result.volumes_ml[r]:.1f}" if result.volumes_ml else "" for r in REGIONS]
-        status = result.status.value if not result.message else f"{result.status.value}: {result.message}"
+        status = result.status.value if not result.message else f"{result.status.value}: {_short(result.message)}"
         table.add_row(result.case_id, status, f"{result.seconds:.1f}", *volumes)
     console.stderr.print(table)
     if profile:
@@ -317,6 +329,11 @@ def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
             if result.stage_seconds:
                 timing.add_row(result.case_id, *(f"{result.stage_seconds.get(n, 0.0):.2f}" for n in stages))
         console.stderr.print(timing)
+
+
+def _short(message: str, limit: int = 60) -> str:
+    """A failure as the summary table shows it: the error line above it has the whole message."""
+    return message if len(message) <= limit else message[: limit - 1].rstrip() + "…"
 
 
 _STAGE_ORDER = ("read", "preprocess", "base", "localise", "wt", "tc", "et", "compose", "write")

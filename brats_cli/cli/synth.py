@@ -47,47 +47,63 @@ def synth(
         Path | None, typer.Option(help="Also write a PNG with a row per case at its slice with most tumour.")
     ] = None,
 ) -> None:
-    """Write N synthetic labelled cases (FLAIR, T1, T1ce, T2, seg; 240x240x155, LPS) into OUTPUT."""
+    """Write N synthetic labelled cases (FLAIR, T1, T1ce, T2, seg; 240x240x155, LPS) into OUTPUT.
+    Each case folder appears whole or not at all (built under a hidden name, then renamed)."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from brats_cli import synth as phantoms
     from brats_cli.errors import BratsError
+    from brats_cli.interrupts import Interrupted, interruptible
 
     rows: list[phantoms.PreviewRow] = []
+    written: list[str] = []
+
+    def finished() -> str:
+        return f"{len(written)} of {n} case(s) finished and written to {output}" + (
+            f" ({', '.join(written)})" if written else ""
+        )
+
     try:
-        phantoms.template_paths()
-        if preview is not None and preview.suffix.lower() != ".png":
-            raise typer.BadParameter(f"{preview}: expected a .png file name", param_hint="--preview")
-        started = time.perf_counter()
-        with Progress(
-            TextColumn("synth"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=console.stderr,
-        ) as progress:
-            task = progress.add_task("", total=n)
+        with interruptible():
+            # Everything that can refuse the command, before anything is written.
+            phantoms.template_paths()
+            if preview is not None:
+                if preview.suffix.lower() != ".png":
+                    raise typer.BadParameter(f"{preview}: expected a .png file name", param_hint="--preview")
+                phantoms.require_preview()
+            started = time.perf_counter()
+            with Progress(
+                TextColumn("synth"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=console.stderr,
+            ) as progress:
+                task = progress.add_task("", total=n)
 
-            def on_case(phantom: phantoms.Phantom) -> None:
-                if preview is not None:
-                    rows.append(phantoms.preview_row(phantom))
-                progress.update(task, advance=1, description=phantom.case_id)
+                def on_case(phantom: phantoms.Phantom) -> None:
+                    written.append(phantom.case_id)
+                    if preview is not None:
+                        rows.append(phantoms.preview_row(phantom))
+                    progress.update(task, advance=1, description=phantom.case_id)
 
-            phantoms.write_phantom_cases(
-                output, n, seed, naming, on_case=on_case, non_enhancing=non_enhancing, generator=generator
-            )
-        seconds = time.perf_counter() - started
-        if preview is not None:
-            phantoms.save_preview(rows, preview)
-    except OSError as error:
-        console.error(f"{output}: cannot write ({error.strerror or error})")
-        raise typer.Exit(console.EXIT_UNUSABLE) from None
+                phantoms.write_phantom_cases(
+                    output, n, seed, naming, on_case=on_case, non_enhancing=non_enhancing, generator=generator
+                )
+            seconds = time.perf_counter() - started
+            if preview is not None:
+                phantoms.save_preview(rows, preview)
+    except Interrupted as interrupted:
+        console.error(f"interrupted; {finished()}; rerun the same command to make them all")
+        raise typer.Exit(interrupted.exit_code) from None
     except BratsError as error:
         console.error(str(error))
-        raise typer.Exit(console.EXIT_UNUSABLE) from None
+        if written:  # a full disk after some cases: those are whole, the rest are not there
+            console.error(finished())
+        raise typer.Exit(console.EXIT_CASE_FAILED if written else console.EXIT_UNUSABLE) from None
     console.stderr.print(f"wrote {n} case(s) to {output} in {seconds:.1f} s ({seconds / n:.1f} s a case)")
     if preview is not None:
         console.stderr.print(f"preview: {preview}")

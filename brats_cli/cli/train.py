@@ -153,7 +153,10 @@ def _print_case(case, reused: bool) -> None:
 
 
 def run_train(options: TrainOptions) -> int:
-    from brats_cli.errors import BratsError
+    import signal
+
+    from brats_cli.errors import BratsError, first_line
+    from brats_cli.interrupts import Interrupted, interruptible
     from brats_cli.predictors.torch_backend import resolve_device
     from brats_cli.training import distributed
     from brats_cli.training.loop import STAGE_ORDER
@@ -178,7 +181,7 @@ def run_train(options: TrainOptions) -> int:
             + (f", training-only cases from {options.extra}" if options.extra else "")
         )
     try:
-        with reporter or _nothing():
+        with interruptible(), reporter or _nothing():
             results = run_training(
                 recipe,
                 options.data,
@@ -197,19 +200,17 @@ def run_train(options: TrainOptions) -> int:
     except BratsError as error:
         report(error)
         return console.EXIT_UNUSABLE
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt) as interrupted:  # SIGTERM or Ctrl-C (SIGINT) while training
         console.error("interrupted; the last complete epoch is checkpointed: rerun with --resume to continue")
-        return 130
+        return getattr(interrupted, "exit_code", 128 + signal.SIGINT)
     except OSError as error:  # a disk filling up or a folder made read-only during training
         where = f"{error.filename}: " if error.filename else ""
         console.error(
-            f"{where}cannot write ({error.strerror or error}); the last complete epoch is checkpointed: "
+            f"{where}cannot write ({first_line(error)}); the last complete epoch is checkpointed: "
             "free the space or fix the folder, then rerun with --resume"
         )
         return console.EXIT_UNUSABLE
     except (MemoryError, RuntimeError) as error:  # out of memory on the host or the GPU, above all
-        from brats_cli.errors import first_line
-
         console.error(
             f"training stopped: {first_line(error)[:300]}; the last complete epoch is checkpointed: "
             "a smaller recipe (width, batch_size, patch) or --resume after freeing memory"

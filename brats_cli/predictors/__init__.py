@@ -43,6 +43,19 @@ def require_backend(bundle: Bundle, backend: Backend) -> None:
         raise WeightsError(f"{bundle.root}: this is {_article(kind)} bundle, not {_article(backend)} one; {hint}")
 
 
+def require_device(settings: Settings) -> None:
+    """Refuse a device the backend cannot use here (`--device cuda` without a GPU, or without
+    ONNX Runtime's CUDA provider) before anything is loaded or written."""
+    if settings.backend is Backend.ONNX:
+        from brats_cli.predictors.onnx_backend import onnx_providers
+
+        onnx_providers(settings.device)
+    else:
+        from brats_cli.predictors.torch_backend import resolve_device
+
+        resolve_device(settings.device)
+
+
 def _article(backend: Backend) -> str:
     return f"an {backend.value}" if backend is Backend.ONNX else f"a {backend.value}"
 
@@ -55,8 +68,21 @@ def select_folds(available: int, folds: Sequence[int] | None, stage: Stage) -> l
     chosen = [f for f in folds if f < available]
     bad = [f for f in folds if f >= available or f < 0]
     if bad and not chosen:
-        raise WeightsError(f"stage {stage.value}: folds {bad} not in the bundle (it has {available})")
+        raise WeightsError(
+            f"--folds {','.join(map(str, folds))}: stage {stage.value} has no such fold "
+            f"(it has {fold_numbers(available)})"
+        )
     return chosen
+
+
+def fold_numbers(count: int) -> str:
+    """The fold numbers a stage of `count` folds has, as a user would type them: "fold 0",
+    "folds 0, 1", "folds 0-4"."""
+    if count == 1:
+        return "fold 0"
+    if count == 2:
+        return "folds 0, 1"
+    return f"folds 0-{count - 1}"
 
 
 def stage_predictors(bundle: Bundle, settings: Settings) -> Mapping[Stage, StagePredictor]:

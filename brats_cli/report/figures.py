@@ -33,7 +33,7 @@ def require_matplotlib() -> None:
     except ImportError:
         raise DependencyError(
             "the QA report draws its pictures with matplotlib, which is not installed: "
-            "pip install 'brats[report]' (or matplotlib>=3.7)"
+            "pip install 'brats-resunet[report]' (or matplotlib>=3.7)"
         ) from None
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from brats_cli import __version__
-from brats_cli.bundle import Architecture, Bundle, Stage, write_torch_bundle
-from brats_cli.errors import InputError
+from brats_cli.bundle import Architecture, Bundle, Stage, check_bundle_target, write_torch_bundle
+from brats_cli.errors import InputError, first_line
 from brats_cli.preprocess import MODEL_GRID
 from brats_cli.training.folds import FOLDS_FILE, read_folds
 from brats_cli.training.loop import BEST, LAST, load_checkpoint
@@ -37,13 +37,14 @@ class TrainedFold:
 def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
     """Write a torch bundle to `out` from `run`'s best checkpoints; every stage needs one fold."""
     run = Path(run)
+    check_bundle_target(Path(out))
     recipe_path = run / RECIPE_FILE
     if not recipe_path.is_file():
         raise InputError(f"{run}: not a training run folder (no {RECIPE_FILE})")
     try:
         recipe_data = json.loads(recipe_path.read_text())
     except (OSError, ValueError) as error:
-        raise InputError(f"{recipe_path}: unreadable ({error})") from error
+        raise InputError(f"{recipe_path}: unreadable ({first_line(error)})") from error
     recipe = recipe_from_dict(recipe_data, str(recipe_path))
     folds = read_folds(run / FOLDS_FILE)
 
@@ -59,9 +60,9 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
             if best.get("recipe") != recipe.fingerprint():
                 raise InputError(f"{folder / BEST}: written with a different recipe than {recipe_path}")
             last = load_checkpoint(folder / LAST) if (folder / LAST).is_file() else best
-            states.append(best["model"])
-            trained.append(
-                TrainedFold(
+            try:
+                states.append(dict(best["model"]))
+                item = TrainedFold(
                     stage,
                     k,
                     float(best["val_dice"]),
@@ -72,7 +73,10 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
                     best.get("init_from"),
                     int(best.get("training_only", 0)),
                 )
-            )
+            except (KeyError, TypeError, ValueError) as error:  # a checkpoint edited or made by hand
+                what = f"no {error}" if isinstance(error, KeyError) else first_line(error)
+                raise InputError(f"{folder}: not a complete brats checkpoint pair ({what})") from error
+            trained.append(item)
         if not states:
             raise InputError(f"{run}: stage {stage.value} has no trained fold (run brats train --stage {stage.value})")
         weights[stage] = states

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_cli.errors import BratsError, CaseError, InputError, UnusableCases
+from brats_cli.errors import BratsError, CaseError, InputError, UnusableCases, first_line
 from brats_cli.files import atomic_path, write_text_atomically
-from brats_cli.io import SEPARATOR, Case, discover_cases, load_case, read_label_map
+from brats_cli.io import SEPARATOR, Case, check_output_folder, discover_cases, load_case, read_label_map
 from brats_cli.labels import LabelConvention, Region, region_masks, unexpected_labels
 from brats_cli.localise import bounding_box
 from brats_cli.preprocess import CROP_START, MODEL_GRID, crop_to_model_grid, preprocess
@@ -152,13 +151,11 @@ def prepare_cache(
 
     `on_case(case, reused)` is told of each case as it is done. Every failing case is checked
     before one InputError lists them all; entries of the good ones stay for the next run."""
-    cache = Path(cache)
+    cache = check_output_folder(Path(cache), "cache folder")
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"{cache}: cannot create the cache folder ({error})") from error
-    if not os.access(cache, os.W_OK):
-        raise InputError(f"{cache}: the cache folder is not writable")
+        raise InputError(f"{cache}: cannot create cache folder ({first_line(error)})") from error
     prepared: list[CachedCase] = []
     problems: list[str] = []
     for case in cases:
@@ -169,7 +166,7 @@ def prepare_cache(
             continue
         except OSError as error:  # writing the entry: a full disk is no case's fault; stop here
             where = error.filename or cache
-            raise InputError(f"{where}: cannot write the cache ({error.strerror or error})") from error
+            raise InputError(f"{where}: cannot write the cache ({first_line(error)})") from error
         prepared.append(entry)
     if problems:
         raise UnusableCases(None, problems)
@@ -180,7 +177,7 @@ def _prepare_one(case: Case, cache: Path, on_case: Callable[[Case, bool], None] 
     try:
         key = cache_key(case)
     except OSError as error:
-        raise CaseError(case.case_id, f"cannot read file information ({error})") from error
+        raise CaseError(case.case_id, f"cannot read file information ({first_line(error)})") from error
     folder = cache / f"{case.case_id}-{key}"
     entry = _read_entry(folder, case)
     if entry is not None:

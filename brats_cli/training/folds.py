@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_cli.errors import InputError
+from brats_cli.errors import InputError, first_line
 from brats_cli.files import write_text_atomically
 
 FOLDS_FILE = "folds.json"
@@ -105,4 +105,4 @@ def read_folds(path: Path) -> Folds:
         folds = tuple(tuple(str(c) for c in fold) for fold in data["folds"])
         return Folds(int(data["seed"]), folds, tuple(str(c) for c in data.get("training_only", [])))
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{path}: unreadable folds file ({error})") from error
+        raise InputError(f"{path}: unreadable folds file ({first_line(error)})") from error

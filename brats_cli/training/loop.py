@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from brats_cli.bundle import Stage
 from brats_cli.errors import InputError, first_line
 from brats_cli.files import atomic_path, remove_stale_temporaries, write_text_atomically
+from brats_cli.interrupts import in_worker
 from brats_cli.model import ResUNet3D
 from brats_cli.training.cache import CachedCase
 from brats_cli.training.data import CropDataset, EpochSampler
@@ -395,6 +396,7 @@ def _build_data(job: FoldJob, recipe: Recipe, context: Context) -> _Data:
         num_workers=recipe.workers,
         pin_memory=context.device.type == "cuda",
         persistent_workers=recipe.workers > 0,
+        worker_init_fn=in_worker,
     )
     return _Data(sampler, loader, validation)
 

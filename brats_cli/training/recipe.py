@@ -18,7 +18,7 @@ from typing import Any
 from brats_cli.bundle import LEVELS as BUNDLE_LEVELS
 from brats_cli.bundle import MAX_WIDTH as BUNDLE_MAX_WIDTH
 from brats_cli.bundle import Stage
-from brats_cli.errors import InputError
+from brats_cli.errors import InputError, first_line
 from brats_cli.labels import LabelConvention
 from brats_cli.preprocess import MODEL_GRID
 
@@ -298,7 +298,7 @@ def load_recipe(path: Path) -> Recipe:
     except FileNotFoundError:
         raise InputError(f"{path}: recipe file not found") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read recipe ({error})") from error
+        raise InputError(f"{path}: cannot read recipe ({first_line(error)})") from error
     except tomllib.TOMLDecodeError as error:
-        raise InputError(f"{path}: not valid TOML ({error})") from error
+        raise InputError(f"{path}: not valid TOML ({first_line(error)})") from error
     return recipe_from_dict(data, path.name)

@@ -11,15 +11,14 @@ RUN/<stage>/fold<k>/log.csv          one row per epoch: losses, Dice, learning r
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from brats_cli.bundle import Stage
-from brats_cli.errors import BratsError, InputError
+from brats_cli.errors import BratsError, InputError, first_line
 from brats_cli.files import write_text_atomically
-from brats_cli.io import Case
+from brats_cli.io import Case, check_output_folder
 from brats_cli.training import distributed
 from brats_cli.training.cache import CachedCase, prepare_cache, training_cases
 from brats_cli.training.folds import FOLDS_FILE, Folds, load_or_create_folds
@@ -61,7 +60,7 @@ def check_recipe(run: Path, recipe: Recipe) -> bool:
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise InputError(f"{path}: unreadable ({error})") from error
+        raise InputError(f"{path}: unreadable ({first_line(error)})") from error
     if stored != recipe.to_dict():
         raise InputError(
             f"{path}: this run was started with a different recipe ({_first_difference(stored, recipe.to_dict())}); "
@@ -75,7 +74,7 @@ def record_recipe(run: Path, recipe: Recipe) -> None:
     try:
         write_text_atomically(path, json.dumps(recipe.to_dict(), indent=1) + "\n")
     except OSError as error:
-        raise InputError(f"{run}: cannot write to the run folder ({error.strerror or error})") from error
+        raise InputError(f"{run}: cannot write to the run folder ({first_line(error)})") from error
 
 
 def prepare(
@@ -92,12 +91,8 @@ def prepare(
     The recipe and the folds are recorded only once every case is usable: a run refused for its
     data holds no record that would tie the next attempt to this recipe or these cases (the cache
     entries of the good cases stay, complete, for that attempt)."""
-    try:
-        Path(run).mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"{run}: cannot create the run folder ({error})") from error
-    if not os.access(run, os.W_OK):
-        raise InputError(f"{run}: the run folder is not writable")
+    # Everything that can refuse the run without reading an image, before the run folder exists.
+    check_output_folder(run, "run folder")  # a file in the way said as such, not as "File exists"
     recorded = check_recipe(run, recipe)
     cases = training_cases(data)
     if len(cases) < recipe.folds:
@@ -105,6 +100,10 @@ def prepare(
             f"{data}: {len(cases)} labelled case(s) for {recipe.folds} folds; every fold needs one validation case"
         )
     extra_cases = training_cases(extra) if extra is not None else []
+    try:
+        Path(run).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{run}: cannot create run folder ({first_line(error)})") from error
     cached = prepare_cache(cases, cache, on_case)
     cached_extra = prepare_cache(extra_cases, cache, on_case)
     if not recorded:
@@ -113,6 +112,17 @@ def prepare(
         run, [c.case_id for c in cached], recipe.folds, recipe.seed, [c.case_id for c in cached_extra]
     )
     return cached + cached_extra, folds
+
+
+def check_init_source(source: Path) -> None:
+    """`--init-from` must name a weights bundle or a training run folder."""
+    from brats_cli.bundle import MANIFEST
+
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"{source}: --init-from does not exist")
+    if not ((source / MANIFEST).is_file() or (source / RECIPE_FILE).is_file()):
+        raise InputError(f"{source}: neither a weights bundle ({MANIFEST}) nor a training run folder ({RECIPE_FILE})")
 
 
 def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
@@ -141,12 +151,16 @@ def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
     raise InputError(f"{source}: neither a weights bundle ({MANIFEST}) nor a training run folder ({RECIPE_FILE})")
 
 
+def check_fold(recipe: Recipe, fold: int | None) -> None:
+    if fold is not None and not 0 <= fold < recipe.folds:
+        raise InputError(f"--fold {fold}: the recipe has folds 0..{recipe.folds - 1}")
+
+
 def plan_jobs(
     recipe: Recipe, run: Path, cached: Sequence[CachedCase], folds: Folds, stages: Sequence[Stage], fold: int | None
 ) -> list[FoldJob]:
     """One job per selected stage and fold: `fold` None means the folds each stage's recipe lists."""
-    if fold is not None and not 0 <= fold < recipe.folds:
-        raise InputError(f"--fold {fold}: the recipe has folds 0..{recipe.folds - 1}")
+    check_fold(recipe, fold)
     by_id = {c.case_id: c for c in cached}
     jobs = []
     for stage in sorted(stages, key=STAGE_ORDER.index):
@@ -186,6 +200,10 @@ def run_training(
     each fold starts from that bundle's or run's weights for the same stage and fold."""
     configure(deterministic)
     run = Path(run)
+    # What can be refused from the arguments alone, before any case is read or the run folder made.
+    check_fold(recipe, fold)
+    if init_from is not None:
+        check_init_source(init_from)
     # The records this call makes, if the run is new: removed again if no epoch of any fold ever
     # completes, so that a corrected recipe is not refused as "a different recipe" of a run that
     # never trained.
