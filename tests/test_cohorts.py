@@ -123,7 +123,8 @@ def test_a_shard_sweeps_only_its_own_temporaries(cohort: Path, background_bundle
     mine = out / f".BraTS2021_00002.nii.gz{TEMP_MARKER}999999.nii.gz"  # shard 0's case
     others.write_bytes(b"being written on another node")
     mine.write_bytes(b"left by a killed run")
-    Segmenter(background_bundle).segment_folder(cohort, out, shard="0/2")
+    # The sweep comes with the output folder, when segmenting starts (nothing is consumed here).
+    Segmenter(background_bundle).segment_folder(cohort, out, shard="0/2").segment()
     assert others.exists() and not mine.exists()
 
 

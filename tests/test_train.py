@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from builders import random_bundle
 from typer.testing import CliRunner
 
 from brats_cli.bundle import Stage, load_bundle
@@ -419,6 +420,41 @@ def _assert_same_training_state(path_a: Path, path_b: Path) -> None:
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
     assert a["scheduler"] == b["scheduler"]
+
+
+def test_bundle_takes_the_named_stages_from_an_earlier_bundle(smoke_run, tmp_path):
+    """`--stages-from BUNDLE --stages tc,et`: those stages are the earlier bundle's models, byte
+    for byte, with its validation record and where they came from; the others are the run's."""
+    from safetensors.torch import load_file
+
+    earlier = random_bundle(tmp_path / "earlier", folds=2, window=(32, 32, 32), seed=3)
+    out = tmp_path / "bundle"
+    command = ["bundle", str(smoke_run), "--out", str(out), "--stages-from", str(earlier.root), "--stages", "tc,et"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(out)  # every checksum verified
+    for stage in (Stage.TC, Stage.ET):
+        assert len(bundle.manifest.stages[stage].folds) == 2
+        for mine, theirs in zip(bundle.fold_paths(stage), earlier.fold_paths(stage), strict=True):
+            a, b = load_file(str(mine)), load_file(str(theirs))
+            assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+        assert bundle.manifest.metadata["validation"][stage.value]["from_bundle"] == str(earlier.root)
+    best = load_checkpoint(smoke_run / "wt" / "fold0" / "best.pt")
+    (wt,) = bundle.fold_paths(Stage.WT)
+    assert all(torch.equal(value, best["model"][key]) for key, value in load_file(str(wt)).items())
+    assert bundle.manifest.metadata["validation"]["wt"]["fold0"]["val_dice"] == pytest.approx(best["val_dice"])
+
+
+def test_stages_from_a_bundle_that_does_not_fit_the_run_are_refused(smoke_run, tmp_path):
+    """Another region window than the run's recipe: exit 2 naming it, and no bundle written."""
+    earlier = random_bundle(tmp_path / "earlier", window=(64, 64, 64))
+    out = tmp_path / "bundle"
+    command = ["bundle", str(smoke_run), "--out", str(out), "--stages-from", str(earlier.root), "--stages", "tc"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert "(64, 64, 64) windows" in " ".join(result.output.split()) and not out.exists()
+    half = runner.invoke(app, ["bundle", str(smoke_run), "--out", str(out), "--stages", "tc"])
+    assert half.exit_code == 2 and "go together" in half.output and not out.exists()
 
 
 def test_bundle_from_the_run_segments_a_case(smoke_run, training_data, tmp_path):

@@ -13,17 +13,41 @@ from brats_cli.cli import console
 def bundle(
     run: Annotated[Path, typer.Argument(help="Training run folder (the --out of brats train).")],
     out: Annotated[Path, typer.Option(help="Bundle folder to write (manifest.json + safetensors).")],
+    stages_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--stages-from",
+            help="Take the stages named by --stages from this torch bundle instead of the run (a later round "
+            "that improved some stages keeps the earlier models of the others).",
+        ),
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(help="With --stages-from: the stages to take from it, comma-separated (e.g. tc,et)."),
+    ] = None,
 ) -> None:
     """Assemble the best checkpoint of every trained stage and fold into a weights bundle."""
     from rich.table import Table
 
+    from brats_cli.bundle import Stage
     from brats_cli.errors import BratsError
     from brats_cli.interrupts import Interrupted, interruptible
-    from brats_cli.training.assemble import assemble_bundle
+    from brats_cli.training.assemble import Borrowed, assemble_bundle
 
+    if (stages_from is None) != (stages is None):
+        console.error("--stages-from and --stages go together: the bundle to take stages from, and which")
+        raise typer.Exit(console.EXIT_UNUSABLE)
+    borrowed = None
+    if stages_from is not None and stages is not None:
+        names = [name.strip() for name in stages.split(",") if name.strip()]
+        unknown = [name for name in names if name not in {s.value for s in Stage}]
+        if unknown or not names:
+            console.error(f"--stages {stages}: name stages among {', '.join(s.value for s in Stage)}")
+            raise typer.Exit(console.EXIT_UNUSABLE)
+        borrowed = Borrowed(stages_from, frozenset(Stage(name) for name in names))
     try:
         with interruptible():
-            written, trained = assemble_bundle(run, out)
+            written, trained = assemble_bundle(run, out, borrowed)
     except Interrupted as interrupted:
         console.error(f"interrupted; nothing was written to {out}")
         raise typer.Exit(interrupted.exit_code) from None
@@ -43,7 +67,10 @@ def bundle(
             f"{item.epochs_done}/{item.epochs_planned}",
         )
     console.stderr.print(table)
+    if borrowed is not None:
+        taken = ", ".join(s.value for s in sorted(borrowed.stages, key=list(Stage).index))
+        console.info(f"stages {taken} taken from {borrowed.bundle}")
     unfinished = [t for t in trained if t.epochs_done < t.epochs_planned]
     if unfinished:
-        names = ", ".join(f"{t.stage.value} fold {t.fold}" for t in unfinished)
-        console.warning(f"not trained to the recipe's epochs: {names}")
+        short = ", ".join(f"{t.stage.value} fold {t.fold}" for t in unfinished)
+        console.warning(f"not trained to the recipe's epochs: {short}")

@@ -17,7 +17,7 @@ from brats_cli.errors import InputError, first_line
 from brats_cli.preprocess import MODEL_GRID
 from brats_cli.training.folds import FOLDS_FILE, read_folds
 from brats_cli.training.loop import BEST, LAST, load_checkpoint
-from brats_cli.training.recipe import recipe_from_dict
+from brats_cli.training.recipe import Recipe, recipe_from_dict
 from brats_cli.training.run import RECIPE_FILE, fold_folder
 
 
@@ -34,8 +34,19 @@ class TrainedFold:
     training_only: int = 0  # training-only cases it trained on (brats train --extra)
 
 
-def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
-    """Write a torch bundle to `out` from `run`'s best checkpoints; every stage needs one fold."""
+@dataclass(frozen=True)
+class Borrowed:
+    """Stages a bundle takes from another, finished torch bundle instead of from the run: a round
+    of training that improved some stages and not others keeps the earlier models of the others."""
+
+    bundle: Path
+    stages: frozenset[Stage]
+
+
+def assemble_bundle(run: Path, out: Path, borrowed: Borrowed | None = None) -> tuple[Bundle, list[TrainedFold]]:
+    """Write a torch bundle to `out` from `run`'s best checkpoints; every stage needs one fold,
+    except the stages `borrowed` takes from another bundle (its files verified, its architecture,
+    threshold and validation record kept, and where they came from recorded)."""
     run = Path(run)
     check_bundle_target(Path(out))
     recipe_path = run / RECIPE_FILE
@@ -50,7 +61,11 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
 
     weights: dict[Stage, list[dict[str, Any]]] = {}
     trained: list[TrainedFold] = []
+    source = _borrow(borrowed, recipe) if borrowed else None
     for stage in Stage:
+        if source is not None and stage in borrowed.stages:  # type: ignore[union-attr]
+            weights[stage] = source.states[stage]
+            continue
         states = []
         for k in range(recipe.folds):
             folder = fold_folder(run, stage, k)
@@ -90,6 +105,8 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
         )
         for stage in Stage
     }
+    if source is not None:
+        architectures.update(source.architectures)
     validation: dict[str, dict[str, Any]] = {}
     for item in trained:
         validation.setdefault(item.stage.value, {})[f"fold{item.fold}"] = {
@@ -103,12 +120,16 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
             validation[item.stage.value][f"fold{item.fold}"]["init_from"] = item.init_from
         if item.training_only:
             validation[item.stage.value][f"fold{item.fold}"]["training_only"] = item.training_only
+    fold_numbers = {s.value: [t.fold for t in trained if t.stage is s] for s in Stage}
+    if source is not None:
+        validation.update(source.validation)
+        fold_numbers.update(source.fold_numbers)
     metadata = {
         "trained_with": f"brats {__version__}",
         "recipe": recipe.to_dict(),
         "folds": folds.to_dict(),
         # Bundle file <stage>_fold<i> holds the model of k-fold split fold_numbers[stage][i].
-        "fold_numbers": {s.value: [t.fold for t in trained if t.stage is s] for s in Stage},
+        "fold_numbers": fold_numbers,
         "validation": validation,
     }
     bundle = write_torch_bundle(
@@ -122,3 +143,52 @@ def assemble_bundle(run: Path, out: Path) -> tuple[Bundle, list[TrainedFold]]:
         metadata=metadata,
     )
     return bundle, trained
+
+
+@dataclass(frozen=True)
+class _Source:
+    states: dict[Stage, list[dict[str, Any]]]
+    architectures: dict[Stage, Architecture]
+    validation: dict[str, Any]
+    fold_numbers: dict[str, list[int]]
+
+
+def _borrow(borrowed: Borrowed, recipe: Recipe) -> _Source:
+    """The borrowed stages' weights and records, after checking that they fit the run's pipeline:
+    a torch bundle with the same label convention, ET threshold and region window."""
+    from safetensors.torch import load_file
+
+    from brats_cli.bundle import load_bundle
+    from brats_cli.choices import Backend
+
+    other = load_bundle(borrowed.bundle)  # every checksum verified
+    manifest = other.manifest
+    where = f"{borrowed.bundle}"
+    if manifest.backend is not Backend.TORCH:
+        raise InputError(f"{where}: stages can only be taken from a torch bundle, not an {manifest.backend.value} one")
+    if manifest.labels is not recipe.labels or manifest.et_threshold != recipe.et_threshold:
+        raise InputError(
+            f"{where}: labels {manifest.labels.value} and ET threshold {manifest.et_threshold} differ from the "
+            f"run's recipe ({recipe.labels.value}, {recipe.et_threshold})"
+        )
+    for stage in borrowed.stages:
+        spec = manifest.stages[stage]
+        if stage is not Stage.BASE and spec.input_size != recipe.region_window:
+            raise InputError(
+                f"{where}: stage {stage.value} runs on {spec.input_size} windows, the run's recipe on "
+                f"{recipe.region_window}"
+            )
+    records = manifest.metadata.get("validation", {}) if isinstance(manifest.metadata, dict) else {}
+    numbers = manifest.metadata.get("fold_numbers", {}) if isinstance(manifest.metadata, dict) else {}
+    states: dict[Stage, list[dict[str, Any]]] = {}
+    architectures: dict[Stage, Architecture] = {}
+    validation: dict[str, Any] = {}
+    fold_numbers: dict[str, list[int]] = {}
+    for stage in sorted(borrowed.stages, key=list(Stage).index):
+        spec = manifest.stages[stage]
+        states[stage] = [dict(load_file(str(path))) for path in other.fold_paths(stage)]
+        architectures[stage] = Architecture(spec.width, spec.input_size, spec.levels, spec.norm_groups, spec.threshold)
+        record = records.get(stage.value, {}) if isinstance(records, dict) else {}
+        validation[stage.value] = {"from_bundle": where, **(record if isinstance(record, dict) else {})}
+        fold_numbers[stage.value] = list(numbers.get(stage.value) or range(len(spec.folds)))
+    return _Source(states, architectures, validation, fold_numbers)
