@@ -137,6 +137,7 @@ def staged_folder(target: Path, replaceable: Callable[[Path], bool]) -> Iterator
     target = Path(target)
     if (target.exists() or target.is_symlink()) and not (target.is_dir() and replaceable(target)):
         raise FileExistsError(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_folder(target) as staging:
         yield staging
 

@@ -1088,6 +1088,7 @@ def write_phantom(phantom: Phantom, root: Path) -> Path:
     ]
     files.append((f"{phantom.case_id}{separator}{SEGMENTATION_SUFFIX}.nii.gz", phantom.labels))
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)  # `root` need not exist yet, as before
         with atomic_folder(folder) as staging:
             for name, data in files:
                 with atomic_path(staging / name) as temporary:  # fsync'd before the folder's rename

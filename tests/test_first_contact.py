@@ -258,7 +258,7 @@ def test_synth_without_its_extra_says_how_to_install_it_on_one_line(tmp_path, mo
     result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--n", "1"])
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()
-    assert "pip install 'brats[synth]' (in a clone: pip install -e '.[cpu,synth]')" in line
+    assert "pip install 'brats-resunet[synth]' (in a clone: pip install -e '.[cpu,synth]')" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -460,7 +460,7 @@ def test_evaluate_unknown_extra_prediction_is_ignored_with_a_note(evaluated):
         ("empty prediction folder", "no predictions found (expected <ID>.nii.gz files)"),
         ("prediction folder does not exist", "prediction path does not exist"),
         ("two predictions for one case", "two predictions for case BraTS2021_00100"),
-        ("immutable --csv folder", "scores.csv: cannot write (Operation not permitted)"),
+        ("immutable --csv folder", "scores.csv: folder for --csv is not writable"),
     ],
 )
 def test_evaluate_unusable_input_or_output_exit_2(tmp_path, how, message):

@@ -160,7 +160,7 @@ def _assert_refused_before_training(table: dict, row: str, case_id: str, message
     assert f"{len(rows)} case(s) unusable for training; nothing was trained" in result.output.splitlines()[-1]
     assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
     # Not started, nothing recorded: no checkpoint, no recipe or folds to tie the next attempt.
-    assert sorted(p.name for p in run.iterdir()) in ([], ["cache"])
+    assert not run.exists() or sorted(p.name for p in run.iterdir()) in ([], ["cache"])
     assert not list(run.rglob("*.pt")) and leftovers(run, table["data"]) == []
     assert table["unchanged"]  # the data folder is only read
     return sorted(p.name for p in (run / "cache").iterdir()) if (run / "cache").exists() else []

@@ -208,7 +208,7 @@ def test_without_matplotlib_a_one_line_error_names_the_extra(tmp_path, segmented
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 2
-    assert "pip install 'brats[report]'" in result.output
+    assert "pip install 'brats-resunet[report]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

@@ -353,14 +353,15 @@ def check_report_folder(folder: str | Path, kind: str = "segmentation") -> Path:
     """Refuse, before any work, a report folder that cannot be written: a file or a user's folder
     at its name (only an earlier report is replaced), or matplotlib missing. `kind` is
     "segmentation" or "evaluation". OutputError or DependencyError."""
+    from brats_cli.io import check_output_folder
     from brats_cli.report.figures import require_matplotlib
 
     require_matplotlib()
     folder = Path(folder)
     if (folder.exists() or folder.is_symlink()) and not (folder.is_dir() and _is_report(kind)(folder)):
         raise OutputError(f"{folder}: exists and is not a brats {kind} report; move it away or choose another folder")
-    if not folder.parent.is_dir():
-        raise OutputError(f"{folder.parent}: folder for the report does not exist")
+    # Its parent may be made later (a segmentation's output folder is made at its first case).
+    check_output_folder(folder.parent, "folder for the report")
     return folder
 
 
