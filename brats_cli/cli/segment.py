@@ -66,16 +66,15 @@ def segment(
         bool,
         typer.Option(
             help="torch: run each stage's fold models as one batched call on their stacked weights. Slower on "
-            "both machines measured: 1.19x the time of fold by fold on an H100, 2.05x on a CPU (README, "
-            "Performance; bench/RESULTS.md); in bf16 it casts the weights."
+            "both machines measured (README, Performance); in bf16 it casts the weights."
         ),
     ] = False,
     compile: Annotated[
         bool,
         typer.Option(
-            help="torch: compile the networks with torch.compile (needs a C compiler). On an H100: about 100 s "
-            "of compilation at the first case, then 1.21 instead of 1.37 s a case, so it pays only after several "
-            "hundred cases; on a CPU it made cases 1.33x slower (README, Performance; bench/RESULTS.md)."
+            help="torch: compile the networks with torch.compile (needs a C compiler). On a GPU it pays only "
+            "after several hundred cases, for the compilation at the first; on a CPU it made cases slower "
+            "(README, Performance)."
         ),
     ] = False,
     tta: Annotated[
