@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from brats_cli.choices import REGION_STAGES, Stage
-from brats_cli.localise import Window
+from brats_cli.localise import Window, bounding_box
 
 # Voxels (1 mm in BraTS space) around the whole tumour where uncertainty matters: the tumour's
 # surface and the tissue just outside it, where a boundary error would be. Three is a few voxels
@@ -135,14 +135,13 @@ def neighbourhood(mask: np.ndarray, radius: int = NEIGHBOURHOOD_RADIUS) -> np.nd
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     grown = np.zeros(mask.shape, dtype=bool)
-    if not mask.any():
+    extent = bounding_box(mask)
+    if extent is None:
         return grown
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(int(present[0]) - radius, 0), min(int(present[-1]) + 1 + radius, mask.shape[axis])))
-    crop = tuple(box)
+    crop = tuple(
+        slice(max(start - radius, 0), min(stop + radius, size))
+        for (start, stop), size in zip(extent, mask.shape, strict=True)
+    )
     if radius == 0:
         grown[crop] = mask[crop]
     else:

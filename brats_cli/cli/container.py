@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brats_cli.cli import console
+from brats_cli.errors import first_line
 
 INFER = "infer"
 INFER_ARGUMENTS = ("data_path", "output_path", "parameters_file")
@@ -72,9 +73,9 @@ def parameter_options(path: Path) -> list[str]:
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise UsageError(f"{path}: cannot read the parameters file ({error.strerror or error})") from error
+        raise UsageError(f"{path}: cannot read the parameters file ({first_line(error)})") from error
     except yaml.YAMLError as error:
-        raise UsageError(f"{path}: not a YAML file ({str(error).splitlines()[0]})") from error
+        raise UsageError(f"{path}: not a YAML file ({first_line(error)})") from error
     if document is None:
         return []
     if not isinstance(document, dict):

@@ -13,7 +13,7 @@ import typer
 from brats_cli.choices import Backend, Device, Ensemble, Precision
 from brats_cli.cli import console
 from brats_cli.cli.options import LabelWord, label_convention
-from brats_cli.errors import SettingsError
+from brats_cli.errors import SettingsError, first_line
 from brats_cli.settings import Settings, mirrors_of
 from brats_cli.shards import Shard
 
@@ -192,7 +192,7 @@ def run_segment(options: SegmentOptions) -> int:
         try:
             stack.enter_context(console.log_to(options.log))
         except OSError as error:
-            console.error(f"{options.log}: cannot write the log ({error.strerror or error})")
+            console.error(f"{options.log}: cannot write the log ({first_line(error)})")
             return console.EXIT_UNUSABLE
         return _run_segment(options)
 

@@ -190,7 +190,7 @@ def _label_maps(output: Path) -> dict[str, Path]:
     try:
         entries = sorted(output.iterdir())
     except OSError as error:
-        raise InputError(f"{output}: cannot read the output folder ({error.strerror or error})") from error
+        raise InputError(f"{output}: cannot read the output folder ({first_line(error)})") from error
     return {
         nifti_stem(path): path
         for path in entries
@@ -479,7 +479,7 @@ def write_report(
     except FileExistsError:
         raise OutputError(f"{target}: exists and is not a brats segmentation report; move it away") from None
     except OSError as error:
-        raise OutputError(f"{target}: cannot write the report ({error.strerror or error})") from error
+        raise OutputError(f"{target}: cannot write the report ({first_line(error)})") from error
     return result
 
 
@@ -711,7 +711,7 @@ def write_evaluation_report(
     except FileExistsError:
         raise OutputError(f"{folder}: exists and is not a brats evaluation report; choose another folder") from None
     except OSError as error:
-        raise OutputError(f"{folder}: cannot write the report ({error.strerror or error})") from error
+        raise OutputError(f"{folder}: cannot write the report ({first_line(error)})") from error
     return EvaluationReport(folder, [s.case_id for s in chosen], notes)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brats_cli.errors import OutputError
+from brats_cli.errors import OutputError, first_line
 from brats_cli.files import is_temporary, sha256_file, write_text_atomically
 from brats_cli.quality import EnsembleQuality
 
@@ -133,7 +133,7 @@ def write_record(output: Path, record: CaseRecord) -> Path:
         path.parent.mkdir(exist_ok=True)
         write_text_atomically(path, json.dumps(_finite(record.to_json()), indent=1) + "\n")
     except OSError as error:
-        raise OutputError(f"{path}: cannot write the QA record ({error.strerror or error})") from error
+        raise OutputError(f"{path}: cannot write the QA record ({first_line(error)})") from error
     return path
 
 
