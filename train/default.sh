@@ -160,9 +160,12 @@ train_job() {  # stage:fold
     # Stopped by SIGTERM once log.csv holds STOP[stage] epochs (written after that epoch's
     # checkpoints): the recipe's epochs cut short, as round four ran; 143 is that stop.
     OMP_NUM_THREADS=$THREADS "${command[@]}" >"$log" 2>&1 &
-    local pid=$! csv="$RUN_DIR/$stage/fold$fold/log.csv"
+    local pid=$! csv="$RUN_DIR/$stage/fold$fold/log.csv" sent=""
     while kill -0 "$pid" 2>/dev/null; do
-      if [ -f "$csv" ] && [ "$(($(wc -l <"$csv") - 1))" -ge "${STOP[$stage]}" ]; then kill -TERM "$pid"; fi
+      if [ -z "$sent" ] && [ -f "$csv" ] && [ "$(($(wc -l <"$csv") - 1))" -ge "${STOP[$stage]}" ]; then
+        kill -TERM "$pid" 2>/dev/null || true  # it may have ended since the check
+        sent=yes
+      fi
       sleep 5
     done
     wait "$pid" || status=$?
