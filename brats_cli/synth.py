@@ -14,6 +14,11 @@ look-alikes (vessels, choroid plexus, periventricular hyperintensity): see its s
 cases come from streams of their own, `SeedSequence([seed, index, 2])`; generator 1, the default,
 is unchanged bit for bit.
 
+Generator 3 (`--generator 3`) is generator 1 with its non-enhancing lesions drawn as diffuse
+low-grade gliomas instead: larger, with little edema, a core brighter than edema on T2 and often
+darker than it on FLAIR (the T2-FLAIR mismatch), and an infiltrative margin over which core and
+edema intensities blend. Its cases come from `default_rng([seed, index, 3])`.
+
 The templates ship inside the `nilearn` wheel (the `synth` extra); they are located without
 importing nilearn, which would pull scikit-learn and pandas in for three files.
 """
@@ -103,7 +108,7 @@ class Phantom:
     image: (4, 240, 240, 155) int16, channels FLAIR, T1, T1ce, T2, background exactly 0.
     labels: (240, 240, 155) uint8 in the convention of `naming` (ET = 4 for 2021, 3 for 2023).
     tissue: (240, 240, 155) uint8 `Tissue` value of the class with the largest fraction per voxel.
-    generator: the generator version that made it (1 or 2).
+    generator: the generator version that made it (1, 2 or 3).
     description: what `write_phantom` records in each file's NIfTI `descrip` ("" for generator 1,
         whose files stay byte for byte as they always were).
     acquisition: generator 2: how each channel was rendered (FLAIR, T1, T1ce, T2); () for generator 1.
@@ -251,6 +256,9 @@ class Lesion:
     enhancing: bool
     rim_mm: float
     push: float  # mass effect: fraction by which tissue at the centre is pushed out
+    # Generator 3, non-enhancing cores: width (Gaussian sigma, mm) of the infiltrative margin over
+    # which core and edema intensities blend; the label boundary lies at its middle.
+    margin_mm: float = 0.6
 
 
 # Share of lesions whose core does not enhance (lower-grade looking). Of the enhancing ones, about
@@ -264,7 +272,7 @@ def _draw_lesion(
 ) -> Lesion:
     # Main lesions: log-uniform core radius, small (4 mm) to large (22 mm) equally often per octave.
     core = rng.uniform(2.5, 6.0) if satellite else float(np.exp(rng.uniform(np.log(4.0), np.log(22.0))))
-    if generator == 1:
+    if generator != 2:
         # Edema reaches 2-20 mm past the core: whole tumours of ~0.5 to ~300 ml, the BraTS range.
         edema = core + rng.uniform(2.0, 20.0)
     else:
@@ -276,8 +284,16 @@ def _draw_lesion(
     necrosis = enhancing and kind >= non_enhancing + SOLID_SHARE * (1 - non_enhancing) and core > 7.0
     push = 0.0 if satellite else min(0.6, 0.15 + 0.02 * core)
     # Generator 2 draws thicker rims (2.5-10 mm mean thickness), made uneven in draw_tumours.
-    rim_mm = rng.uniform(2.5, 7.0) if generator == 1 else rng.uniform(2.5, 10.0)
-    return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push)
+    rim_mm = rng.uniform(2.5, 7.0) if generator != 2 else rng.uniform(2.5, 10.0)
+    margin_mm = 0.6
+    if generator == 3 and not enhancing:
+        # A diffuse low-grade glioma: a larger solid core (~5-29 mm radius) whose T2/FLAIR signal
+        # reaches only a few mm further (infiltration labelled edema, not wide vasogenic edema),
+        # and a margin that fades over 0.6-2.5 mm instead of a sharp edge.
+        core = core * 1.3
+        edema = core + rng.uniform(2.0, 7.0)
+        margin_mm = rng.uniform(0.6, 2.5)
+    return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push, margin_mm)
 
 
 def draw_lesions(
@@ -458,7 +474,7 @@ def draw_tumours(
             core = radius <= 2.0
         if lesion.necrosis and lesion.enhancing:
             rim_noise = _smooth_noise(rng, box_shape, 4.0)
-            if generator == 1:
+            if generator != 2:
                 rim = (lesion.rim_mm / lesion.core_radius) * (1.0 + 0.35 * rim_noise)
             else:
                 # Log-normal thickness along the surface: 0.4-2.7x the mean for 90 % of it, so the
@@ -469,7 +485,7 @@ def draw_tumours(
             lesion_necrosis = np.zeros(box_shape, bool)
         lesion_enhancing = core & ~lesion_necrosis if lesion.enhancing else np.zeros(box_shape, bool)
         lesion_non_enhancing = np.zeros(box_shape, bool) if lesion.enhancing else core
-        if generator == 1:
+        if generator != 2:
             # Edema spreads through white matter and spares cortex and CSF: its reach shrinks with
             # the local white-matter fraction, which gives the finger-like outline of vasogenic edema.
             edema_noise = _smooth_noise(rng, box_shape, max(3.0, lesion.edema_radius / 3.0))
@@ -512,7 +528,25 @@ def draw_tumours(
     for tissue, mask in masks.items():
         # Partial volume at the region borders: the soft fraction is the blurred hard mask.
         soft[tissue] = _blur(mask, 0.6)
+    margin = max((lesion.margin_mm for lesion in lesions if not lesion.enhancing), default=0.6)
+    if generator == 3 and margin > 0.6 and non_enhancing.any():
+        _blend_margin(soft, non_enhancing, necrosis | enhancing | edema | non_enhancing, margin)
     return TumourMaps(necrosis, enhancing, edema, non_enhancing, soft, heterogeneity)
+
+
+def _blend_margin(soft: dict[Tissue, np.ndarray | None], core: np.ndarray, envelope: np.ndarray, margin: float) -> None:
+    """Generator 3: the non-enhancing core fades into the edema over `margin` mm (Gaussian sigma)
+    instead of 0.6: inside the label boundary the core fraction falls below 1 and edema takes the
+    rest, outside it edema gives way to a tail of core, and nothing reaches past the whole-tumour
+    envelope. Fractions still sum as before, so only the look of the boundary changes."""
+    sharp, wide, whole = _blur(core, 0.6), _blur(core, margin), _blur(envelope, 0.6)
+    assert sharp is not None and wide is not None and whole is not None  # core is not empty
+    wide = np.minimum(wide, whole)
+    edema = soft[Tissue.EDEMA]
+    if edema is None:
+        edema = np.zeros_like(wide)
+    soft[Tissue.EDEMA] = np.clip(edema + sharp - wide, 0.0, None)
+    soft[Tissue.NON_ENHANCING] = wide
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +565,7 @@ def _bias_field(rng: np.random.Generator, strength: float, voxels: tuple[np.ndar
     return np.exp(log_field)
 
 
-GENERATORS = (1, 2)
+GENERATORS = (1, 2, 3)
 
 
 def make_phantom(
@@ -543,7 +577,8 @@ def make_phantom(
 ) -> Phantom:
     """Case `index` of the phantom series `seed`; depends only on (seed, index), the share of
     non-enhancing lesions and the generator version (the defaults keep every series as it has
-    always been). Generator 2 (`make_phantom_v2`) randomises contrast, resolution and artefacts."""
+    always been). Generator 2 (`make_phantom_v2`) randomises contrast, resolution and artefacts;
+    generator 3 draws non-enhancing lesions as diffuse low-grade gliomas (`LOW_GRADE_RATIO`)."""
     if not 0.0 <= non_enhancing <= 1.0:
         raise ValueError(f"non_enhancing is a share in [0, 1], not {non_enhancing}")
     if generator not in GENERATORS:
@@ -551,16 +586,21 @@ def make_phantom(
     naming = Naming(naming)
     if generator == 2:
         return make_phantom_v2(seed, index, naming, non_enhancing)
-    rng = np.random.default_rng([seed, index])
+    rng = np.random.default_rng([seed, index] if generator == 1 else [seed, index, generator])
     anatomy = load_anatomy()
     placement = draw_placement(rng)
-    lesions = draw_lesions(rng, anatomy, placement, non_enhancing)
+    lesions = draw_lesions(rng, anatomy, placement, non_enhancing, generator=generator)
     field, spacing = displacement_field(rng, placement, lesions)
     low, size = output_box(anatomy, placement)
     warped = warp_anatomy(field, spacing, low, size)
     grey, white, brain_soft = warped[0], warped[1], warped[2]
     brain = brain_soft > 0.5
-    tumours = draw_tumours(rng, lesions, grey, white, brain_soft)
+    tumours = draw_tumours(rng, lesions, grey, white, brain_soft, generator=generator)
+    contrast = CONTRAST
+    if generator == 3:
+        contrast = dict(CONTRAST)
+        contrast[Tissue.EDEMA] = _edema_contrast(rng)
+        contrast[Tissue.NON_ENHANCING] = _low_grade_contrast(rng, contrast[Tissue.EDEMA])
 
     inside = np.nonzero(brain)
     fractions = {Tissue.GM: grey[inside], Tissue.WM: white[inside]}
@@ -584,7 +624,7 @@ def make_phantom(
         signal = np.zeros(len(inside[0]), np.float32)
         for tissue, fraction in fractions.items():
             # Per-case contrast jitter, small enough that the tissue order of each sequence holds.
-            level: float | np.ndarray = CONTRAST[tissue][channel] * rng.uniform(0.95, 1.05)
+            level: float | np.ndarray = contrast[tissue][channel] * rng.uniform(0.95, 1.05)
             level = level * (1.0 + (0.1 * texture if tissue in TUMOUR else 0.03 * anatomy_texture))
             signal += fraction * level
         white_level = float(np.exp(rng.uniform(np.log(250.0), np.log(2500.0))))
@@ -607,7 +647,50 @@ def make_phantom(
     dominant = np.argmax(np.stack([fractions[t] for t in order]), axis=0)
     tissue_map = np.zeros(BRATS_SHAPE, np.uint8)
     tissue_map[inside] = np.array([int(t) for t in order], np.uint8)[dominant]
-    return Phantom(case_id(seed, index, naming), naming, image, labels, tissue_map)
+    if generator == 1:
+        return Phantom(case_id(seed, index, naming), naming, image, labels, tissue_map)
+    description = f"brats-synth v{generator} seed {seed} index {index}"
+    return Phantom(case_id(seed, index, naming), naming, image, labels, tissue_map, generator, description)
+
+
+# Generator 3: the edema's levels relative to white matter (FLAIR, T1, T2), drawn uniformly per case
+# around generator 1's (1.85, 0.72, 1.90). Vasogenic edema next to a glioblastoma can be as dark on
+# T1 and as bright on T2 as a low-grade tumour's core, and BraTS labels it edema all the same: what
+# tells the two apart is the enhancing rim it surrounds, or a core darker on T1 and brighter on T2
+# than the edema around it, so the TC model has to learn that context instead of an intensity.
+EDEMA_RANGE = {Modality.FLAIR: (1.5, 2.3), Modality.T1: (0.55, 0.85), Modality.T2: (1.6, 2.3)}
+# Generator 3, a diffuse low-grade glioma's solid core relative to the case's edema: markedly
+# T2-hyperintense, brighter than the edema; darker on T1; on FLAIR often no brighter than the edema
+# (the T2-FLAIR mismatch of IDH-mutant astrocytomas, Patel et al., Clin Cancer Res 2017). It does
+# not enhance: T1ce is T1 within 10 %.
+LOW_GRADE_RATIO = {Modality.FLAIR: (0.7, 1.05), Modality.T1: (0.6, 0.85), Modality.T2: (1.1, 1.4)}
+
+
+def _levels(flair: float, t1: float, t2: float, rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """(FLAIR, T1, T1ce, T2) in channel order for a class that does not enhance: T1ce is T1 within 10 %."""
+    levels = {
+        Modality.FLAIR: flair,
+        Modality.T1: t1,
+        Modality.T1CE: t1 * float(rng.uniform(0.95, 1.1)),
+        Modality.T2: t2,
+    }
+    first, second, third, fourth = (levels[modality] for modality in CHANNEL_ORDER)
+    return (first, second, third, fourth)
+
+
+def _edema_contrast(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    flair, t1, t2 = (float(rng.uniform(*EDEMA_RANGE[m])) for m in (Modality.FLAIR, Modality.T1, Modality.T2))
+    return _levels(flair, t1, t2, rng)
+
+
+def _low_grade_contrast(
+    rng: np.random.Generator, edema: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    flair, t1, t2 = (
+        edema[CHANNEL_ORDER.index(m)] * float(rng.uniform(*LOW_GRADE_RATIO[m]))
+        for m in (Modality.FLAIR, Modality.T1, Modality.T2)
+    )
+    return _levels(flair, t1, t2, rng)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1078,7 +1161,7 @@ def write_phantom(phantom: Phantom, root: Path) -> Path:
     """Write one case folder in the BraTS training layout, whole or not at all: it is filled under
     a hidden staging name and renamed into place (a case folder already there is replaced), so an
     interrupted or failing write (a full disk: OutputError naming the case folder) never leaves a
-    case with only some modalities. Generator-2 files record the generator, seed and index in the
+    case with only some modalities. Generator-2 and -3 files record the generator, seed and index in the
     NIfTI `descrip` field."""
     folder = Path(root) / phantom.case_id
     separator = SEPARATOR[phantom.naming]

@@ -380,6 +380,67 @@ def test_cli_generator_2_writes_the_library_case_with_its_version(tmp_path, phan
 
 def test_unknown_generator_is_refused(tmp_path):
     with pytest.raises(ValueError, match="generator"):
-        make_phantom(SEED, 0, generator=3)
-    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--generator", "3"])
+        make_phantom(SEED, 0, generator=4)
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--generator", "4"])
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator 3
+
+
+@pytest.fixture(scope="module")
+def phantom_v3() -> synth.Phantom:
+    return make_phantom(SEED, 0, Naming.BRATS2021, non_enhancing=1.0, generator=3)
+
+
+def test_v3_is_a_low_grade_glioma_with_its_version(phantom_v3, tmp_path):
+    """Every lesion non-enhancing: labels NCR and edema only; the core brighter than its edema on
+    T2, darker on T1 and not enhancing, as LOW_GRADE_RATIO draws it (per-class jitter 5 %, bias
+    field and texture move the measured means a little more)."""
+    assert phantom_v3.generator == 3 and phantom_v3.description == "brats-synth v3 seed 11 index 0"
+    assert set(np.unique(phantom_v3.labels)) == {0, 1, 2}
+    core = phantom_v3.tissue == Tissue.NON_ENHANCING
+    # Where the margin is wide and the surface concave, core can outweigh edema just outside the
+    # label boundary: the dominant class is core there, the label edema, as intended.
+    assert core.sum() > 1000 and np.mean(phantom_v3.labels[core] == 1) > 0.9
+
+    def mean(modality, tissue):
+        return _class_mean(phantom_v3, modality, tissue)
+
+    def ratio(modality):
+        return mean(modality, Tissue.NON_ENHANCING) / mean(modality, Tissue.EDEMA)
+
+    assert ratio(Modality.T2) > 1.0 and ratio(Modality.T1) < 1.0
+    low, high = synth.LOW_GRADE_RATIO[Modality.T2]
+    assert 0.85 * low < ratio(Modality.T2) < 1.15 * high
+    assert mean(Modality.T2, Tissue.NON_ENHANCING) > 1.5 * mean(Modality.T2, Tissue.WM)
+    # No enhancement: on T1ce the core is as on T1, below white matter.
+    t1, t1ce = (mean(m, Tissue.NON_ENHANCING) / mean(m, Tissue.WM) for m in (Modality.T1, Modality.T1CE))
+    assert t1ce < 1.0 and abs(t1ce / t1 - 1.0) < 0.2
+    # The same case of generator 1 is another case: generator 3 has its own stream.
+    assert not np.array_equal(phantom_v3.labels, make_phantom(SEED, 0, non_enhancing=1.0).labels)
+    written = synth.write_phantom(phantom_v3, tmp_path)
+    assert nib.load(next(written.glob("*_seg.nii.gz"))).header["descrip"].item() == b"brats-synth v3 seed 11 index 0"
+
+
+def test_v3_margin_blends_core_into_edema_around_the_label_boundary():
+    """A ball of core inside a larger whole tumour: with a 2 mm margin the core fraction is about
+    one half on the label boundary, below 1 just inside it and above 0 just outside; edema takes
+    the difference, so the tumour's total fraction is as with the sharp 0.6 mm boundary, and no
+    core reaches past the whole-tumour envelope."""
+    grid = np.linalg.norm(np.indices((41, 41, 41)) - 20.0, axis=0)
+    core, envelope = grid <= 8, grid <= 12
+    sharp = {Tissue.NON_ENHANCING: synth._blur(core, 0.6), Tissue.EDEMA: synth._blur(envelope & ~core, 0.6)}
+    blended = dict(sharp)
+    synth._blend_margin(blended, core, envelope, 2.0)
+    wide, edema = blended[Tissue.NON_ENHANCING], blended[Tissue.EDEMA]
+    assert wide is not None and edema is not None and sharp[Tissue.NON_ENHANCING] is not None
+    surface = (grid > 7.5) & (grid <= 8.5)
+    assert 0.35 < wide[surface].mean() < 0.65
+    inside, outside = (grid > 6.5) & (grid <= 7.5), (grid > 8.5) & (grid <= 9.5)
+    assert wide[inside].mean() < sharp[Tissue.NON_ENHANCING][inside].mean() - 0.1
+    assert wide[outside].mean() > 0.1 > sharp[Tissue.NON_ENHANCING][outside].mean()
+    total = wide + edema
+    assert np.allclose(total[grid <= 11], (sharp[Tissue.NON_ENHANCING] + sharp[Tissue.EDEMA])[grid <= 11], atol=0.02)
+    assert wide[grid > 14].max() < 0.01

@@ -32,15 +32,17 @@ def synth(
         typer.Option(
             "--generator",
             min=1,
-            max=2,
+            max=3,
             help="Phantom generator version. 1: the series as they have always been (the default weights "
             "were trained on these). 2: domain-randomised, for training that has to carry over to real scans: "
             "random per-class intensities (log-normal around the usual contrasts), gamma, bias field and noise "
             "per channel; thick slices (2-6 mm) and sub-voxel mis-registration in some channels; edema grown "
             "through white matter, uneven nodular rims; unlabelled enhancing vessels and choroid plexus on "
-            "T1ce and periventricular FLAIR hyperintensity. Version 2 files record 'brats-synth v2 seed S "
-            "index I' in the NIfTI descrip field (version 1 files stay byte for byte as before, descrip "
-            "empty). Each case still depends only on (seed, index, version).",
+            "T1ce and periventricular FLAIR hyperintensity. 3: version 1 with its non-enhancing lesions drawn "
+            "as diffuse low-grade gliomas (larger, little edema, brighter than edema on T2 and often darker "
+            "on FLAIR, an infiltrative margin); use with --non-enhancing. Versions 2 and 3 record "
+            "'brats-synth vN seed S index I' in the NIfTI descrip field (version 1 files stay byte for byte "
+            "as before, descrip empty). Each case still depends only on (seed, index, version).",
         ),
     ] = 1,
     preview: Annotated[
