@@ -257,8 +257,9 @@ class Lesion:
     rim_mm: float
     push: float  # mass effect: fraction by which tissue at the centre is pushed out
     # Generator 3, non-enhancing cores: width (Gaussian sigma, mm) of the infiltrative margin over
-    # which core and edema intensities blend; the label boundary lies at its middle.
+    # which core and edema intensities blend, and the core fraction where the label boundary lies.
     margin_mm: float = 0.6
+    margin_level: float = 0.5
 
 
 # Share of lesions whose core does not enhance (lower-grade looking). Of the enhancing ones, about
@@ -293,6 +294,11 @@ def _draw_lesion(
         core = core * 1.3
         edema = core + rng.uniform(2.0, 7.0)
         margin_mm = rng.uniform(0.6, 2.5)
+        # Where in that fade the core's label ends: annotators outline a low-grade core on T2 out
+        # to where its signal has mostly given way to edema's, so between the middle of the fade
+        # (0.5) and its outer part (0.2), per case.
+        margin_level = rng.uniform(0.2, 0.5)
+        return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push, margin_mm, margin_level)
     return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push, margin_mm)
 
 
@@ -528,20 +534,46 @@ def draw_tumours(
     for tissue, mask in masks.items():
         # Partial volume at the region borders: the soft fraction is the blurred hard mask.
         soft[tissue] = _blur(mask, 0.6)
-    margin = max((lesion.margin_mm for lesion in lesions if not lesion.enhancing), default=0.6)
-    if generator == 3 and margin > 0.6 and non_enhancing.any():
-        _blend_margin(soft, non_enhancing, necrosis | enhancing | edema | non_enhancing, margin)
+    low_grade = [lesion for lesion in lesions if not lesion.enhancing]
+    if generator == 3 and low_grade and non_enhancing.any():
+        widest = max(low_grade, key=lambda lesion: lesion.margin_mm)
+        envelope = necrosis | enhancing | edema | non_enhancing
+        _blend_margin(soft, non_enhancing, envelope, widest.margin_mm, widest.margin_level)
     return TumourMaps(necrosis, enhancing, edema, non_enhancing, soft, heterogeneity)
 
 
-def _blend_margin(soft: dict[Tissue, np.ndarray | None], core: np.ndarray, envelope: np.ndarray, margin: float) -> None:
+def _ramp(mask: np.ndarray, sigma: float, level: float) -> np.ndarray:
+    """A Gaussian edge across the boundary of `mask` (width `sigma` voxels): 1 deep inside, 0 far
+    outside, `level` on the boundary (0.5: the blurred mask of a flat boundary), from the signed
+    distance to the boundary, computed in the mask's bounding box."""
+    from scipy import ndimage, special
+
+    voxels = np.argwhere(mask)
+    pad = int(np.ceil(4 * sigma)) + 2
+    low = np.maximum(voxels.min(axis=0) - pad, 0)
+    high = np.minimum(voxels.max(axis=0) + pad + 1, mask.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    inside = mask[box]
+    # Voxel centres: a boundary voxel is half a voxel inside, its neighbour half a voxel outside.
+    signed = np.where(
+        inside, ndimage.distance_transform_edt(inside) - 0.5, 0.5 - ndimage.distance_transform_edt(~inside)
+    )
+    ramp = np.zeros(mask.shape, np.float32)
+    ramp[box] = special.ndtr((signed + sigma * special.ndtri(level)) / sigma)
+    return ramp
+
+
+def _blend_margin(
+    soft: dict[Tissue, np.ndarray | None], core: np.ndarray, envelope: np.ndarray, margin: float, level: float = 0.5
+) -> None:
     """Generator 3: the non-enhancing core fades into the edema over `margin` mm (Gaussian sigma)
-    instead of 0.6: inside the label boundary the core fraction falls below 1 and edema takes the
-    rest, outside it edema gives way to a tail of core, and nothing reaches past the whole-tumour
-    envelope. Fractions still sum as before, so only the look of the boundary changes."""
-    sharp, wide, whole = _blur(core, 0.6), _blur(core, margin), _blur(envelope, 0.6)
-    assert sharp is not None and wide is not None and whole is not None  # core is not empty
-    wide = np.minimum(wide, whole)
+    instead of 0.6, its fraction `level` on the label boundary: inside the boundary the core
+    fraction falls below 1 and edema takes the rest, outside it edema gives way to a tail of core,
+    and nothing reaches past the whole-tumour envelope. Fractions still sum as before, so only the
+    look of the boundary changes."""
+    sharp, whole = _blur(core, 0.6), _blur(envelope, 0.6)
+    assert sharp is not None and whole is not None  # core is not empty
+    wide = np.minimum(_ramp(core, margin, level), whole)
     edema = soft[Tissue.EDEMA]
     if edema is None:
         edema = np.zeros_like(wide)

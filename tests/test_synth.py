@@ -424,23 +424,26 @@ def test_v3_is_a_low_grade_glioma_with_its_version(phantom_v3, tmp_path):
     assert nib.load(next(written.glob("*_seg.nii.gz"))).header["descrip"].item() == b"brats-synth v3 seed 11 index 0"
 
 
-def test_v3_margin_blends_core_into_edema_around_the_label_boundary():
+@pytest.mark.parametrize("level", [0.5, 0.25])
+def test_v3_margin_blends_core_into_edema_around_the_label_boundary(level):
     """A ball of core inside a larger whole tumour: with a 2 mm margin the core fraction is about
-    one half on the label boundary, below 1 just inside it and above 0 just outside; edema takes
+    `level` on the label boundary, below 1 just inside it and above 0 just outside; edema takes
     the difference, so the tumour's total fraction is as with the sharp 0.6 mm boundary, and no
     core reaches past the whole-tumour envelope."""
     grid = np.linalg.norm(np.indices((41, 41, 41)) - 20.0, axis=0)
     core, envelope = grid <= 8, grid <= 12
     sharp = {Tissue.NON_ENHANCING: synth._blur(core, 0.6), Tissue.EDEMA: synth._blur(envelope & ~core, 0.6)}
     blended = dict(sharp)
-    synth._blend_margin(blended, core, envelope, 2.0)
+    synth._blend_margin(blended, core, envelope, 2.0, level)
     wide, edema = blended[Tissue.NON_ENHANCING], blended[Tissue.EDEMA]
     assert wide is not None and edema is not None and sharp[Tissue.NON_ENHANCING] is not None
-    surface = (grid > 7.5) & (grid <= 8.5)
-    assert 0.35 < wide[surface].mean() < 0.65
+    # The boundary runs between the last core voxels (radius <= 8) and the first edema ones.
+    last, first = (grid > 7.5) & (grid <= 8), (grid > 8) & (grid <= 8.5)
+    assert wide[first].mean() < level < wide[last].mean()
+    assert abs((wide[last].mean() + wide[first].mean()) / 2 - level) < 0.06
     inside, outside = (grid > 6.5) & (grid <= 7.5), (grid > 8.5) & (grid <= 9.5)
     assert wide[inside].mean() < sharp[Tissue.NON_ENHANCING][inside].mean() - 0.1
-    assert wide[outside].mean() > 0.1 > sharp[Tissue.NON_ENHANCING][outside].mean()
+    assert wide[outside].mean() > 0.05 > sharp[Tissue.NON_ENHANCING][outside].mean()
     total = wide + edema
     assert np.allclose(total[grid <= 11], (sharp[Tissue.NON_ENHANCING] + sharp[Tissue.EDEMA])[grid <= 11], atol=0.02)
     assert wide[grid > 14].max() < 0.01
