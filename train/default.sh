@@ -6,6 +6,8 @@
 #   bash train/default.sh                       # the shipped bundle: 2 CPU cores, about 5 hours
 #   git archive 2d8c0bf weights | tar -x -C /tmp/round3     # the bundle of rounds one to three
 #   FROM_ROUND=4 ROUND4_INIT=/tmp/round3/weights bash train/default.sh   # round four only, from it
+#   git archive 144fee4 weights | tar -x -C /tmp/round4                   # the bundle of round four
+#   FROM_ROUND=5 ROUND5_INIT=/tmp/round4/weights bash train/default.sh   # round five only, from it
 #   DEVICE=cuda RECIPE=train/default_gpu.toml TIME_BOX=270 THREADS=2 SECOND_LANES= THIRD_LANES= \
 #     LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh   # one GPU
 #
@@ -15,12 +17,16 @@
 # THIRD_LANES (the third round's jobs, from the second round's models, with EXTRA_SHARDS x
 # EXTRA_PER_SHARD training-only phantoms of seeds EXTRA_SEED0.. whose lesions are non-enhancing with
 # share EXTRA_NON_ENHANCING), TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE,
-# RECIPE, BUNDLE, FROM_ROUND (2, 3 or 4: the earlier rounds' run folders exist, or for 4 the bundle
-# ROUND4_INIT; train from this round on), STOP_AFTER (phantoms, cache, or cache4 for round four: prepare the data only,
+# RECIPE, BUNDLE, FROM_ROUND (2, 3, 4 or 5: the earlier rounds' run folders exist, or for 4 and 5 the
+# bundle ROUND4_INIT or ROUND5_INIT; train from this round on), STOP_AFTER (phantoms, cache, or
+# cache4 / cache5 for rounds four and five: prepare the data only,
 # e.g. while a GPU is busy). Round four: FOURTH_LANES, its phantoms V2_SHARDS x V2_PER_SHARD of
 # generator 2 with seeds V2_SEED0.. and non-enhancing share V2_NON_ENHANCING, plus the first
 # V1_EXTRA generator-1 phantoms of seed SEED0 as training-only cases, ROUND4_RECIPE, ROUND4_INIT,
 # ROUND4_STOP_AFTER (stage:epochs at which its jobs stop), ROUND4_KEEP (stages bundled from round three).
+# Round five: FIFTH_LANES, its phantoms V3_SHARDS x V3_PER_SHARD of generator 3 with seeds V3_SEED0..
+# and non-enhancing share V3_NON_ENHANCING, plus round four's V1_EXTRA generator-1 phantoms as
+# training-only cases, ROUND5_RECIPE, ROUND5_INIT (a bundle; empty: round four's), ROUND5_KEEP.
 set -euo pipefail
 
 WORK=${WORK:-runs/default}
@@ -71,6 +77,19 @@ V2_NON_ENHANCING=${V2_NON_ENHANCING:-0.35}
 V1_EXTRA=${V1_EXTRA:-60}
 ROUND4_RECIPE=${ROUND4_RECIPE:-train/default_round4.toml}
 ROUND4_INIT=${ROUND4_INIT:-}  # empty: the round before (its run folder, bundled for ROUND4_KEEP)
+# Round five, for low-grade gliomas: the TC models trained on from round four's bundle on phantoms
+# of generator 3 (generator 1 whose non-enhancing lesions look like diffuse low-grade gliomas:
+# brighter than edema on T2, often darker on FLAIR, an infiltrative margin), 60% of them
+# non-enhancing, in folds of their own, with round four's 60 generator-1 phantoms on the training
+# side. The bundle keeps round four's base, WT and ET (ROUND5_KEEP). Empty FIFTH_LANES: none.
+FIFTH_LANES=${FIFTH_LANES-"tc:0 | tc:1"}
+ROUND5_KEEP=${ROUND5_KEEP-"base,wt,et"}
+V3_SHARDS=${V3_SHARDS:-2}
+V3_PER_SHARD=${V3_PER_SHARD:-75}
+V3_SEED0=${V3_SEED0:-1300}
+V3_NON_ENHANCING=${V3_NON_ENHANCING:-0.6}
+ROUND5_RECIPE=${ROUND5_RECIPE:-train/default_round5.toml}
+ROUND5_INIT=${ROUND5_INIT:-}
 
 brats() { "$PYTHON" -m brats_cli "$@"; }
 # Many processes share the machine's cores: one thread each for the CPU-bound steps (SimpleITK and
@@ -116,6 +135,9 @@ cache_shards() {  # folder shards [train options]: one cache process per shard
   local folder=$1 shards=$2 pids=() i
   shift 2
   for i in $(seq 0 $((shards - 1))); do
+    # The prepare folders only fill the cache: a fresh one each time, so a rerun with a changed
+    # recipe does not stop at the old folder's recipe.json.
+    rm -rf "$WORK/prepare/$(basename "$folder")-$i"
     one_thread "$PYTHON" -m brats_cli train --recipe "$RECIPE" --data "$folder/$i" --out "$WORK/prepare/$(basename "$folder")-$i" \
       --cache "$WORK/cache" --prepare-only "$@" >"$WORK/logs/prepare-$(basename "$folder")-$i.log" 2>&1 &
     pids+=($!)
@@ -239,7 +261,7 @@ if [ -n "$THIRD_LANES" ] && [ "$FROM_ROUND" -le 3 ]; then
   run_lanes "$THIRD_LANES"
 fi
 
-if [ -n "$FOURTH_LANES" ]; then
+if [ -n "$FOURTH_LANES" ] && [ "$FROM_ROUND" -le 4 ]; then
   [ "$FROM_ROUND" -le 3 ] || RUN_DIR=$WORK/run3
   previous=${ROUND4_INIT:-$RUN_DIR}
   RECIPE=$ROUND4_RECIPE
@@ -268,6 +290,36 @@ if [ -n "$FOURTH_LANES" ]; then
     fi
     BUNDLE_FROM=(--stages-from "$kept" --stages "$ROUND4_KEEP")
   fi
+fi
+
+if [ -n "$FIFTH_LANES" ]; then
+  if [ "$FROM_ROUND" -ge 5 ] && [ -z "$ROUND5_INIT" ]; then
+    echo "train/default.sh: FROM_ROUND=5 needs ROUND5_INIT, the bundle of round four" >&2
+    exit 2
+  fi
+  previous=$ROUND5_INIT
+  if [ -z "$previous" ]; then  # round four's bundle, as it would ship
+    previous=$WORK/bundle-round4
+    rm -rf "$previous"
+    brats bundle "$RUN_DIR" --out "$previous" "${BUNDLE_FROM[@]}"
+  fi
+  RECIPE=$ROUND5_RECIPE
+  make_shards "$WORK/v3" "$V3_SHARDS" "$V3_PER_SHARD" "$V3_SEED0" --generator 3 --non-enhancing "$V3_NON_ENHANCING"
+  make_shards "$WORK/v1-extra" 1 "$V1_EXTRA" "$SEED0"
+  link_cases "$WORK/v3" "$WORK/v3-data"
+  link_cases "$WORK/v1-extra" "$WORK/v1-extra-data"
+  stamp "cache: round five's phantoms"
+  cache_shards "$WORK/v3" "$V3_SHARDS"
+  cache_shards "$WORK/v1-extra" 1
+  rm -rf "$WORK/run5"
+  brats train --recipe "$RECIPE" --data "$WORK/v3-data" --extra "$WORK/v1-extra-data" --out "$WORK/run5" \
+    --cache "$WORK/cache" --prepare-only >"$WORK/logs/prepare-run5.log" 2>&1
+  [ "$STOP_AFTER" = cache5 ] && exit 0
+  RUN_DIR=$WORK/run5 DATA=$WORK/v3-data INIT=(--init-from "$previous") EXTRA=(--extra "$WORK/v1-extra-data") ROUND=5
+  STOP=()
+  run_lanes "$FIFTH_LANES"
+  BUNDLE_FROM=()
+  [ -z "$ROUND5_KEEP" ] || BUNDLE_FROM=(--stages-from "$previous" --stages "$ROUND5_KEEP")
 fi
 
 rm -rf "$BUNDLE"
