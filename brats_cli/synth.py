@@ -286,7 +286,7 @@ def _draw_lesion(
     push = 0.0 if satellite else min(0.6, 0.15 + 0.02 * core)
     # Generator 2 draws thicker rims (2.5-10 mm mean thickness), made uneven in draw_tumours.
     rim_mm = rng.uniform(2.5, 7.0) if generator != 2 else rng.uniform(2.5, 10.0)
-    margin_mm = 0.6
+    margin_mm, margin_level = 0.6, 0.5
     if generator == 3 and not enhancing:
         # A diffuse low-grade glioma: a larger solid core (~5-29 mm radius) whose T2/FLAIR signal
         # reaches only a few mm further (infiltration labelled edema, not wide vasogenic edema),
@@ -298,8 +298,7 @@ def _draw_lesion(
         # to where its signal has mostly given way to edema's, so between the middle of the fade
         # (0.5) and its outer part (0.2), per case.
         margin_level = rng.uniform(0.2, 0.5)
-        return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push, margin_mm, margin_level)
-    return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push, margin_mm)
+    return Lesion(centre, core, edema, necrosis, enhancing, rim_mm, push, margin_mm, margin_level)
 
 
 def draw_lesions(

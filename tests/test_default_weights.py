@@ -3,6 +3,7 @@ without --weights gives a user right after install."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -75,19 +76,11 @@ def test_the_default_weights_on_a_held_out_phantom(tmp_path):
 
 def test_the_default_weights_on_the_real_cases_with_a_reference(real_data, tmp_path):
     """The model card's real-case table, as a user reproduces it: both cases in one `segment` run
-    (TCGA-DU-7294 linked under BraTS 2021 names, as train/link_real_cases.sh does), scored against
+    (laid out by train/link_real_cases.sh: TCGA-DU-7294 under BraTS 2021 names), scored against
     the published algorithms' segmentations. Never trained on; the floors are the card's numbers
     less a margin for float differences between machines."""
     cases = tmp_path / "in"
-    (cases / "brainlesion-demo").mkdir(parents=True)
-    for modality in ("t1c", "t1n", "t2f", "t2w"):
-        source = real_data / "brainlesion-demo" / f"{modality}.nii.gz"
-        (cases / "brainlesion-demo" / f"{modality}.nii.gz").symlink_to(source)
-    (cases / "TCGA-DU-7294").mkdir()
-    for source, name in (("fla", "flair"), ("t1", "t1"), ("t1c", "t1ce"), ("t2", "t2")):
-        (cases / "TCGA-DU-7294" / f"TCGA-DU-7294_{name}.nii.gz").symlink_to(
-            real_data / "TCGA-DU-7294" / f"TCGA-DU-7294_{source}_bet.nii.gz"
-        )
+    subprocess.run(["bash", str(ROOT / "train" / "link_real_cases.sh"), str(real_data), str(cases)], check=True)
     result = runner.invoke(app, ["segment", str(cases), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     references = {
