@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -108,6 +109,18 @@ def smoke_recipe_file(folder: Path, **replace: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Recipes
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "train").glob("*.toml")), ids=lambda path: path.name)
+def test_every_shipped_recipe_loads(path):
+    """The recipes train/default.sh and the docs name are valid as shipped: one width per stage
+    across the default's rounds, since each round starts from the one before."""
+    recipe = load_recipe(path)
+    assert set(recipe.stages) == set(Stage)
+    if path.name.startswith("default_round"):
+        assert {recipe.stages[s].width for s in Stage} == {
+            load_recipe(ROOT / "train" / "default.toml").stages[Stage.WT].width
+        }
 
 
 def test_paper_recipe_holds_the_papers_hyperparameters():
@@ -702,7 +715,8 @@ def test_init_from_a_bundle_takes_the_same_split_fold(tmp_path):
 
     weights = ROOT / "weights"  # the default bundle: folds 0 and 1 of each region, fold 0 of base
     initial = initial_weights(weights, Stage.TC, 1)
-    assert initial.source == str(weights / "tc_fold1.safetensors")
+    digest = hashlib.sha256((weights / "tc_fold1.safetensors").read_bytes()).hexdigest()
+    assert initial.source == f"{weights / 'tc_fold1.safetensors'} (sha256 {digest})"
     expected = load_file(str(weights / "tc_fold1.safetensors"))
     assert initial.state.keys() == expected.keys()
     assert all(torch.equal(initial.state[key], expected[key]) for key in expected)

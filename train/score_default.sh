@@ -10,7 +10,9 @@
 #
 # Settings (environment): WORK (folder for everything written), WEIGHTS (bundle; default: the
 # shipped one), REAL (the shared real cases), SERIES (the phantom series, "seed:generator" words),
-# PYTHON, and extra `brats segment` options in SEGMENT_OPTIONS (e.g. "--precision fp32").
+# PYTHON, extra `brats segment` options in SEGMENT_OPTIONS (e.g. "--precision fp32"), and FIGURE
+# (the overlay figure; default: the card's docs/default-weights-real.png for the shipped bundle,
+# else WORK/default-weights-real.png).
 set -euo pipefail
 
 WORK=${WORK:-runs/score-default}
@@ -19,6 +21,10 @@ REAL=${REAL:-../shared/data/real}
 SERIES=${SERIES:-"9000:1 9100:1 9200:1 9300:2"}
 PYTHON=${PYTHON:-python3}
 SEGMENT_OPTIONS=${SEGMENT_OPTIONS:-}
+# The card's figure only for the shipped bundle: scoring a candidate leaves the docs as they are.
+if [ "$(realpath "$WEIGHTS")" = "$(realpath weights)" ]; then FIGURE_DEFAULT=docs/default-weights-real.png
+else FIGURE_DEFAULT=$WORK/default-weights-real.png; fi
+FIGURE=${FIGURE:-$FIGURE_DEFAULT}
 REAL=$(realpath "$REAL")
 
 brats() { "$PYTHON" -m brats_cli "$@"; }
@@ -37,7 +43,7 @@ brats evaluate "$WORK/pred-real/TCGA-DU-7294.nii.gz" "$REAL/TCGA-DU-7294/segment
 for series in $SERIES; do
   seed=${series%:*} generator=${series#*:}
   stamp "20 held-out phantoms, seed $seed, generator $generator"
-  if [ "$(find "$WORK/heldout-$seed" -name '*_seg.nii.gz' 2>/dev/null | wc -l)" -ne 20 ]; then
+  if [ "$(find "$WORK/heldout-$seed/" -name '*_seg.nii.gz' 2>/dev/null | wc -l)" -ne 20 ]; then
     ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 brats synth "$WORK/heldout-$seed" --n 20 --seed "$seed" --generator "$generator"
   fi
   # shellcheck disable=SC2086
@@ -78,6 +84,6 @@ if ones:
     print(f"| all {20 * ones} generator-1 phantoms | " + " | ".join(f"{total[r] / ones:.3f}" for r in regions) + " |")
 EOF
 
-stamp "overlays: docs/default-weights-real.png"
-PYTHONPATH=. "$PYTHON" docs/make_default_weights_figure.py "$WORK/pred-real" --images "$WORK/real"
+stamp "overlays: $FIGURE"
+PYTHONPATH=. "$PYTHON" docs/make_default_weights_figure.py "$WORK/pred-real" --images "$WORK/real" --out "$FIGURE"
 stamp "done: $WORK"

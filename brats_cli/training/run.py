@@ -128,7 +128,8 @@ def check_init_source(source: Path) -> None:
 def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
     """What `brats train --init-from SOURCE` starts `stage` fold `fold` from: the bundle file of
     that split fold in a torch weights bundle (by its `fold_numbers` metadata where it has them,
-    else file `<stage>_fold<fold>`), or that fold's `best.pt` in a training run folder."""
+    else file `<stage>_fold<fold>`; the source names the file and its checksum), or that fold's
+    `best.pt` in a training run folder (the source names the file and its epoch)."""
     from brats_cli.bundle import MANIFEST, load_bundle
     from brats_cli.predictors.torch_backend import load_torch_models
 
@@ -141,7 +142,9 @@ def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
             raise InputError(f"{source}: no {stage.value} model of fold {fold} to start from (folds {numbers})")
         index = numbers.index(fold)
         (model,) = load_torch_models(bundle, stage, [index])
-        return InitialWeights(model.state_dict(), str(paths[index]))
+        # The checksum names the weights wherever the bundle lies later; the path is only a hint.
+        digest = bundle.manifest.stages[stage].folds[index].sha256
+        return InitialWeights(model.state_dict(), f"{paths[index]} (sha256 {digest})")
     if (source / RECIPE_FILE).is_file():
         path = fold_folder(source, stage, fold) / BEST
         if not path.is_file():
