@@ -1320,3 +1320,49 @@ def show_labels(axis, background: np.ndarray, labels: np.ndarray, enhancing: int
     for label, colour in colours.items():
         overlay[label == labels.T] = (*colour, 0.6)
     axis.imshow(overlay, interpolation="nearest")
+
+
+# Draws a sixth column for one row: (axis, row index, image, labels, axial slice z).
+ExtraColumn = Callable[[object, int, np.ndarray, np.ndarray, int], None]
+
+
+def draw_tumour_rows(
+    rows: list[tuple[str, np.ndarray, np.ndarray]],
+    titles: list[str],
+    out: Path,
+    *,
+    enhancing: int,
+    label_channel: int = 0,
+    extra: ExtraColumn | None = None,
+    extra_ticks: bool = False,
+    name_size: int = 7,
+) -> None:
+    """The documentation figures: a row per (name, image (4, X, Y, Z), labels) at its axial slice
+    with the most tumour, with the four channels, the labels over channel `label_channel` and,
+    given `extra`, a sixth column (with its ticks where `extra_ticks`); PNG at 70 dpi."""
+    require_preview()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 6 if extra is not None else 5
+    figure, axes = plt.subplots(len(rows), columns, figsize=(3.0 * columns - 1, 3.0 * len(rows)), squeeze=False)
+    for index, ((name, image, labels), axes_row) in enumerate(zip(rows, axes, strict=True)):
+        z = tumour_slice(labels)
+        for column in range(4):
+            show_slice(axes_row[column], image[column, :, :, z])
+        show_labels(axes_row[4], image[label_channel, :, :, z], labels[:, :, z], enhancing)
+        if extra is not None:
+            extra(axes_row[5], index, image, labels, z)
+        axes_row[0].set_ylabel(f"{name}\naxial z={z}", fontsize=name_size)
+        for column, axis in enumerate(axes_row):
+            if index == 0:
+                axis.set_title(titles[column], fontsize=10)
+            if column < 5 or not extra_ticks:
+                axis.set_xticks([])
+                axis.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(out, dpi=70)
+    plt.close(figure)
+    print(f"wrote {out}")

@@ -10,14 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from brats_cli.io import discover_cases, load_case, read_label_map
 from brats_cli.labels import LabelConvention
-from brats_cli.synth import make_phantom, show_labels, show_slice, tumour_slice
+from brats_cli.synth import draw_tumour_rows, make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared data folder sits beside the repository (../shared), or beside a worktree's parent.
@@ -38,27 +33,13 @@ def main() -> None:
     image, geometry = load_case(case)
     labels, _ = read_label_map(args.real / "segmentation.nii.gz")
     labels = geometry.to_canonical(labels)
-    rows = [(f"real: {args.real.name}", image, labels, LabelConvention.BRATS2023.enhancing)]
+    rows = [(f"real: {args.real.name}", image, labels)]
     for index in (int(part) for part in args.cases.split(",")):
         phantom = make_phantom(args.seed, index, "2023")
-        rows.append((phantom.case_id, phantom.image, phantom.labels, LabelConvention.BRATS2023.enhancing))
+        rows.append((phantom.case_id, phantom.image, phantom.labels))
 
     titles = ["FLAIR", "T1", "T1ce", "T2", "labels (NCR red, ED green, ET yellow)"]
-    figure, axes = plt.subplots(len(rows), 5, figsize=(15, 3.1 * len(rows)))
-    for (name, volume, label_map, enhancing), axes_row in zip(rows, axes, strict=True):
-        z = tumour_slice(label_map)
-        for column in range(4):
-            show_slice(axes_row[column], volume[column, :, :, z])
-        show_labels(axes_row[4], volume[0, :, :, z], label_map[:, :, z], enhancing)
-        axes_row[0].set_ylabel(f"{name}\naxial z={z}", fontsize=9)
-    for column, axis in enumerate(axes[0]):
-        axis.set_title(titles[column], fontsize=10)
-    for axis in axes.ravel():
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.tight_layout()
-    figure.savefig(args.out, dpi=70)
-    print(f"wrote {args.out}")
+    draw_tumour_rows(rows, titles, args.out, enhancing=LabelConvention.BRATS2023.enhancing, name_size=9)
 
 
 if __name__ == "__main__":

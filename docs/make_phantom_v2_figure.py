@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from brats_cli.io import CHANNEL_ORDER, discover_cases, load_case, read_label_map
 from brats_cli.labels import LabelConvention
-from brats_cli.synth import Phantom, make_phantom, show_labels, show_slice, tumour_slice
+from brats_cli.synth import Phantom, draw_tumour_rows, make_phantom, show_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CANDIDATES = [base / "shared" / "data" / "real" / "brainlesion-demo" for base in (ROOT.parent, ROOT.parent.parent)]
@@ -61,26 +57,16 @@ def main() -> None:
         name = f"generator 2\n{phantom.case_id}\n{describe(phantom)}"
         rows.append((name, phantom.image, phantom.labels, thick[0] if thick else 0))
 
-    titles = [*NAMES, "labels (NCR red, ED green, ET yellow)", "coronal (thick-sliced channel)"]
-    figure, axes = plt.subplots(len(rows), 6, figsize=(17, 3.0 * len(rows)))
-    for (name, volume, label_map, coronal), axes_row in zip(rows, axes, strict=True):
-        z = tumour_slice(label_map)
-        for column in range(4):
-            show_slice(axes_row[column], volume[column, :, :, z])
-        show_labels(axes_row[4], volume[0, :, :, z], label_map[:, :, z], enhancing)
+    def coronal(axis, index: int, volume: np.ndarray, label_map: np.ndarray, z: int) -> None:
+        channel = coronals[index]
         y = int(np.argmax((label_map > 0).sum(axis=(0, 2)))) if label_map.any() else volume.shape[2] // 2
         # Coronal: the patient's right on the left, superior up (LPS x, z).
-        show_slice(axes_row[5], volume[coronal, :, y, ::-1])
-        axes_row[5].set_xlabel(f"{CHANNEL_ORDER[coronal].name} y={y}", fontsize=8)
-        axes_row[0].set_ylabel(f"{name}\naxial z={z}", fontsize=7)
-    for column, axis in enumerate(axes[0]):
-        axis.set_title(titles[column], fontsize=10)
-    for axis in axes.ravel():
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.tight_layout()
-    figure.savefig(args.out, dpi=70)
-    print(f"wrote {args.out}")
+        show_slice(axis, volume[channel, :, y, ::-1])
+        axis.set_xlabel(f"{CHANNEL_ORDER[channel].name} y={y}", fontsize=8)
+
+    titles = [*NAMES, "labels (NCR red, ED green, ET yellow)", "coronal (thick-sliced channel)"]
+    coronals = [row[3] for row in rows]
+    draw_tumour_rows([row[:3] for row in rows], titles, args.out, enhancing=enhancing, extra=coronal)
 
 
 if __name__ == "__main__":

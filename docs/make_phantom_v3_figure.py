@@ -12,15 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 
 from brats_cli.labels import LabelConvention
-from brats_cli.synth import make_phantom, show_labels, show_slice, tumour_slice
+from brats_cli.synth import draw_tumour_rows, make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CANDIDATES = [base / "shared" / "data" / "real" / "TCGA-DU-7294" for base in (ROOT.parent, ROOT.parent.parent)]
@@ -72,24 +68,16 @@ def main() -> None:
         phantom = make_phantom(args.seed, index, non_enhancing=1.0, generator=3)
         rows.append((f"generator 3\n{phantom.case_id}", phantom.image.astype(np.float32), phantom.labels))
 
-    enhancing = LabelConvention.BRATS2021.enhancing
     titles = [*NAMES, "labels over T2 (NCR red, ED green)", "T2 across the core"]
-    figure, axes = plt.subplots(len(rows), 6, figsize=(17, 3.0 * len(rows)))
-    for (name, volume, label_map), axes_row in zip(rows, axes, strict=True):
-        z = tumour_slice(label_map)
-        for column in range(4):
-            show_slice(axes_row[column], volume[column, :, :, z])
-        show_labels(axes_row[4], volume[3, :, :, z], label_map[:, :, z], enhancing)
-        profile(axes_row[5], volume[3], label_map, z)
-        axes_row[0].set_ylabel(f"{name}\naxial z={z}", fontsize=7)
-    for column, axis in enumerate(axes[0]):
-        axis.set_title(titles[column], fontsize=10)
-    for axis in axes.ravel()[np.arange(axes.size) % 6 != 5]:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.tight_layout()
-    figure.savefig(args.out, dpi=70)
-    print(f"wrote {args.out}")
+    draw_tumour_rows(
+        rows,
+        titles,
+        args.out,
+        enhancing=LabelConvention.BRATS2021.enhancing,
+        label_channel=3,
+        extra=lambda axis, _, volume, label_map, z: profile(axis, volume[3], label_map, z),
+        extra_ticks=True,
+    )
 
 
 if __name__ == "__main__":
