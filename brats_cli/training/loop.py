@@ -237,10 +237,12 @@ def write_history(records: list[EpochRecord], path: Path) -> None:
 
 @dataclass(frozen=True)
 class InitialWeights:
-    """Weights a fold starts from instead of a random initialisation (`brats train --init-from`),
-    and where they came from, for the checkpoints and the bundle's metadata."""
+    """Weights a fold starts from instead of a random initialisation (`brats train --init-from`):
+    the file they came from (for messages) and its description with epoch or checksum (for the
+    checkpoints and the bundle's metadata)."""
 
     state: dict[str, torch.Tensor]
+    path: str
     source: str
 
 
@@ -430,7 +432,7 @@ def _load_initial(model: nn.Module, initial: InitialWeights, stage: Stage, spec:
     except RuntimeError as error:
         first = first_line(error)
         raise InputError(
-            f"{initial.source}: does not fit the recipe's {stage.value} network "
+            f"{initial.path}: does not fit the recipe's {stage.value} network "
             f"(width {spec.width}, {spec.levels} levels): {first}"
         ) from error
 

@@ -144,13 +144,13 @@ def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
         (model,) = load_torch_models(bundle, stage, [index])
         # The checksum names the weights wherever the bundle lies later; the path is only a hint.
         digest = bundle.manifest.stages[stage].folds[index].sha256
-        return InitialWeights(model.state_dict(), f"{paths[index]} (sha256 {digest})")
+        return InitialWeights(model.state_dict(), str(paths[index]), f"{paths[index]} (sha256 {digest})")
     if (source / RECIPE_FILE).is_file():
         path = fold_folder(source, stage, fold) / BEST
         if not path.is_file():
             raise InputError(f"{source}: no {stage.value} fold {fold} to start from ({path} not found)")
         state = load_checkpoint(path)
-        return InitialWeights(state["model"], f"{path} (epoch {state['epoch']})")
+        return InitialWeights(state["model"], str(path), f"{path} (epoch {state['epoch']})")
     raise InputError(f"{source}: neither a weights bundle ({MANIFEST}) nor a training run folder ({RECIPE_FILE})")
 
 
