@@ -1365,4 +1365,3 @@ def draw_tumour_rows(
     figure.tight_layout()
     figure.savefig(out, dpi=70)
     plt.close(figure)
-    print(f"wrote {out}")

@@ -40,6 +40,7 @@ def main() -> None:
 
     titles = ["FLAIR", "T1", "T1ce", "T2", "labels (NCR red, ED green, ET yellow)"]
     draw_tumour_rows(rows, titles, args.out, enhancing=LabelConvention.BRATS2023.enhancing, name_size=9)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

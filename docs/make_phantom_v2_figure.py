@@ -67,6 +67,7 @@ def main() -> None:
     titles = [*NAMES, "labels (NCR red, ED green, ET yellow)", "coronal (thick-sliced channel)"]
     coronals = [row[3] for row in rows]
     draw_tumour_rows([row[:3] for row in rows], titles, args.out, enhancing=enhancing, extra=coronal)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def main() -> None:
         extra=lambda axis, _, volume, label_map, z: profile(axis, volume[3], label_map, z),
         extra_ticks=True,
     )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

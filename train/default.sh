@@ -318,40 +318,41 @@ if [ -n "$FOURTH_LANES" ] && [ "$FROM_ROUND" -le 4 ]; then
   fi
 fi
 
-if [ -n "$FIFTH_LANES" ] && [ "$FROM_ROUND" -le 5 ]; then
-  if [ "$FROM_ROUND" -eq 5 ] && [ -z "$ROUND5_INIT" ]; then
-    echo "train/default.sh: FROM_ROUND=5 needs ROUND5_INIT, the bundle of round four" >&2
+round_start() {  # round init: sets previous, the bundle the round trains on from (init, or else the
+  # round before's bundle as it would ship, made from RUN_DIR and BUNDLE_FROM)
+  local round=$1
+  previous=$2
+  if [ "$FROM_ROUND" -ge "$round" ] && [ -z "$previous" ]; then
+    echo "train/default.sh: FROM_ROUND=$round needs ROUND${round}_INIT, the bundle of round $((round - 1))" >&2
     exit 2
   fi
-  previous=$ROUND5_INIT
-  if [ -z "$previous" ]; then  # round four's bundle, as it would ship
-    previous=$WORK/bundle-round4
+  if [ -z "$previous" ]; then
+    previous=$WORK/bundle-round$((round - 1))
     rm -rf "$previous"
     brats bundle "$RUN_DIR" --out "$previous" "${BUNDLE_FROM[@]}"
   fi
+}
+
+round_train() {  # round lanes data extra keep: its jobs from previous, then the stages kept from it
+  RUN_DIR=$WORK/run$1 DATA=$3 INIT=(--init-from "$previous") EXTRA=(--extra "$4") ROUND=$1
+  STOP=()
+  run_lanes "$2"
+  BUNDLE_FROM=()
+  [ -z "$5" ] || BUNDLE_FROM=(--stages-from "$previous" --stages "$5")
+}
+
+if [ -n "$FIFTH_LANES" ] && [ "$FROM_ROUND" -le 5 ]; then
+  round_start 5 "$ROUND5_INIT"
   RECIPE=$ROUND5_RECIPE
   round_phantoms v3 "$V3_SHARDS" "$V3_PER_SHARD" "$V3_SEED0" --generator 3 --non-enhancing "$V3_NON_ENHANCING"
   round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
   prepare_run "$WORK/run5" "$WORK/v3-data" "$WORK/v1-extra-data"
   [ "$STOP_AFTER" = cache5 ] && exit 0
-  RUN_DIR=$WORK/run5 DATA=$WORK/v3-data INIT=(--init-from "$previous") EXTRA=(--extra "$WORK/v1-extra-data") ROUND=5
-  STOP=()
-  run_lanes "$FIFTH_LANES"
-  BUNDLE_FROM=()
-  [ -z "$ROUND5_KEEP" ] || BUNDLE_FROM=(--stages-from "$previous" --stages "$ROUND5_KEEP")
+  round_train 5 "$FIFTH_LANES" "$WORK/v3-data" "$WORK/v1-extra-data" "$ROUND5_KEEP"
 fi
 
 if [ -n "$SIXTH_LANES" ]; then
-  if [ "$FROM_ROUND" -ge 6 ] && [ -z "$ROUND6_INIT" ]; then
-    echo "train/default.sh: FROM_ROUND=6 needs ROUND6_INIT, the bundle of round five" >&2
-    exit 2
-  fi
-  previous=$ROUND6_INIT
-  if [ -z "$previous" ]; then  # round five's bundle, as it would ship
-    previous=$WORK/bundle-round5
-    rm -rf "$previous"
-    brats bundle "$RUN_DIR" --out "$previous" "${BUNDLE_FROM[@]}"
-  fi
+  round_start 6 "$ROUND6_INIT"
   RECIPE=$ROUND6_RECIPE
   round_phantoms v3 "$V3_SHARDS" "$V3_PER_SHARD" "$V3_SEED0" --generator 3 --non-enhancing "$V3_NON_ENHANCING"
   round_phantoms v2 "$V2_SHARDS" "$V2_PER_SHARD" "$V2_SEED0" --generator 2 --non-enhancing "$V2_NON_ENHANCING"
@@ -363,11 +364,7 @@ if [ -n "$SIXTH_LANES" ]; then
   done
   prepare_run "$WORK/run6" "$WORK/v3-data" "$WORK/mix-extra-data"
   [ "$STOP_AFTER" = cache6 ] && exit 0
-  RUN_DIR=$WORK/run6 DATA=$WORK/v3-data INIT=(--init-from "$previous") EXTRA=(--extra "$WORK/mix-extra-data") ROUND=6
-  STOP=()
-  run_lanes "$SIXTH_LANES"
-  BUNDLE_FROM=()
-  [ -z "$ROUND6_KEEP" ] || BUNDLE_FROM=(--stages-from "$previous" --stages "$ROUND6_KEEP")
+  round_train 6 "$SIXTH_LANES" "$WORK/v3-data" "$WORK/mix-extra-data" "$ROUND6_KEEP"
 fi
 
 rm -rf "$BUNDLE"
