@@ -19,6 +19,12 @@ low-grade gliomas instead: larger, with little edema, a core brighter than edema
 darker than it on FLAIR (the T2-FLAIR mismatch), and an infiltrative margin over which core and
 edema intensities blend. Its cases come from `default_rng([seed, index, 3])`.
 
+Generator 4 (`--generator 4 --shapes LABEL_MAPS`) is generator 3 with the main tumour's outline
+taken from real BraTS-space segmentations instead of a noisy ellipsoid: each case picks one of the
+given label maps, rotates, flips, scales and elastically deforms its regions and centres the core
+on a tumour site. Its cases come from `default_rng([seed, index, 4])` and also depend on the
+label maps, in the order given.
+
 The templates ship inside the `nilearn` wheel (the `synth` extra); they are located without
 importing nilearn, which would pull scikit-learn and pandas in for three files.
 """
@@ -27,15 +33,15 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from brats_cli.errors import DependencyError, OutputError, first_line
+from brats_cli.errors import DependencyError, ImageReadError, InputError, OutputError, first_line
 from brats_cli.files import atomic_folder, atomic_path, remove_stale_temporaries
 from brats_cli.io import (
     BRATS_SHAPE,
@@ -46,6 +52,8 @@ from brats_cli.io import (
     Modality,
     Naming,
     check_output_folder,
+    is_nifti,
+    read_label_map,
 )
 from brats_cli.labels import EDEMA, NECROSIS, LabelConvention
 
@@ -108,7 +116,7 @@ class Phantom:
     image: (4, 240, 240, 155) int16, channels FLAIR, T1, T1ce, T2, background exactly 0.
     labels: (240, 240, 155) uint8 in the convention of `naming` (ET = 4 for 2021, 3 for 2023).
     tissue: (240, 240, 155) uint8 `Tissue` value of the class with the largest fraction per voxel.
-    generator: the generator version that made it (1, 2 or 3).
+    generator: the generator version that made it (1 to 4).
     description: what `write_phantom` records in each file's NIfTI `descrip` ("" for generator 1,
         whose files stay byte for byte as they always were).
     acquisition: generator 2: how each channel was rendered (FLAIR, T1, T1ce, T2); () for generator 1.
@@ -449,9 +457,11 @@ def draw_tumours(
     white: np.ndarray,
     brain_soft: np.ndarray,
     generator: int = 1,
+    shaped: PlacedShape | None = None,
 ) -> TumourMaps:
     """Tumour masks and fractions. Generator 2 makes the rim uneven (nodular, thin in places) and
-    grows the edema as a front through white matter (`_grow_edema`) instead of a noisy ellipsoid."""
+    grows the edema as a front through white matter (`_grow_edema`) instead of a noisy ellipsoid.
+    `shaped` (generator 4): the first lesion's regions, placed from a real label map."""
     from scipy import ndimage
 
     shape = BRATS_SHAPE
@@ -460,7 +470,18 @@ def draw_tumours(
     edema = np.zeros(shape, bool)
     non_enhancing = np.zeros(shape, bool)
     heterogeneity = np.zeros(shape, np.float32)
-    for lesion in lesions:
+    for number, lesion in enumerate(lesions):
+        if number == 0 and shaped is not None:
+            box, lesion_necrosis, lesion_enhancing, lesion_non_enhancing, lesion_edema = _shaped_regions(
+                lesion, shaped, grey, white, brain_soft
+            )
+            inside = brain_soft[box] > 0.5
+            necrosis[box] |= lesion_necrosis & inside
+            enhancing[box] |= lesion_enhancing & inside
+            non_enhancing[box] |= lesion_non_enhancing & inside
+            edema[box] |= lesion_edema & inside
+            heterogeneity[box] = _smooth_noise(rng, lesion_edema.shape, 3.0)
+            continue
         reach = lesion.edema_radius * 1.5 + 4
         low = np.maximum(np.floor(lesion.centre - reach).astype(int), 0)
         high = np.minimum(np.ceil(lesion.centre + reach).astype(int) + 1, shape)
@@ -534,7 +555,7 @@ def draw_tumours(
         # Partial volume at the region borders: the soft fraction is the blurred hard mask.
         soft[tissue] = _blur(mask, 0.6)
     low_grade = [lesion for lesion in lesions if not lesion.enhancing]
-    if generator == 3 and low_grade and non_enhancing.any():
+    if generator in (3, 4) and low_grade and non_enhancing.any():
         widest = max(low_grade, key=lambda lesion: lesion.margin_mm)
         envelope = necrosis | enhancing | edema | non_enhancing
         _blend_margin(soft, non_enhancing, envelope, widest.margin_mm, widest.margin_level)
@@ -596,7 +617,164 @@ def _bias_field(rng: np.random.Generator, strength: float, voxels: tuple[np.ndar
     return np.exp(log_field)
 
 
-GENERATORS = (1, 2, 3)
+# ---------------------------------------------------------------------------------------------
+# Generator 4: tumour outlines from real label maps
+
+# How far a real outline is transformed per case: isotropic scale (volume 0.17-1.95x the source's),
+# a further stretch per axis, and an elastic displacement of about 2 mm over 12 mm.
+SHAPE_SCALE = (0.55, 1.25)
+SHAPE_STRETCH = 0.15
+SHAPE_WARP_MM = 2.0
+SHAPE_WARP_SCALE = 12.0
+# A label map is read at its voxel grid: anything but 1 mm voxels would change the outline's size.
+SHAPE_SPACING_TOLERANCE = 0.05
+# Below this share of necrosis in its core, an outline's core counts as solid, and a lesion drawn
+# with necrosis is hollowed out (the FeTS label-fusion case: 1-2 %).
+OWN_NECROSIS = 0.05
+DESCRIPTION_BYTES = 79  # the NIfTI descrip field holds 80 bytes, NUL-terminated
+
+
+@dataclass(frozen=True)
+class TumourShape:
+    """A real tumour's regions (nested WT, TC, ET masks) cut to the box around its whole tumour."""
+
+    name: str
+    whole: np.ndarray
+    core: np.ndarray
+    enhancing: np.ndarray
+
+
+@dataclass(frozen=True)
+class PlacedShape:
+    """A `TumourShape` transformed into the output grid: its masks start at voxel `low`."""
+
+    name: str
+    low: np.ndarray
+    whole: np.ndarray
+    core: np.ndarray
+    enhancing: np.ndarray
+
+
+def shape_files(paths: Sequence[Path]) -> list[Path]:
+    """The label maps named by `paths`: files as given, folders' NIfTI files sorted by name."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(child for child in path.iterdir() if child.is_file() and is_nifti(child))
+            if not found:
+                raise InputError(f"{path}: no NIfTI label maps in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    return files
+
+
+def load_tumour_shape(path: Path) -> TumourShape:
+    """One label map as a `TumourShape`; InputError naming the file when it cannot be one."""
+    try:
+        labels, geometry = read_label_map(path)
+    except ImageReadError as error:
+        raise InputError(str(error)) from error
+    if labels.ndim != 3:
+        raise InputError(f"{path}: a tumour shape is a 3D label map, this one has shape {labels.shape}")
+    spacing = np.sqrt((geometry.affine[:3, :3] ** 2).sum(axis=0))
+    if np.abs(spacing - 1.0).max() > SHAPE_SPACING_TOLERANCE:
+        voxel = " x ".join(f"{v:g}" for v in spacing)
+        raise InputError(f"{path}: voxels of {voxel} mm; tumour shapes are read at 1 mm (resample it first)")
+    present = {int(v) for v in np.unique(labels)} - {0}
+    stray = sorted(present - {NECROSIS, EDEMA, 3, 4})
+    if stray:
+        raise InputError(f"{path}: label(s) {', '.join(map(str, stray))} are not BraTS labels (1 NCR, 2 ED, 3 or 4 ET)")
+    if {3, 4} <= present:
+        raise InputError(f"{path}: holds both 3 and 4; a BraTS label map marks enhancing tumour with one of them")
+    enhancing = (labels == 3) | (labels == 4)
+    core = enhancing | (labels == NECROSIS)
+    if not core.any():
+        raise InputError(f"{path}: no tumour core (labels 1, 3 or 4) to take a shape from")
+    whole = core | (labels == EDEMA)
+    voxels = np.argwhere(whole)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(voxels.min(axis=0), voxels.max(axis=0), strict=True))
+    name = path.name.removesuffix(".gz").removesuffix(".nii")
+    return TumourShape(name, whole[box].copy(), core[box].copy(), enhancing[box].copy())
+
+
+def load_tumour_shapes(paths: Sequence[Path]) -> tuple[TumourShape, ...]:
+    """The shapes of `shape_files(paths)`, in that order (a case's draw depends on it)."""
+    files = shape_files(paths)
+    if not files:
+        raise InputError("no tumour shape label maps given")
+    return tuple(load_tumour_shape(path) for path in files)
+
+
+def place_shape(rng: np.random.Generator, shape: TumourShape, centre: np.ndarray) -> PlacedShape:
+    """`shape` rotated (any orientation, mirrored half the time), scaled, stretched and elastically
+    deformed, with its core's centre of mass at `centre`, in output voxels (clipped to the grid).
+    The three nested masks are interpolated linearly and cut at 0.5, so they stay nested."""
+    from scipy import ndimage
+
+    rotation = _rotation(rng.uniform(-np.pi, np.pi, 3))
+    if rng.uniform() < 0.5:
+        rotation = rotation @ np.diag([-1.0, 1.0, 1.0])
+    scales = rng.uniform(*SHAPE_SCALE) * rng.uniform(1 - SHAPE_STRETCH, 1 + SHAPE_STRETCH, 3)
+    # Output offset -> source offset: undo the scale, then the rotation.
+    to_source = np.diag(1.0 / scales) @ rotation.T
+    source_centre = np.argwhere(shape.core).mean(axis=0)
+    corners = np.array(list(np.ndindex(2, 2, 2))) * (np.array(shape.whole.shape) - 1) - source_centre
+    reach = np.abs(corners @ np.linalg.inv(to_source).T).max(axis=0) + SHAPE_WARP_MM + 2
+    low = np.maximum(np.floor(centre - reach).astype(int), 0)
+    high = np.minimum(np.ceil(centre + reach).astype(int) + 1, BRATS_SHAPE)
+    size = tuple(int(n) for n in high - low)
+    grid = np.stack(
+        np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(low, high, strict=True)], indexing="ij"),
+        axis=-1,
+    )
+    offset = grid - centre.astype(np.float32)
+    for axis in range(3):
+        offset[..., axis] += SHAPE_WARP_MM * _smooth_noise(rng, size, SHAPE_WARP_SCALE)
+    coordinates = np.moveaxis(offset @ to_source.T.astype(np.float32) + source_centre, -1, 0)
+    masks = [
+        ndimage.map_coordinates(mask.astype(np.float32), coordinates, order=1, cval=0.0) >= 0.5
+        for mask in (shape.whole, shape.core, shape.enhancing)
+    ]
+    return PlacedShape(shape.name, low, *masks)
+
+
+def _shaped_regions(
+    lesion: Lesion, shaped: PlacedShape, grey: np.ndarray, white: np.ndarray, brain_soft: np.ndarray
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The first lesion's box and necrosis, enhancing, non-enhancing and edema masks from a placed
+    real outline. The lesion's draw decides what the core is: a low-grade core (no enhancement) or
+    the outline's own enhancing and necrotic parts, hollowed out deeper than its rim when the draw
+    has necrosis and the outline has little of its own (under OWN_NECROSIS of its core). Edema
+    spares CSF, as in `draw_tumours`."""
+    from scipy import ndimage
+
+    box = tuple(slice(int(a), int(a) + n) for a, n in zip(shaped.low, shaped.whole.shape, strict=True))
+    core = shaped.core
+    if not lesion.enhancing:
+        empty = np.zeros(core.shape, bool)
+        necrosis, enhancing, non_enhancing = empty, empty, core
+    else:
+        enhancing = shaped.enhancing.copy()
+        necrosis = core & ~enhancing
+        if lesion.necrosis and necrosis.sum() < OWN_NECROSIS * core.sum():
+            depth = ndimage.distance_transform_edt(core)
+            necrosis |= core & (depth > lesion.rim_mm)
+            enhancing &= ~necrosis
+        non_enhancing = np.zeros(core.shape, bool)
+    csf = brain_soft[box] - white[box] - grey[box]
+    edema = shaped.whole & ~core & (csf < 0.5)
+    return box, necrosis, enhancing, non_enhancing, edema
+
+
+def _equivalent_radius(mask: np.ndarray) -> float:
+    """Radius (mm) of the sphere of the same volume."""
+    return float(np.cbrt(3.0 * max(int(mask.sum()), 1) / (4.0 * np.pi)))
+
+
+GENERATORS = (1, 2, 3, 4)
 
 
 def make_phantom(
@@ -605,30 +783,45 @@ def make_phantom(
     naming: Naming = Naming.BRATS2021,
     non_enhancing: float = NON_ENHANCING_SHARE,
     generator: int = 1,
+    shapes: Sequence[TumourShape] = (),
 ) -> Phantom:
     """Case `index` of the phantom series `seed`; depends only on (seed, index), the share of
     non-enhancing lesions and the generator version (the defaults keep every series as it has
     always been). Generator 2 (`make_phantom_v2`) randomises contrast, resolution and artefacts;
-    generator 3 draws non-enhancing lesions as diffuse low-grade gliomas (`LOW_GRADE_RATIO`)."""
+    generator 3 draws non-enhancing lesions as diffuse low-grade gliomas (`LOW_GRADE_RATIO`);
+    generator 4 is generator 3 with the main tumour's outline from one of `shapes` (required)."""
     if not 0.0 <= non_enhancing <= 1.0:
         raise ValueError(f"non_enhancing is a share in [0, 1], not {non_enhancing}")
     if generator not in GENERATORS:
         raise ValueError(f"generator is one of {', '.join(map(str, GENERATORS))}, not {generator}")
+    if (generator == 4) != bool(shapes):
+        raise ValueError("tumour shapes are for generator 4, which needs at least one")
     naming = Naming(naming)
     if generator == 2:
         return make_phantom_v2(seed, index, naming, non_enhancing)
     rng = np.random.default_rng([seed, index] if generator == 1 else [seed, index, generator])
     anatomy = load_anatomy()
     placement = draw_placement(rng)
-    lesions = draw_lesions(rng, anatomy, placement, non_enhancing, generator=generator)
+    lesions = draw_lesions(rng, anatomy, placement, non_enhancing, generator=min(generator, 3))
+    shaped = None
+    if generator == 4:
+        shaped = place_shape(rng, shapes[int(rng.integers(len(shapes)))], lesions[0].centre)
+        # The mass effect follows the placed outline's size, not the ellipsoid drawn for it.
+        core_radius = _equivalent_radius(shaped.core)
+        lesions[0] = replace(
+            lesions[0],
+            core_radius=core_radius,
+            edema_radius=_equivalent_radius(shaped.whole),
+            push=min(0.6, 0.15 + 0.02 * core_radius),
+        )
     field, spacing = displacement_field(rng, placement, lesions)
     low, size = output_box(anatomy, placement)
     warped = warp_anatomy(field, spacing, low, size)
     grey, white, brain_soft = warped[0], warped[1], warped[2]
     brain = brain_soft > 0.5
-    tumours = draw_tumours(rng, lesions, grey, white, brain_soft, generator=generator)
+    tumours = draw_tumours(rng, lesions, grey, white, brain_soft, generator=generator, shaped=shaped)
     contrast = CONTRAST
-    if generator == 3:
+    if generator in (3, 4):
         contrast = dict(CONTRAST)
         contrast[Tissue.EDEMA] = _edema_contrast(rng)
         contrast[Tissue.NON_ENHANCING] = _low_grade_contrast(rng, contrast[Tissue.EDEMA])
@@ -681,6 +874,10 @@ def make_phantom(
     if generator == 1:
         return Phantom(case_id(seed, index, naming), naming, image, labels, tissue_map)
     description = f"brats-synth v{generator} seed {seed} index {index}"
+    if shaped is not None:
+        # descrip is ASCII: a label map's name is recorded with anything else replaced by '?'.
+        name = shaped.name.encode("ascii", "replace").decode("ascii")
+        description = f"{description} shape {name}"[:DESCRIPTION_BYTES]
     return Phantom(case_id(seed, index, naming), naming, image, labels, tissue_map, generator, description)
 
 
@@ -1220,6 +1417,7 @@ def write_phantom_cases(
     on_case: Callable[[Phantom], None] | None = None,
     non_enhancing: float = NON_ENHANCING_SHARE,
     generator: int = 1,
+    shapes: Sequence[TumourShape] = (),
 ) -> list[Path]:
     """Write cases 0..n-1 of series `seed` under `root`; `on_case` sees each phantom once written.
     Staging folders that killed runs left in `root` are deleted first (only those of dead processes)."""
@@ -1231,7 +1429,7 @@ def write_phantom_cases(
     remove_stale_temporaries(root)
     folders = []
     for index in range(n):
-        phantom = make_phantom(seed, index, naming, non_enhancing, generator)
+        phantom = make_phantom(seed, index, naming, non_enhancing, generator, shapes)
         folders.append(write_phantom(phantom, root))
         if on_case is not None:
             on_case(phantom)

@@ -380,8 +380,8 @@ def test_cli_generator_2_writes_the_library_case_with_its_version(tmp_path, phan
 
 def test_unknown_generator_is_refused(tmp_path):
     with pytest.raises(ValueError, match="generator"):
-        make_phantom(SEED, 0, generator=4)
-    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--generator", "4"])
+        make_phantom(SEED, 0, generator=5)
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--generator", "5"])
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
 
 
@@ -447,3 +447,167 @@ def test_v3_margin_blends_core_into_edema_around_the_label_boundary(level):
     total = wide + edema
     assert np.allclose(total[grid <= 11], (sharp[Tissue.NON_ENHANCING] + sharp[Tissue.EDEMA])[grid <= 11], atol=0.02)
     assert wide[grid > 14].max() < 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator 4: outlines from real label maps
+
+
+def _rod_label_map(path: Path, enhancing: int = 4, spacing: float = 1.0, extra: dict | None = None) -> Path:
+    """A BraTS-grid label map whose tumour is unlike any drawn ellipsoid: a core ball (ET shell,
+    a little necrosis) at one end of a long thin rod of edema (70 x 14 x 14 voxels)."""
+    labels = np.zeros(BRATS_SHAPE, np.uint8)
+    labels[80:150, 113:127, 70:84] = 2
+    box = (slice(80, 101), slice(110, 131), slice(67, 88))  # around the ball at (90, 120, 77)
+    ball = np.linalg.norm(np.indices((21, 21, 21)) - 10.0, axis=0)
+    labels[box][ball <= 9] = enhancing
+    labels[box][ball <= 2] = 1
+    for value, where in (extra or {}).items():
+        labels[where] = value
+    affine = LPS_AFFINE.copy()
+    affine[:3, :3] *= spacing
+    nib.save(nib.Nifti1Image(labels, affine), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rod(tmp_path_factory) -> Path:
+    return _rod_label_map(tmp_path_factory.mktemp("shapes") / "rod_seg.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def rod_shapes(rod) -> tuple[synth.TumourShape, ...]:
+    return synth.load_tumour_shapes([rod])
+
+
+def test_v4_loads_a_label_map_as_nested_masks(rod, rod_shapes):
+    (shape,) = rod_shapes
+    labels = np.asarray(nib.load(rod).dataobj)
+    assert shape.name == "rod_seg"
+    assert shape.whole.shape == (70, 19, 19)  # cut to the whole tumour's box
+    assert shape.whole.sum() == (labels > 0).sum()
+    assert shape.core.sum() == np.isin(labels, [1, 4]).sum() and shape.enhancing.sum() == (labels == 4).sum()
+    assert (shape.enhancing <= shape.core).all() and (shape.core <= shape.whole).all()
+
+
+def _principal_lengths(mask: np.ndarray) -> np.ndarray:
+    """Standard deviations of a mask's voxel positions along its principal axes, largest first."""
+    return np.sqrt(np.sort(np.linalg.eigvalsh(np.cov(np.argwhere(mask).T)))[::-1])
+
+
+@pytest.mark.parametrize("draw", range(4))
+def test_v4_placed_outline_keeps_the_shape_moved_turned_and_scaled(rod_shapes, draw):
+    """Wherever and however it is turned, the placed outline is the rod's: still about five times
+    longer than wide, its core centred where asked (up to the elastic warp), the masks nested, its size within the scale
+    range (SHAPE_SCALE x SHAPE_STRETCH)."""
+    (shape,) = rod_shapes
+    centre = np.array([110.0, 130.0, 80.0])
+    placed = synth.place_shape(np.random.default_rng([5, draw]), shape, centre)
+    assert (placed.enhancing <= placed.core).all() and (placed.core <= placed.whole).all()
+    source, moved = _principal_lengths(shape.whole), _principal_lengths(placed.whole)
+    assert moved[0] / moved[2] > 0.6 * source[0] / source[2] > 2.0
+    core_centre = np.argwhere(placed.core).mean(axis=0) + placed.low
+    # Moved only by the elastic warp (SHAPE_WARP_MM per axis, smooth: a few mm at most).
+    assert np.linalg.norm(core_centre - centre) < 3 * synth.SHAPE_WARP_MM
+    low = (synth.SHAPE_SCALE[0] * (1 - synth.SHAPE_STRETCH)) ** 3
+    high = (synth.SHAPE_SCALE[1] * (1 + synth.SHAPE_STRETCH)) ** 3
+    assert 0.8 * low < placed.whole.sum() / shape.whole.sum() < 1.2 * high
+
+
+@pytest.fixture(scope="module")
+def phantom_v4(rod_shapes) -> synth.Phantom:
+    return make_phantom(SEED, 0, Naming.BRATS2021, generator=4, shapes=rod_shapes)
+
+
+def test_v4_takes_the_main_tumour_from_the_label_map(phantom_v4, rod_shapes):
+    """The case is labelled like real data, records the outline it took, depends only on (seed,
+    index, the shapes) and is not generator 3's case: its whole tumour is the rod's elongated
+    outline, where generator 3 draws roughened ellipsoids (axis ratios 0.75-1.3)."""
+    assert phantom_v4.generator == 4
+    assert phantom_v4.description == "brats-synth v4 seed 11 index 0 shape rod_seg"
+    labels = phantom_v4.labels
+    assert set(np.unique(labels)) <= {0, 1, 2, 4} and (labels == 2).any() and (labels == 1).any()
+    masks = region_masks(labels, LabelConvention.BRATS2021)
+    assert (masks[Region.ET] <= masks[Region.TC]).all() and (masks[Region.TC] <= masks[Region.WT]).all()
+    # Labels only inside the brain, which is the nonzero voxels of every channel.
+    assert (phantom_v4.image[:, masks[Region.WT]] > 0).all()
+    biggest, count = ndimage.label(masks[Region.WT])
+    main = biggest == 1 + int(np.argmax(ndimage.sum_labels(masks[Region.WT], biggest, range(1, count + 1))))
+    lengths = _principal_lengths(main)
+    assert lengths[0] / lengths[2] > 2.0
+    again = make_phantom(SEED, 0, Naming.BRATS2021, generator=4, shapes=rod_shapes)
+    assert np.array_equal(again.labels, labels) and np.array_equal(again.image, phantom_v4.image)
+    assert not np.array_equal(make_phantom(SEED, 0, generator=3).labels, labels)
+
+
+def test_v4_needs_shapes_and_only_it_takes_them(rod_shapes):
+    with pytest.raises(ValueError, match="generator 4"):
+        make_phantom(SEED, 0, generator=4)
+    with pytest.raises(ValueError, match="generator 4"):
+        make_phantom(SEED, 0, generator=3, shapes=rod_shapes)
+
+
+def test_cli_generator_4_writes_the_library_case(tmp_path, rod, phantom_v4):
+    result = runner.invoke(
+        app, ["synth", str(tmp_path / "out"), "--n", "1", "--seed", str(SEED), "--generator", "4", "--shapes", str(rod)]
+    )
+    assert result.exit_code == 0, result.output
+    (case,) = discover_cases(tmp_path / "out").cases
+    labels, geometry = read_label_map(case.segmentation)
+    assert np.array_equal(geometry.to_canonical(labels), phantom_v4.labels)
+    assert nib.load(case.segmentation).header["descrip"].item() == b"brats-synth v4 seed 11 index 0 shape rod_seg"
+
+
+def test_v4_2023_label_maps_and_folders_are_read(tmp_path, rod_shapes):
+    """ET = 3 (2023) reads as ET = 4 does; a folder gives its NIfTI files in name order."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    _rod_label_map(folder / "b.nii.gz", enhancing=3)
+    _rod_label_map(folder / "a.nii", enhancing=4)
+    (folder / "notes.txt").write_text("not a label map")
+    shapes = synth.load_tumour_shapes([folder])
+    assert [shape.name for shape in shapes] == ["a", "b"]
+    for shape in shapes:
+        assert np.array_equal(shape.enhancing, rod_shapes[0].enhancing)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("stray", "label(s) 5 are not BraTS labels"),
+        ("both", "holds both 3 and 4"),
+        ("spacing", "voxels of 2 x 2 x 2 mm"),
+        ("no core", "no tumour core"),
+        ("not nifti", "rod_seg.nii.gz"),
+    ],
+)
+def test_cli_refuses_an_unusable_shape_before_writing(tmp_path, kind, message):
+    """One line naming the label map and what is wrong, exit 2, no output folder."""
+    path = tmp_path / "rod_seg.nii.gz"
+    if kind == "stray":
+        _rod_label_map(path, extra={5: (slice(100, 102), slice(120, 122), slice(75, 77))})
+    elif kind == "both":
+        _rod_label_map(path, extra={3: (slice(100, 102), slice(120, 122), slice(75, 77))})
+    elif kind == "spacing":
+        _rod_label_map(path, spacing=2.0)
+    elif kind == "no core":
+        labels = np.zeros((30, 30, 30), np.uint8)
+        labels[10:20, 10:20, 10:20] = 2
+        nib.save(nib.Nifti1Image(labels, LPS_AFFINE), path)
+    else:
+        path.write_bytes(b"not a NIfTI file")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["synth", str(out), "--generator", "4", "--shapes", str(path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and str(path) in result.output
+    assert not out.exists()
+
+
+def test_cli_generator_4_without_shapes_or_shapes_without_it_is_refused(tmp_path, rod):
+    for arguments in (["--generator", "4"], ["--generator", "3", "--shapes", str(rod)]):
+        result = runner.invoke(app, ["synth", str(tmp_path / "out"), *arguments])
+        assert result.exit_code == 2 and "--shapes" in result.output
+        assert not (tmp_path / "out").exists()
+    missing = tmp_path / "nowhere"
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--generator", "4", "--shapes", str(missing)])
+    assert result.exit_code == 2 and f"{missing}: no such file or folder" in result.output

@@ -11,6 +11,9 @@
 #   git archive 00b7aee weights | tar -x -C /tmp/round5                   # the bundle of round five
 #   SIXTH_LANES="wt:0 | wt:1" FROM_ROUND=6 ROUND6_INIT=/tmp/round5/weights bash train/default.sh
 #                                               # round six, measured and not shipped, from it
+#   SIXTH_LANES="wt:0 | wt:1" FROM_ROUND=6 ROUND6_INIT=/tmp/round5/weights BUNDLE=/tmp/round6 bash train/default.sh
+#   SEVENTH_LANES="wt:0 | wt:1" FROM_ROUND=7 ROUND7_INIT=/tmp/round6 bash train/default.sh
+#                                               # round seven, from round six's bundle
 #   DEVICE=cuda RECIPE=train/default_gpu.toml TIME_BOX=270 THREADS=2 SECOND_LANES= THIRD_LANES= \
 #     LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh   # one GPU
 #
@@ -20,9 +23,9 @@
 # THIRD_LANES (the third round's jobs, from the second round's models, with EXTRA_SHARDS x
 # EXTRA_PER_SHARD training-only phantoms of seeds EXTRA_SEED0.. whose lesions are non-enhancing with
 # share EXTRA_NON_ENHANCING), TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE,
-# RECIPE, BUNDLE, FROM_ROUND (2 to 6: the earlier rounds' run folders exist, or for 4, 5 and 6 the
-# bundle ROUND4_INIT, ROUND5_INIT or ROUND6_INIT; train from this round on), STOP_AFTER (phantoms,
-# cache, or cache4 / cache5 / cache6 for rounds four to six: prepare the data only,
+# RECIPE, BUNDLE, FROM_ROUND (2 to 7: the earlier rounds' run folders exist, or for 4 to 7 the
+# bundle ROUND4_INIT to ROUND7_INIT; train from this round on), STOP_AFTER (phantoms, cache, or
+# cache4 to cache7 for rounds four to seven: prepare the data only,
 # e.g. while a GPU is busy). Round four: FOURTH_LANES, its phantoms V2_SHARDS x V2_PER_SHARD of
 # generator 2 with seeds V2_SEED0.. and non-enhancing share V2_NON_ENHANCING, plus the first
 # V1_EXTRA generator-1 phantoms of seed SEED0 as training-only cases, ROUND4_RECIPE, ROUND4_INIT,
@@ -32,6 +35,10 @@
 # training-only cases, ROUND5_RECIPE, ROUND5_INIT (a bundle; empty: round four's), ROUND5_KEEP.
 # Round six (not in the shipped bundle): SIXTH_LANES, on round five's and round four's phantoms,
 # ROUND6_RECIPE, ROUND6_INIT (a bundle; empty: round five's), ROUND6_KEEP.
+# Round seven: SEVENTH_LANES, its phantoms V4_SHARDS x V4_PER_SHARD of generator 4 (outlines from the
+# label maps V4_SHAPES) with seeds V4_SEED0.. and non-enhancing share V4_NON_ENHANCING, plus round
+# four's V1_EXTRA generator-1 phantoms as training-only cases, ROUND7_RECIPE, ROUND7_INIT (a
+# bundle; empty: round six's), ROUND7_KEEP.
 set -euo pipefail
 
 WORK=${WORK:-runs/default}
@@ -107,6 +114,22 @@ SIXTH_LANES=${SIXTH_LANES-}
 ROUND6_KEEP=${ROUND6_KEEP-"base,tc,et"}
 ROUND6_RECIPE=${ROUND6_RECIPE:-train/default_round6.toml}
 ROUND6_INIT=${ROUND6_INIT:-}
+# Round seven, for real tumour outlines: the WT models trained on from round six's bundle on
+# generator-4 phantoms, whose main tumour takes its outline (edema included) from a real label map,
+# in folds of their own, with round four's 60 generator-1 phantoms on the training side: round six
+# fixed small phantom tumours and lost edema on the real cases; real outlines are the edema it
+# lacked. The label maps are the FeTS label-fusion case's three distinct segmentations, a case that
+# is never scored (its images are not public). The bundle keeps round six's base, TC and ET.
+SEVENTH_LANES=${SEVENTH_LANES-}
+V4_SHARDS=${V4_SHARDS:-2}
+V4_PER_SHARD=${V4_PER_SHARD:-50}
+V4_SEED0=${V4_SEED0:-1400}
+V4_NON_ENHANCING=${V4_NON_ENHANCING:-0.35}
+V4_FUSION=${V4_FUSION:-../shared/data/real/fets-labelfusion}
+V4_SHAPES=${V4_SHAPES:-"$V4_FUSION/baseline.nii.gz $V4_FUSION/unet.nii.gz $V4_FUSION/baseline_staple.nii.gz"}
+ROUND7_KEEP=${ROUND7_KEEP-"base,tc,et"}
+ROUND7_RECIPE=${ROUND7_RECIPE:-train/default_round7.toml}
+ROUND7_INIT=${ROUND7_INIT:-}
 
 brats() { "$PYTHON" -m brats_cli "$@"; }
 # Many processes share the machine's cores: one thread each for the CPU-bound steps (SimpleITK and
@@ -365,6 +388,19 @@ if [ -n "$SIXTH_LANES" ]; then
   prepare_run "$WORK/run6" "$WORK/v3-data" "$WORK/mix-extra-data"
   [ "$STOP_AFTER" = cache6 ] && exit 0
   round_train 6 "$SIXTH_LANES" "$WORK/v3-data" "$WORK/mix-extra-data" "$ROUND6_KEEP"
+fi
+
+if [ -n "$SEVENTH_LANES" ]; then
+  round_start 7 "$ROUND7_INIT"
+  RECIPE=$ROUND7_RECIPE
+  shapes=()
+  for shape in $V4_SHAPES; do shapes+=(--shapes "$(realpath "$shape")"); done
+  round_phantoms v4 "$V4_SHARDS" "$V4_PER_SHARD" "$V4_SEED0" --generator 4 --non-enhancing "$V4_NON_ENHANCING" \
+    "${shapes[@]}"
+  round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
+  prepare_run "$WORK/run7" "$WORK/v4-data" "$WORK/v1-extra-data"
+  [ "$STOP_AFTER" = cache7 ] && exit 0
+  round_train 7 "$SEVENTH_LANES" "$WORK/v4-data" "$WORK/v1-extra-data" "$ROUND7_KEEP"
 fi
 
 rm -rf "$BUNDLE"

@@ -32,7 +32,7 @@ def synth(
         typer.Option(
             "--generator",
             min=1,
-            max=3,
+            max=4,
             help="Phantom generator version. 1: the series as they have always been (the default weights "
             "were trained on these). 2: domain-randomised, for training that has to carry over to real scans: "
             "random per-class intensities (log-normal around the usual contrasts), gamma, bias field and noise "
@@ -40,11 +40,22 @@ def synth(
             "through white matter, uneven nodular rims; unlabelled enhancing vessels and choroid plexus on "
             "T1ce and periventricular FLAIR hyperintensity. 3: version 1 with its non-enhancing lesions drawn "
             "as diffuse low-grade gliomas (larger, little edema, brighter than edema on T2 and often darker "
-            "on FLAIR, an infiltrative margin); use with --non-enhancing. Versions 2 and 3 record "
-            "'brats-synth vN seed S index I' in the NIfTI descrip field (version 1 files stay byte for byte "
-            "as before, descrip empty). Each case still depends only on (seed, index, version).",
+            "on FLAIR, an infiltrative margin); use with --non-enhancing. 4: version 3 with the main "
+            "tumour's outline taken from real label maps (--shapes), rotated, mirrored, scaled and deformed. "
+            "Versions 2 to 4 record 'brats-synth vN seed S index I' (4: and the shape's file name) in the "
+            "NIfTI descrip field (version 1 files stay byte for byte as before, descrip empty). Each case "
+            "still depends only on (seed, index, version) and, for 4, the label maps in the order given.",
         ),
     ] = 1,
+    shapes: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--shapes",
+            help="Generator 4: a BraTS-space label map at 1 mm (labels 1, 2 and 3 or 4), or a folder of "
+            "them, whose tumour outlines the phantoms take; repeat for more. Never pass the segmentation "
+            "of a case you will score the trained model on.",
+        ),
+    ] = None,
     preview: Annotated[
         Path | None, typer.Option(help="Also write a PNG with a row per case at its slice with most tumour.")
     ] = None,
@@ -71,6 +82,9 @@ def synth(
         with interruptible():
             # Everything that can refuse the command, before anything is written.
             phantoms.template_paths()
+            if (generator == 4) != bool(shapes):
+                raise typer.BadParameter("generator 4 takes tumour shapes, and only it does", param_hint="--shapes")
+            tumour_shapes = phantoms.load_tumour_shapes(shapes) if shapes else ()
             if preview is not None:
                 if preview.suffix.lower() != ".png":
                     raise typer.BadParameter(f"{preview}: expected a .png file name", param_hint="--preview")
@@ -93,7 +107,14 @@ def synth(
                     progress.update(task, advance=1, description=phantom.case_id)
 
                 phantoms.write_phantom_cases(
-                    output, n, seed, naming, on_case=on_case, non_enhancing=non_enhancing, generator=generator
+                    output,
+                    n,
+                    seed,
+                    naming,
+                    on_case=on_case,
+                    non_enhancing=non_enhancing,
+                    generator=generator,
+                    shapes=tumour_shapes,
                 )
             seconds = time.perf_counter() - started
             if preview is not None:
