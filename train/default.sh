@@ -14,6 +14,8 @@
 #   SIXTH_LANES="wt:0 | wt:1" FROM_ROUND=6 ROUND6_INIT=/tmp/round5/weights BUNDLE=/tmp/round6 bash train/default.sh
 #   SEVENTH_LANES="wt:0 | wt:1" FROM_ROUND=7 ROUND7_INIT=/tmp/round6 bash train/default.sh
 #                                               # round seven, from round six's bundle
+#   EIGHTH_LANES="et:0 | et:1" FROM_ROUND=8 ROUND8_INIT=/tmp/round5/weights bash train/default.sh
+#                                               # round eight, from round five's (shipped) bundle
 #   DEVICE=cuda RECIPE=train/default_gpu.toml TIME_BOX=270 THREADS=2 SECOND_LANES= THIRD_LANES= \
 #     LANES="base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1" bash train/default.sh   # one GPU
 #
@@ -23,9 +25,9 @@
 # THIRD_LANES (the third round's jobs, from the second round's models, with EXTRA_SHARDS x
 # EXTRA_PER_SHARD training-only phantoms of seeds EXTRA_SEED0.. whose lesions are non-enhancing with
 # share EXTRA_NON_ENHANCING), TIME_BOX (seconds per job; 0 = the recipe's full epochs), DEVICE,
-# RECIPE, BUNDLE, FROM_ROUND (2 to 7: the earlier rounds' run folders exist, or for 4 to 7 the
-# bundle ROUND4_INIT to ROUND7_INIT; train from this round on), STOP_AFTER (phantoms, cache, or
-# cache4 to cache7 for rounds four to seven: prepare the data only,
+# RECIPE, BUNDLE, FROM_ROUND (2 to 8: the earlier rounds' run folders exist, or for 4 to 8 the
+# bundle ROUND4_INIT to ROUND8_INIT; train from this round on), STOP_AFTER (phantoms, cache, or
+# cache4 to cache8 for rounds four to eight: prepare the data only,
 # e.g. while a GPU is busy). Round four: FOURTH_LANES, its phantoms V2_SHARDS x V2_PER_SHARD of
 # generator 2 with seeds V2_SEED0.. and non-enhancing share V2_NON_ENHANCING, plus the first
 # V1_EXTRA generator-1 phantoms of seed SEED0 as training-only cases, ROUND4_RECIPE, ROUND4_INIT,
@@ -38,7 +40,9 @@
 # Round seven: SEVENTH_LANES, its phantoms V4_SHARDS x V4_PER_SHARD of generator 4 (outlines from the
 # label maps V4_SHAPES) with seeds V4_SEED0.. and non-enhancing share V4_NON_ENHANCING, plus round
 # four's V1_EXTRA generator-1 phantoms as training-only cases, ROUND7_RECIPE, ROUND7_INIT (a
-# bundle; empty: round six's), ROUND7_KEEP.
+# bundle; empty: round six's), ROUND7_KEEP. Round eight: EIGHTH_LANES, its phantoms V1B_SHARDS x
+# V1B_PER_SHARD of generator 1 with seeds V1B_SEED0.., plus the V1_EXTRA ones, ROUND8_RECIPE,
+# ROUND8_INIT (a bundle; empty: round seven's), ROUND8_KEEP.
 set -euo pipefail
 
 WORK=${WORK:-runs/default}
@@ -120,6 +124,8 @@ ROUND6_INIT=${ROUND6_INIT:-}
 # fixed small phantom tumours and lost edema on the real cases; real outlines are the edema it
 # lacked. The label maps are the FeTS label-fusion case's three distinct segmentations, a case that
 # is never scored (its images are not public). The bundle keeps round six's base, TC and ET.
+# Measured on 2026-12-05 and not shipped, so SEVENTH_LANES is empty by default: WT over the 60
+# held-out generator-1 phantoms 0.922 -> 0.966, on the real cases 0.912 -> 0.879 and 0.901 -> 0.787.
 SEVENTH_LANES=${SEVENTH_LANES-}
 V4_SHARDS=${V4_SHARDS:-2}
 V4_PER_SHARD=${V4_PER_SHARD:-50}
@@ -130,6 +136,20 @@ V4_SHAPES=${V4_SHAPES:-"$V4_FUSION/baseline.nii.gz $V4_FUSION/unet.nii.gz $V4_FU
 ROUND7_KEEP=${ROUND7_KEEP-"base,tc,et"}
 ROUND7_RECIPE=${ROUND7_RECIPE:-train/default_round7.toml}
 ROUND7_INIT=${ROUND7_INIT:-}
+# Round eight, for enhancing tumour: the ET models, trained for two epochs in round one and never
+# since, trained on from the shipped bundle (round five's) on fresh generator-1 phantoms (seeds
+# V1B_SEED0..) in folds of their own, with round four's 60 generator-1 phantoms on the training side.
+# The bundle keeps round five's base, WT and TC (ROUND8_KEEP). Measured on 2026-12-05 and not
+# shipped, so EIGHTH_LANES is empty by default: ET over the 60 held-out generator-1 phantoms 0.796 ->
+# 0.833, but brainlesion-demo's ET 0.865 -> 0.838 and 803 voxels of ET in the non-enhancing
+# TCGA-DU-7294 (weights/README.md).
+EIGHTH_LANES=${EIGHTH_LANES-}
+V1B_SHARDS=${V1B_SHARDS:-2}
+V1B_PER_SHARD=${V1B_PER_SHARD:-60}
+V1B_SEED0=${V1B_SEED0:-1500}
+ROUND8_KEEP=${ROUND8_KEEP-"base,wt,tc"}
+ROUND8_RECIPE=${ROUND8_RECIPE:-train/default_round8.toml}
+ROUND8_INIT=${ROUND8_INIT:-}
 
 brats() { "$PYTHON" -m brats_cli "$@"; }
 # Many processes share the machine's cores: one thread each for the CPU-bound steps (SimpleITK and
@@ -401,6 +421,16 @@ if [ -n "$SEVENTH_LANES" ]; then
   prepare_run "$WORK/run7" "$WORK/v4-data" "$WORK/v1-extra-data"
   [ "$STOP_AFTER" = cache7 ] && exit 0
   round_train 7 "$SEVENTH_LANES" "$WORK/v4-data" "$WORK/v1-extra-data" "$ROUND7_KEEP"
+fi
+
+if [ -n "$EIGHTH_LANES" ]; then
+  round_start 8 "$ROUND8_INIT"
+  RECIPE=$ROUND8_RECIPE
+  round_phantoms v1b "$V1B_SHARDS" "$V1B_PER_SHARD" "$V1B_SEED0"
+  round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
+  prepare_run "$WORK/run8" "$WORK/v1b-data" "$WORK/v1-extra-data"
+  [ "$STOP_AFTER" = cache8 ] && exit 0
+  round_train 8 "$EIGHTH_LANES" "$WORK/v1b-data" "$WORK/v1-extra-data" "$ROUND8_KEEP"
 fi
 
 rm -rf "$BUNDLE"
