@@ -183,11 +183,15 @@ make_shards() {  # folder shards per_shard seed0 [synth options]: one synth proc
   wait_all "${pids[@]}"
 }
 
-link_cases() {  # shards folder: one folder of links to every case of the shards
-  rm -rf "$2"
-  mkdir -p "$2"
-  for case in "$1"/*/*/; do
-    ln -sfn "$(realpath "$case")" "$2/$(basename "$case")"
+link_data() {  # out data...: one folder of links to every case of the data folders (shards too)
+  local out=$1 folder case
+  shift
+  rm -rf "$out"
+  mkdir -p "$out"
+  for folder in "$@"; do
+    for case in "$folder"/*/; do
+      ln -sfn "$(realpath "$case")" "$out/$(basename "$case")"
+    done
   done
 }
 
@@ -209,7 +213,7 @@ round_phantoms() {  # name shards per_shard seed0 [synth options]: made (complet
   # linked into $WORK/<name>-data and cached, for rounds four to six
   local name=$1 shards=$2
   make_shards "$WORK/$name" "${@:2}"
-  link_cases "$WORK/$name" "$WORK/$name-data"
+  link_data "$WORK/$name-data" "$WORK/$name"/*/
   stamp "cache: $name"
   cache_shards "$WORK/$name" "$shards"
 }
@@ -224,7 +228,7 @@ prepare_run() {  # run data extra: a fresh run folder whose folds split data, wi
 if [ "$FROM_ROUND" -le 3 ]; then
   make_shards "$WORK/shards" "$SHARDS" "$PER_SHARD" "$SEED0"
   # One training folder of links; the cache keys on resolved paths, so the shards' entries serve it.
-  link_cases "$WORK/shards" "$WORK/data"
+  link_data "$WORK/data" "$WORK/shards"/*/
   stamp "phantoms: $(find "$WORK/data" -mindepth 1 -maxdepth 1 | wc -l) cases"
   [ "$STOP_AFTER" = phantoms ] && exit 0
 
@@ -323,7 +327,7 @@ if [ -n "$THIRD_LANES" ] && [ "$FROM_ROUND" -le 3 ]; then
   # Round three: as round two, from the round before, with the training-only phantoms. Its
   # folds.json is written by its first job: the same split, plus the training-only cases.
   make_shards "$WORK/extra" "$EXTRA_SHARDS" "$EXTRA_PER_SHARD" "$EXTRA_SEED0" --non-enhancing "$EXTRA_NON_ENHANCING"
-  link_cases "$WORK/extra" "$WORK/extra-data"
+  link_data "$WORK/extra-data" "$WORK/extra"/*/
   stamp "cache: training-only phantoms"
   cache_shards "$WORK/extra" "$EXTRA_SHARDS"
   previous=$RUN_DIR
@@ -400,11 +404,7 @@ if [ -n "$SIXTH_LANES" ]; then
   round_phantoms v3 "$V3_SHARDS" "$V3_PER_SHARD" "$V3_SEED0" --generator 3 --non-enhancing "$V3_NON_ENHANCING"
   round_phantoms v2 "$V2_SHARDS" "$V2_PER_SHARD" "$V2_SEED0" --generator 2 --non-enhancing "$V2_NON_ENHANCING"
   round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
-  rm -rf "$WORK/mix-extra-data"
-  mkdir -p "$WORK/mix-extra-data"
-  for case in "$WORK/v1-extra-data"/* "$WORK/v2-data"/*; do
-    ln -sfn "$(realpath "$case")" "$WORK/mix-extra-data/$(basename "$case")"
-  done
+  link_data "$WORK/mix-extra-data" "$WORK/v1-extra-data" "$WORK/v2-data"
   prepare_run "$WORK/run6" "$WORK/v3-data" "$WORK/mix-extra-data"
   [ "$STOP_AFTER" = cache6 ] && exit 0
   round_train 6 "$SIXTH_LANES" "$WORK/v3-data" "$WORK/mix-extra-data" "$ROUND6_KEEP"
