@@ -6,7 +6,7 @@
 # mean TC Dice over the phantom series and keeps the shipped one (threshold 0.5, no removal) unless
 # that gains at least 0.005. Run from the repository root, alone on the machine:
 #
-#   bash bench/tc_choices.sh      # about 6 minutes on 2 CPU cores (3 series made, 2 reused)
+#   bash bench/tc_choices.sh      # about 4 minutes on 2 CPU cores, plus about 1 a series to make
 #
 # Settings (environment): WORK, WEIGHTS (default: the shipped bundle), REAL, PYTHON, SERIES (held-out
 # phantom series as "seed:generator:non-enhancing share" words; their folders are made, or reused

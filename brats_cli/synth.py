@@ -53,9 +53,11 @@ from brats_cli.io import (
     Naming,
     check_output_folder,
     is_nifti,
+    nifti_stem,
     read_label_map,
 )
 from brats_cli.labels import EDEMA, NECROSIS, LabelConvention
+from brats_cli.metrics import bounding_box
 
 TEMPLATE_PACKAGE = "nilearn"
 TEMPLATE_FOLDER = ("datasets", "data")
@@ -450,6 +452,73 @@ def _blur(mask: np.ndarray, sigma: float) -> np.ndarray | None:
     return soft
 
 
+Regions = tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _drawn_regions(
+    rng: np.random.Generator,
+    lesion: Lesion,
+    grey: np.ndarray,
+    white: np.ndarray,
+    brain_soft: np.ndarray,
+    generator: int,
+) -> Regions:
+    """A drawn lesion's box and necrosis, enhancing, non-enhancing and edema masks in it: a
+    roughened ellipsoid core, its rim and necrosis, and edema (see `draw_tumours`)."""
+    from scipy import ndimage
+
+    reach = lesion.edema_radius * 1.5 + 4
+    low = np.maximum(np.floor(lesion.centre - reach).astype(int), 0)
+    high = np.minimum(np.ceil(lesion.centre + reach).astype(int) + 1, BRATS_SHAPE)
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    box_shape = tuple(int(b - a) for a, b in zip(low, high, strict=True))
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high, strict=True)], indexing="ij"), -1)
+    # An ellipsoid of random orientation and axis ratios, roughened by smooth noise.
+    axes = _rotation(rng.uniform(-np.pi, np.pi, 3)) * rng.uniform(0.75, 1.3, 3)
+    offset = (grid - lesion.centre) @ axes
+    radius = np.linalg.norm(offset, axis=-1)
+    core_noise = _smooth_noise(rng, box_shape, max(2.5, lesion.core_radius / 2.5))
+    core_fine = _smooth_noise(rng, box_shape, 2.0)
+    core_level = radius / lesion.core_radius + 0.28 * core_noise + 0.06 * core_fine
+    core = core_level < 1.0
+    if not core.any():
+        core = radius <= 2.0
+    if lesion.necrosis and lesion.enhancing:
+        rim_noise = _smooth_noise(rng, box_shape, 4.0)
+        if generator != 2:
+            rim = (lesion.rim_mm / lesion.core_radius) * (1.0 + 0.35 * rim_noise)
+        else:
+            # Log-normal thickness along the surface: 0.4-2.7x the mean for 90 % of it, so the
+            # wall is thin in places and nodular, bulging into the necrosis, in others.
+            rim = (lesion.rim_mm / lesion.core_radius) * np.exp(0.6 * rim_noise)
+        lesion_necrosis = core & (core_level < 1.0 - rim)
+    else:
+        lesion_necrosis = np.zeros(box_shape, bool)
+    lesion_enhancing = core & ~lesion_necrosis if lesion.enhancing else np.zeros(box_shape, bool)
+    lesion_non_enhancing = np.zeros(box_shape, bool) if lesion.enhancing else core
+    if generator != 2:
+        # Edema spreads through white matter and spares cortex and CSF: its reach shrinks with
+        # the local white-matter fraction, which gives the finger-like outline of vasogenic edema.
+        edema_noise = _smooth_noise(rng, box_shape, max(3.0, lesion.edema_radius / 3.0))
+        edema_level = radius / lesion.edema_radius + 0.3 * edema_noise
+        wm_box, gm_box = white[box], grey[box]
+        csf_box = brain_soft[box] - wm_box - gm_box
+        reach_factor = 0.35 + 0.75 * np.clip(wm_box / 0.8, 0, 1) + 0.2 * np.clip(gm_box / 0.8, 0, 1)
+        lesion_edema = ((edema_level < reach_factor) & (csf_box < 0.5)) | ndimage.binary_dilation(core, iterations=2)
+    else:
+        wm_box, gm_box = white[box], grey[box]
+        lesion_edema = _grow_edema(
+            rng,
+            ndimage.binary_dilation(core, iterations=2),
+            wm_box,
+            gm_box,
+            brain_soft[box] - wm_box - gm_box,
+            brain_soft[box] > 0.5,
+            lesion.edema_radius - lesion.core_radius,
+        )
+    return box, lesion_necrosis, lesion_enhancing, lesion_non_enhancing, lesion_edema
+
+
 def draw_tumours(
     rng: np.random.Generator,
     lesions: list[Lesion],
@@ -462,7 +531,6 @@ def draw_tumours(
     """Tumour masks and fractions. Generator 2 makes the rim uneven (nodular, thin in places) and
     grows the edema as a front through white matter (`_grow_edema`) instead of a noisy ellipsoid.
     `shaped` (generator 4): the first lesion's regions, placed from a real label map."""
-    from scipy import ndimage
 
     shape = BRATS_SHAPE
     necrosis = np.zeros(shape, bool)
@@ -472,73 +540,16 @@ def draw_tumours(
     heterogeneity = np.zeros(shape, np.float32)
     for number, lesion in enumerate(lesions):
         if number == 0 and shaped is not None:
-            box, lesion_necrosis, lesion_enhancing, lesion_non_enhancing, lesion_edema = _shaped_regions(
-                lesion, shaped, grey, white, brain_soft
-            )
-            inside = brain_soft[box] > 0.5
-            necrosis[box] |= lesion_necrosis & inside
-            enhancing[box] |= lesion_enhancing & inside
-            non_enhancing[box] |= lesion_non_enhancing & inside
-            edema[box] |= lesion_edema & inside
-            heterogeneity[box] = _smooth_noise(rng, lesion_edema.shape, 3.0)
-            continue
-        reach = lesion.edema_radius * 1.5 + 4
-        low = np.maximum(np.floor(lesion.centre - reach).astype(int), 0)
-        high = np.minimum(np.ceil(lesion.centre + reach).astype(int) + 1, shape)
-        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
-        box_shape = tuple(int(b - a) for a, b in zip(low, high, strict=True))
-        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high, strict=True)], indexing="ij"), -1)
-        # An ellipsoid of random orientation and axis ratios, roughened by smooth noise.
-        axes = _rotation(rng.uniform(-np.pi, np.pi, 3)) * rng.uniform(0.75, 1.3, 3)
-        offset = (grid - lesion.centre) @ axes
-        radius = np.linalg.norm(offset, axis=-1)
-        core_noise = _smooth_noise(rng, box_shape, max(2.5, lesion.core_radius / 2.5))
-        core_fine = _smooth_noise(rng, box_shape, 2.0)
-        core_level = radius / lesion.core_radius + 0.28 * core_noise + 0.06 * core_fine
-        core = core_level < 1.0
-        if not core.any():
-            core = radius <= 2.0
-        if lesion.necrosis and lesion.enhancing:
-            rim_noise = _smooth_noise(rng, box_shape, 4.0)
-            if generator != 2:
-                rim = (lesion.rim_mm / lesion.core_radius) * (1.0 + 0.35 * rim_noise)
-            else:
-                # Log-normal thickness along the surface: 0.4-2.7x the mean for 90 % of it, so the
-                # wall is thin in places and nodular, bulging into the necrosis, in others.
-                rim = (lesion.rim_mm / lesion.core_radius) * np.exp(0.6 * rim_noise)
-            lesion_necrosis = core & (core_level < 1.0 - rim)
+            regions = _shaped_regions(lesion, shaped, grey, white, brain_soft)
         else:
-            lesion_necrosis = np.zeros(box_shape, bool)
-        lesion_enhancing = core & ~lesion_necrosis if lesion.enhancing else np.zeros(box_shape, bool)
-        lesion_non_enhancing = np.zeros(box_shape, bool) if lesion.enhancing else core
-        if generator != 2:
-            # Edema spreads through white matter and spares cortex and CSF: its reach shrinks with
-            # the local white-matter fraction, which gives the finger-like outline of vasogenic edema.
-            edema_noise = _smooth_noise(rng, box_shape, max(3.0, lesion.edema_radius / 3.0))
-            edema_level = radius / lesion.edema_radius + 0.3 * edema_noise
-            wm_box, gm_box = white[box], grey[box]
-            csf_box = brain_soft[box] - wm_box - gm_box
-            reach_factor = 0.35 + 0.75 * np.clip(wm_box / 0.8, 0, 1) + 0.2 * np.clip(gm_box / 0.8, 0, 1)
-            lesion_edema = ((edema_level < reach_factor) & (csf_box < 0.5)) | ndimage.binary_dilation(
-                core, iterations=2
-            )
-        else:
-            wm_box, gm_box = white[box], grey[box]
-            lesion_edema = _grow_edema(
-                rng,
-                ndimage.binary_dilation(core, iterations=2),
-                wm_box,
-                gm_box,
-                brain_soft[box] - wm_box - gm_box,
-                brain_soft[box] > 0.5,
-                lesion.edema_radius - lesion.core_radius,
-            )
+            regions = _drawn_regions(rng, lesion, grey, white, brain_soft, generator)
+        box, lesion_necrosis, lesion_enhancing, lesion_non_enhancing, lesion_edema = regions
         inside = brain_soft[box] > 0.5
         necrosis[box] |= lesion_necrosis & inside
         enhancing[box] |= lesion_enhancing & inside
         non_enhancing[box] |= lesion_non_enhancing & inside
         edema[box] |= lesion_edema & inside
-        heterogeneity[box] = _smooth_noise(rng, box_shape, 3.0)
+        heterogeneity[box] = _smooth_noise(rng, lesion_edema.shape, 3.0)
     # Nesting as in the released data: ET and NCR are the core, edema the rest of the envelope.
     # A satellite's core wins over its neighbour's edema; necrosis over another lesion's rim.
     enhancing &= ~(necrosis | non_enhancing)
@@ -694,10 +705,9 @@ def load_tumour_shape(path: Path) -> TumourShape:
     if not core.any():
         raise InputError(f"{path}: no tumour core (labels 1, 3 or 4) to take a shape from")
     whole = core | (labels == EDEMA)
-    voxels = np.argwhere(whole)
-    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(voxels.min(axis=0), voxels.max(axis=0), strict=True))
-    name = path.name.removesuffix(".gz").removesuffix(".nii")
-    return TumourShape(name, whole[box].copy(), core[box].copy(), enhancing[box].copy())
+    box = bounding_box(whole)
+    assert box is not None  # the core is not empty
+    return TumourShape(nifti_stem(path), whole[box].copy(), core[box].copy(), enhancing[box].copy())
 
 
 def load_tumour_shapes(paths: Sequence[Path]) -> tuple[TumourShape, ...]:
@@ -743,7 +753,7 @@ def place_shape(rng: np.random.Generator, shape: TumourShape, centre: np.ndarray
 
 def _shaped_regions(
     lesion: Lesion, shaped: PlacedShape, grey: np.ndarray, white: np.ndarray, brain_soft: np.ndarray
-) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> Regions:
     """The first lesion's box and necrosis, enhancing, non-enhancing and edema masks from a placed
     real outline. The lesion's draw decides what the core is: a low-grade core (no enhancement) or
     the outline's own enhancing and necrotic parts, hollowed out deeper than its rim when the draw

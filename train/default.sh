@@ -365,8 +365,8 @@ if [ -n "$FOURTH_LANES" ] && [ "$FROM_ROUND" -le 4 ]; then
   fi
 fi
 
-round_start() {  # round init: sets previous, the bundle the round trains on from (init, or else the
-  # round before's bundle as it would ship, made from RUN_DIR and BUNDLE_FROM)
+round_start() {  # round init recipe: sets previous, the bundle the round trains on from (init, or
+  # else the round before's bundle as it would ship, made from RUN_DIR and BUNDLE_FROM), and RECIPE
   local round=$1
   previous=$2
   if [ "$FROM_ROUND" -ge "$round" ] && [ -z "$previous" ]; then
@@ -378,9 +378,13 @@ round_start() {  # round init: sets previous, the bundle the round trains on fro
     rm -rf "$previous"
     brats bundle "$RUN_DIR" --out "$previous" "${BUNDLE_FROM[@]}"
   fi
+  RECIPE=$3
 }
 
-round_train() {  # round lanes data extra keep: its jobs from previous, then the stages kept from it
+round_train() {  # round lanes data extra keep: its run folder (data in folds, extra on every training
+  # side; STOP_AFTER=cache<round> stops there), its jobs from previous, the stages kept from it
+  prepare_run "$WORK/run$1" "$3" "$4"
+  [ "$STOP_AFTER" = "cache$1" ] && exit 0
   RUN_DIR=$WORK/run$1 DATA=$3 INIT=(--init-from "$previous") EXTRA=(--extra "$4") ROUND=$1
   STOP=()
   run_lanes "$2"
@@ -389,47 +393,35 @@ round_train() {  # round lanes data extra keep: its jobs from previous, then the
 }
 
 if [ -n "$FIFTH_LANES" ] && [ "$FROM_ROUND" -le 5 ]; then
-  round_start 5 "$ROUND5_INIT"
-  RECIPE=$ROUND5_RECIPE
+  round_start 5 "$ROUND5_INIT" "$ROUND5_RECIPE"
   round_phantoms v3 "$V3_SHARDS" "$V3_PER_SHARD" "$V3_SEED0" --generator 3 --non-enhancing "$V3_NON_ENHANCING"
   round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
-  prepare_run "$WORK/run5" "$WORK/v3-data" "$WORK/v1-extra-data"
-  [ "$STOP_AFTER" = cache5 ] && exit 0
   round_train 5 "$FIFTH_LANES" "$WORK/v3-data" "$WORK/v1-extra-data" "$ROUND5_KEEP"
 fi
 
 if [ -n "$SIXTH_LANES" ]; then
-  round_start 6 "$ROUND6_INIT"
-  RECIPE=$ROUND6_RECIPE
+  round_start 6 "$ROUND6_INIT" "$ROUND6_RECIPE"
   round_phantoms v3 "$V3_SHARDS" "$V3_PER_SHARD" "$V3_SEED0" --generator 3 --non-enhancing "$V3_NON_ENHANCING"
   round_phantoms v2 "$V2_SHARDS" "$V2_PER_SHARD" "$V2_SEED0" --generator 2 --non-enhancing "$V2_NON_ENHANCING"
   round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
   link_data "$WORK/mix-extra-data" "$WORK/v1-extra-data" "$WORK/v2-data"
-  prepare_run "$WORK/run6" "$WORK/v3-data" "$WORK/mix-extra-data"
-  [ "$STOP_AFTER" = cache6 ] && exit 0
   round_train 6 "$SIXTH_LANES" "$WORK/v3-data" "$WORK/mix-extra-data" "$ROUND6_KEEP"
 fi
 
 if [ -n "$SEVENTH_LANES" ]; then
-  round_start 7 "$ROUND7_INIT"
-  RECIPE=$ROUND7_RECIPE
+  round_start 7 "$ROUND7_INIT" "$ROUND7_RECIPE"
   shapes=()
   for shape in $V4_SHAPES; do shapes+=(--shapes "$(realpath "$shape")"); done
   round_phantoms v4 "$V4_SHARDS" "$V4_PER_SHARD" "$V4_SEED0" --generator 4 --non-enhancing "$V4_NON_ENHANCING" \
     "${shapes[@]}"
   round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
-  prepare_run "$WORK/run7" "$WORK/v4-data" "$WORK/v1-extra-data"
-  [ "$STOP_AFTER" = cache7 ] && exit 0
   round_train 7 "$SEVENTH_LANES" "$WORK/v4-data" "$WORK/v1-extra-data" "$ROUND7_KEEP"
 fi
 
 if [ -n "$EIGHTH_LANES" ]; then
-  round_start 8 "$ROUND8_INIT"
-  RECIPE=$ROUND8_RECIPE
+  round_start 8 "$ROUND8_INIT" "$ROUND8_RECIPE"
   round_phantoms v1b "$V1B_SHARDS" "$V1B_PER_SHARD" "$V1B_SEED0"
   round_phantoms v1-extra 1 "$V1_EXTRA" "$SEED0"
-  prepare_run "$WORK/run8" "$WORK/v1b-data" "$WORK/v1-extra-data"
-  [ "$STOP_AFTER" = cache8 ] && exit 0
   round_train 8 "$EIGHTH_LANES" "$WORK/v1b-data" "$WORK/v1-extra-data" "$ROUND8_KEEP"
 fi
 
