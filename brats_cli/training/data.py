@@ -11,12 +11,18 @@ Crops, per stage (paper 2.3):
   tumour (the full grid by default).
 - wt, tc, et: a `region_window` crop centred on the ground-truth whole tumour, shifted by a uniform
   random jitter of up to `jitter` voxels per axis and clamped inside the grid, so the models train on
-  what stage-1 localisation gives them at inference, with its imprecision. Validation: no jitter.
+  what stage-1 localisation gives them at inference, with its imprecision; a share `random_crops` of
+  them anywhere in the grid instead, as nnU-Net samples, so that they also learn healthy tissue far
+  from a tumour. Validation: centred, no jitter.
+
+Augmentation beyond flips and intensity scale/shift runs in MONAI's transforms (a well-kept
+library; its affine and elastic resampling run on torch), seeded per sample like everything else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,6 +94,94 @@ def augment(
     return image, target
 
 
+@dataclass(frozen=True)
+class LibraryAugmentation:
+    """nnU-Net's augmentations as two MONAI Composes over {"image": (C, X, Y, Z), "target": (1, X, Y, Z)}:
+    `spatial` moves image and target alike (the target by nearest neighbour), `intensity` changes
+    the image only."""
+
+    spatial: Any
+    intensity: Any
+
+    def __call__(
+        self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One crop, seeded from `rng`. Voxels outside the brain after the spatial steps (0 in every
+        channel, as `preprocess` leaves the background) are 0 again after the intensity steps:
+        inference never sees anything else there."""
+        self.spatial.set_random_state(seed=int(rng.integers(2**31)))
+        self.intensity.set_random_state(seed=int(rng.integers(2**31)))
+        with torch.no_grad():
+            moved = self.spatial({"image": torch.from_numpy(image), "target": torch.from_numpy(target)})
+            moved_image = torch.as_tensor(moved["image"]).float()
+            brain = (moved_image != 0).any(dim=0, keepdim=True)
+            changed = torch.as_tensor(self.intensity({"image": moved_image})["image"]).float() * brain
+        target_out = torch.as_tensor(moved["target"]).float()
+        return (
+            np.ascontiguousarray(changed.numpy(), dtype=np.float32),
+            np.ascontiguousarray(target_out.numpy(), dtype=np.float32),
+        )
+
+
+def library_augmentation(settings: Augmentation) -> LibraryAugmentation:
+    """The MONAI transforms of `settings`' probabilities (ranges as nnU-Net's defaults)."""
+    from monai import transforms as mt
+
+    both, image = ["image", "target"], ["image"]
+    spatial: list[Any] = []
+    if settings.affine_probability:
+        angle = float(np.deg2rad(settings.rotation_degrees))
+        spatial.append(
+            mt.RandAffined(
+                both,
+                prob=settings.affine_probability,
+                rotate_range=(angle, angle, angle),
+                scale_range=(settings.scaling,) * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
+    if settings.elastic_probability:
+        # A smooth displacement field of a few voxels (sigma and magnitude in voxels, as nnU-Net's).
+        spatial.append(
+            mt.Rand3DElasticd(
+                both,
+                sigma_range=(9, 13),
+                magnitude_range=(50, 150),
+                prob=settings.elastic_probability,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
+    intensity: list[Any] = []
+    if settings.noise_probability:
+        intensity.append(
+            mt.RandGaussianNoised(image, prob=settings.noise_probability, std=settings.noise_std, sample_std=True)
+        )
+    if settings.blur_probability:
+        sigma = (0.5, 1.0)
+        intensity.append(
+            mt.RandGaussianSmoothd(image, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=settings.blur_probability)
+        )
+    if settings.brightness_probability:
+        intensity.append(mt.RandScaleIntensityd(image, factors=0.25, prob=settings.brightness_probability))
+    if settings.contrast_probability:
+        intensity.append(
+            mt.RandScaleIntensityFixedMeand(
+                image, factors=0.25, preserve_range=True, prob=settings.contrast_probability, channel_wise=True
+            )
+        )
+    if settings.low_resolution_probability:
+        intensity.append(
+            mt.RandSimulateLowResolutiond(image, prob=settings.low_resolution_probability, zoom_range=(0.5, 1.0))
+        )
+    if settings.gamma_probability:
+        intensity.append(
+            mt.RandAdjustContrastd(image, prob=settings.gamma_probability, gamma=(0.7, 1.5), retain_stats=True)
+        )
+    return LibraryAugmentation(mt.Compose(spatial), mt.Compose(intensity))
+
+
 def sample_generator(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, epoch, index])
 
@@ -105,6 +199,8 @@ class CropDataset(Dataset):
         self.training = training
         self.stream = stream
         self.size = recipe.crop_size(stage, training=training)
+        uses_library = training and recipe.augmentation.uses_library
+        self.library = library_augmentation(recipe.augmentation) if uses_library else None
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -114,6 +210,9 @@ class CropDataset(Dataset):
             if self.training:
                 return random_start(MODEL_GRID, self.size, rng)
             return centred_start(case.tumour_box, MODEL_GRID, self.size)
+        # Drawn only when the recipe asks for random crops, so recipes without them draw as before.
+        if self.training and self.recipe.random_crops and rng.random() < self.recipe.random_crops:
+            return random_start(MODEL_GRID, self.size, rng)
         offset = (0, 0, 0)
         if self.training and self.recipe.jitter:
             jitter = self.recipe.jitter
@@ -131,6 +230,8 @@ class CropDataset(Dataset):
         target = region_masks(labels, case.convention)[STAGE_REGION[self.stage]].astype(np.float32)[None]
         if self.training:
             image, target = augment(image, target, rng, self.recipe.augmentation)
+            if self.library is not None:
+                image, target = self.library(image, target, rng)
         return torch.from_numpy(image), torch.from_numpy(target)
 
 

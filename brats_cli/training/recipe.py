@@ -44,12 +44,44 @@ class Plateau:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random flips and per-channel intensity scale/shift of the training crops (the paper is silent)."""
+    """What is done to each training crop (the paper is silent): random flips and a per-channel
+    intensity scale and shift, then, each with its own probability, nnU-Net's set (Isensee et al.
+    2021, its default probabilities and ranges where a recipe takes them): rotation and scaling
+    (one affine resampling), elastic deformation, Gaussian noise, Gaussian blur, brightness,
+    contrast, low-resolution simulation and gamma. A probability of 0 leaves that step out."""
 
     flip_axes: tuple[int, ...] = (0, 1, 2)
     flip_probability: float = 0.5
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    affine_probability: float = 0.0
+    rotation_degrees: float = 30.0  # about each axis, uniform in [-r, r]
+    scaling: float = 0.3  # zoom uniform in [1 - s, 1 + s]
+    elastic_probability: float = 0.0
+    noise_probability: float = 0.0
+    noise_std: float = 0.1  # of the z-scored intensities, uniform in [0, std]
+    blur_probability: float = 0.0
+    brightness_probability: float = 0.0  # multiply by U(0.75, 1.25)
+    contrast_probability: float = 0.0  # stretch around the mean by U(0.75, 1.25)
+    low_resolution_probability: float = 0.0  # down to U(0.5, 1) of the resolution and back
+    gamma_probability: float = 0.0  # gamma U(0.7, 1.5) on intensities rescaled to [0, 1]
+
+    @property
+    def uses_library(self) -> bool:
+        """Whether any step beyond flips and scale/shift is on (those run in MONAI)."""
+        return any(
+            getattr(self, name) > 0
+            for name in (
+                "affine_probability",
+                "elastic_probability",
+                "noise_probability",
+                "blur_probability",
+                "brightness_probability",
+                "contrast_probability",
+                "low_resolution_probability",
+                "gamma_probability",
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,10 @@ class Recipe:
     description: str = ""
     plateau: Plateau = Plateau()
     augmentation: Augmentation = Augmentation()
+    # Region stages: the share of training crops placed anywhere in the model grid instead of on
+    # the tumour (nnU-Net forces a third onto the foreground and places the rest anywhere), so the
+    # region models also see healthy tissue, as they do in a window that localisation misplaced.
+    random_crops: float = 0.0
 
     def crop_size(self, stage: Stage, *, training: bool) -> tuple[int, int, int]:
         """The spatial size of the crops a stage trains (or validates) on."""
@@ -95,6 +131,15 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = self.labels.value
+        # Fields added after runs were recorded are left out at their defaults, so a recorded
+        # run's recipe.json and its checkpoints' fingerprints still match the recipe it names.
+        for key, default in LATER_FIELDS.items():
+            if data[key] == default:
+                del data[key]
+        augmentation_defaults = asdict(Augmentation())
+        for key in LATER_AUGMENTATION_FIELDS:
+            if data["augmentation"][key] == augmentation_defaults[key]:
+                del data["augmentation"][key]
         # Unset optional sizes are left out, so the dict reads back through `recipe_from_dict`.
         data["stages"] = {
             stage.value: {k: v for k, v in {**asdict(spec), "loss": spec.loss.value}.items() if v is not None}
@@ -104,6 +149,11 @@ class Recipe:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+LATER_FIELDS: dict[str, Any] = {"random_crops": 0.0}
+_FIRST_AUGMENTATION_FIELDS = ("flip_axes", "flip_probability", "intensity_scale", "intensity_shift")
+LATER_AUGMENTATION_FIELDS = tuple(n for n in Augmentation.__dataclass_fields__ if n not in _FIRST_AUGMENTATION_FIELDS)
 
 
 # Upper bounds of a recipe's integers, so that a typo is refused before anything is recorded rather
@@ -258,6 +308,17 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
         flip_probability=augmentation_fields.fraction("flip_probability", 0.5),
         intensity_scale=augmentation_fields.fraction("intensity_scale", 0.1),
         intensity_shift=augmentation_fields.fraction("intensity_shift", 0.1),
+        affine_probability=augmentation_fields.fraction("affine_probability", 0.0),
+        rotation_degrees=augmentation_fields.number("rotation_degrees", 30.0, high=180.0),
+        scaling=augmentation_fields.fraction("scaling", 0.3),
+        elastic_probability=augmentation_fields.fraction("elastic_probability", 0.0),
+        noise_probability=augmentation_fields.fraction("noise_probability", 0.0),
+        noise_std=augmentation_fields.number("noise_std", 0.1, high=10.0),
+        blur_probability=augmentation_fields.fraction("blur_probability", 0.0),
+        brightness_probability=augmentation_fields.fraction("brightness_probability", 0.0),
+        contrast_probability=augmentation_fields.fraction("contrast_probability", 0.0),
+        low_resolution_probability=augmentation_fields.fraction("low_resolution_probability", 0.0),
+        gamma_probability=augmentation_fields.fraction("gamma_probability", 0.0),
     )
     augmentation_fields.finish()
 
@@ -285,6 +346,7 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
         workers=top.integer("workers", 2, maximum=MAX_WORKERS),
         plateau=plateau,
         augmentation=augmentation,
+        random_crops=top.fraction("random_crops", 0.0),
     )
     top.finish()
     return recipe
