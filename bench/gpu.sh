@@ -12,20 +12,17 @@
 #   e2ecompile the same with --compile (torch.compile), and its label agreement with e2e
 #   compile bench/gpu_profile.py --compile: torch.compile (inductor) of the region model against
 #          eager, compilation time included
-#   train  a GPU default bundle (train/default.sh with train/default_gpu.toml), every model trained
-#          for what is left of DEADLINE, then scored on the 20 held-out phantoms
-# The phantoms (240 for training, 20 held out) are made and cached in the background while the
-# GPU runs the tests and the benchmark. Python packages missing on the machine (nibabel,
+# No training step: the default bundle trains on the real pool (train/default.sh), whose 820 MB
+# cannot travel to the device (64 MiB carry) and may not be committed.
+# The 20 held-out phantoms are made in the background while the GPU runs the tests and the benchmark. Python packages missing on the machine (nibabel,
 # SimpleITK) and the MNI templates (for `brats synth`) travel in .carry/ (bench/RESULTS.md says
 # how it is assembled). Logs are packed after every step, so a run stopped at its time limit still
-# returns what it did. At most eight files come back: summary.txt, gpu-bench.json, logs.tar,
-# heldout-eval.json and the bundle as three tar files.
+# returns what it did. Files that come back: summary.txt, gpu-bench.json, logs.tar.
 set -uo pipefail
 OUT=${OUT:-/tmp/brats-gpu}
-STEPS=${STEPS:-"profile bench test e2e train"}
+STEPS=${STEPS:-"profile bench test e2e"}
 DEVICE=${DEVICE:-cuda}
 DEADLINE=${DEADLINE:-540}  # seconds from the start by which everything should have ended
-RESERVE=${RESERVE:-110}    # kept back from training: stopping, bundling and scoring the bundle
 mkdir -p "$OUT/logs"
 ROOT=$(pwd)
 if [ -d .carry/whl ]; then
@@ -36,29 +33,14 @@ export PYTHONUNBUFFERED=1
 brats() { python3 -m brats_cli "$@"; }
 stamp() { printf '[%s +%ds] %s\n' "$(date +%T)" "$SECONDS" "$*" | tee -a "$OUT/summary.txt"; }
 pack_logs() {  # eight files at most come back: the logs travel as one tar
-  local extra=()
-  mapfile -t extra < <(ls -d runs/default/logs runs/default/run/*/fold*/log.csv 2>/dev/null)
-  tar cf "$OUT/logs.tar" -C "$OUT" logs ${extra[@]+-C "$ROOT" "${extra[@]}"}
+  tar cf "$OUT/logs.tar" -C "$OUT" logs
 }
-# The training data and the held-out phantoms, as train/default.sh makes them for the GPU recipe.
-# SHARDS, PER_SHARD, HELDOUT (phantoms), RECIPE and TRAIN_LANES are set only to try the script
-# itself on a CPU.
-DATA=(WORK=runs/default SHARDS="${SHARDS:-16}" PER_SHARD="${PER_SHARD:-15}" DEVICE="$DEVICE"
-  RECIPE="${RECIPE:-train/default_gpu.toml}")
 HELDOUT=${HELDOUT:-20}
 
 heldout() {  # 20 phantoms never used in training (seed 9000, as weights/README.md), in runs/heldout
   [ -f runs/heldout/.done ] && return
   ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 OMP_NUM_THREADS=1 brats synth runs/heldout --n "$HELDOUT" --seed 9000 \
     >"$OUT/logs/synth-heldout.log" 2>&1 && touch runs/heldout/.done
-}
-
-prepare_data() {  # in the background: CPU work while the GPU benchmarks
-  heldout &
-  local making=$! status=0
-  env "${DATA[@]}" STOP_AFTER=cache bash train/default.sh >"$OUT/logs/prepare-data.log" 2>&1 || status=$?
-  wait "$making" || status=$?
-  return "$status"
 }
 
 step_profile() {
@@ -131,40 +113,20 @@ print(f"--compile against eager: {agree / max(total, 1):.5f} of {total} tumour v
 PY
 }
 
-step_train() {
-  local box=$((DEADLINE - SECONDS - RESERVE))
-  if [ "$box" -lt 60 ]; then stamp "default bundle: only $box s left for training; skipped"; return; fi
-  stamp "default bundle: training, $box s per model"
-  env "${DATA[@]}" TIME_BOX=$box THREADS=2 SECOND_LANES= THIRD_LANES= LANES="${TRAIN_LANES:-base:0 | wt:0 | wt:1 | tc:0 | tc:1 | et:0 | et:1}" \
-    bash train/default.sh 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
-  pack_logs
-  [ -f runs/default/bundle/manifest.json ] || { stamp "no bundle"; return; }
-  # At most 16 MB a file comes back: the bundle travels as three tar files.
-  (cd runs/default/bundle && tar cf "$OUT/bundle-1.tar" manifest.json base_fold0.safetensors wt_fold*.safetensors \
-    && tar cf "$OUT/bundle-2.tar" tc_fold*.safetensors && tar cf "$OUT/bundle-3.tar" et_fold*.safetensors)
-  stamp "default bundle: $HELDOUT held-out phantoms"
-  heldout
-  timeout 90 python3 -m brats_cli segment runs/heldout runs/heldout-pred --weights runs/default/bundle \
-    --device "$DEVICE" --profile >"$OUT/logs/heldout-segment.log" 2>&1
-  brats evaluate runs/heldout-pred runs/heldout --json "$OUT/heldout-eval.json" 2>&1 | tail -30 | tee -a "$OUT/summary.txt"
-}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/summary.txt"
 python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'ort', o.__version__, o.get_available_providers())" \
   | tee -a "$OUT/summary.txt"
 preparing=
-if [[ " $STEPS " == *" train "* ]]; then
-  prepare_data &
-  preparing=$!
-elif [[ " $STEPS " == *" e2e"* ]]; then
-  heldout &  # only the 20 phantoms: 240 more would load the cores the timing needs
+if [[ " $STEPS " == *" e2e"* ]]; then
+  heldout &
   preparing=$!
 fi
 for step in $STEPS; do
-  # The end-to-end timing and the training want the CPU cores and the data: wait for the preparation.
-  if [ -n "$preparing" ] && [[ $step == e2e* || $step == train ]]; then
-    stamp "waiting for the phantoms and the cache"
-    wait "$preparing" || stamp "data preparation failed (logs/prepare-data.log)"
+  # The end-to-end timing wants the CPU cores and the phantoms: wait for them.
+  if [ -n "$preparing" ] && [[ $step == e2e* ]]; then
+    stamp "waiting for the held-out phantoms"
+    wait "$preparing" || stamp "making the phantoms failed (logs/synth-heldout.log)"
     preparing=
     stamp "data ready"
   fi

@@ -153,18 +153,3 @@ def test_a_dead_runs_staging_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch
     synth.write_phantom_cases(tmp_path, 1, 3)
     assert not stale.exists() and not replaced.exists() and live.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["Synth2021_s3_00000"]
-
-
-def test_default_sh_counts_only_whole_cases(tmp_path, monkeypatch):
-    """train/default.sh keeps a shard with as many `*_seg.nii.gz` as cases: a staging folder's
-    seg must not count."""
-    monkeypatch.setattr(synth, "make_phantom", small_phantom)
-    synth.write_phantom_cases(tmp_path, 1, 3)
-    staging = tmp_path / f".Synth2021_s3_00001{TEMP_MARKER}{os.getpid()}"
-    staging.mkdir()
-    (staging / "Synth2021_s3_00001_seg.nii.gz").write_bytes(b"")
-    script = (ROOT / "train" / "default.sh").read_text()
-    line = next(row for row in script.splitlines() if "_seg.nii.gz" in row and "find" in row)
-    count = line.split('"$(')[1].split(')"')[0].replace('"$folder/$i"', str(tmp_path))
-    counted = subprocess.run(["bash", "-c", count], capture_output=True, text=True, check=True).stdout
-    assert int(counted) == 1
