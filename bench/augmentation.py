@@ -24,18 +24,7 @@ from brats_cli.bundle import Stage
 from brats_cli.model import ResUNet3D
 from brats_cli.training.data import augment, library_augmentation
 from brats_cli.training.losses import compute_loss
-from brats_cli.training.recipe import Augmentation, load_recipe
-
-STEPS = (
-    "affine_probability",
-    "elastic_probability",
-    "noise_probability",
-    "blur_probability",
-    "brightness_probability",
-    "contrast_probability",
-    "low_resolution_probability",
-    "gamma_probability",
-)
+from brats_cli.training.recipe import LIBRARY_STEPS, Augmentation, load_recipe
 
 
 def crop(size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +78,7 @@ def main() -> None:
             seconds(lambda: augment(image, target, rng, recipe.augmentation), args.repeats),
         )
     )
-    for name in STEPS:
+    for name in LIBRARY_STEPS:
         transform = library_augmentation(replace(Augmentation(), **{name: 1.0}))
         rows.append(
             (

@@ -42,6 +42,19 @@ class Plateau:
     cooldown: int = 2
 
 
+# The probabilities of the augmentation steps that run in MONAI (`data.library_augmentation`).
+LIBRARY_STEPS = (
+    "affine_probability",
+    "elastic_probability",
+    "noise_probability",
+    "blur_probability",
+    "brightness_probability",
+    "contrast_probability",
+    "low_resolution_probability",
+    "gamma_probability",
+)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """What is done to each training crop (the paper is silent): random flips and a per-channel
@@ -69,19 +82,7 @@ class Augmentation:
     @property
     def uses_library(self) -> bool:
         """Whether any step beyond flips and scale/shift is on (those run in MONAI)."""
-        return any(
-            getattr(self, name) > 0
-            for name in (
-                "affine_probability",
-                "elastic_probability",
-                "noise_probability",
-                "blur_probability",
-                "brightness_probability",
-                "contrast_probability",
-                "low_resolution_probability",
-                "gamma_probability",
-            )
-        )
+        return any(getattr(self, name) > 0 for name in LIBRARY_STEPS)
 
 
 @dataclass(frozen=True)
