@@ -2,7 +2,7 @@
 # How the default weights bundle in weights/ is made, from the real labelled pool, on 2 CPU cores:
 #
 #   bash ../shared/data/real-train/extract.sh POOL SNAPSHOTS    # once: the 88 cases (its README)
-#   POOL=POOL bash train/default.sh                             # everything below, about N hours
+#   POOL=POOL bash train/default.sh                             # everything below, about 2 hours
 #
 # 1. split:  train/real/split.tsv (fixed before any training) -> WORK/split/{train,validation}
 # 2. cache:  every case preprocessed once (WORK/cache)

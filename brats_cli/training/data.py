@@ -127,7 +127,14 @@ def library_augmentation(settings: Augmentation) -> LibraryAugmentation:
     """The MONAI transforms of `settings`' probabilities (ranges as nnU-Net's defaults)."""
     from monai import transforms as mt
 
-    both, image = ["image", "target"], ["image"]
+    return LibraryAugmentation(mt.Compose(_spatial_steps(settings)), mt.Compose(_intensity_steps(settings)))
+
+
+def _spatial_steps(settings: Augmentation) -> list[Any]:
+    """Steps that move image and target alike (the target by nearest neighbour)."""
+    from monai import transforms as mt
+
+    both = ["image", "target"]
     spatial: list[Any] = []
     if settings.affine_probability:
         angle = float(np.deg2rad(settings.rotation_degrees))
@@ -153,6 +160,14 @@ def library_augmentation(settings: Augmentation) -> LibraryAugmentation:
                 padding_mode="zeros",
             )
         )
+    return spatial
+
+
+def _intensity_steps(settings: Augmentation) -> list[Any]:
+    """Steps that change the image only."""
+    from monai import transforms as mt
+
+    image = ["image"]
     intensity: list[Any] = []
     if settings.noise_probability:
         intensity.append(
@@ -179,7 +194,7 @@ def library_augmentation(settings: Augmentation) -> LibraryAugmentation:
         intensity.append(
             mt.RandAdjustContrastd(image, prob=settings.gamma_probability, gamma=(0.7, 1.5), retain_stats=True)
         )
-    return LibraryAugmentation(mt.Compose(spatial), mt.Compose(intensity))
+    return intensity
 
 
 def sample_generator(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
