@@ -160,6 +160,34 @@ def test_recipe_errors_name_the_field(edit, message):
         recipe_from_dict(data, "smoke.toml")
 
 
+def test_a_recipe_extends_another_by_changing_only_what_it_sets(tmp_path):
+    """A training round's recipe states its changes; tables merge key by key, lists are replaced."""
+    shutil.copy(SMOKE, tmp_path / "base.toml")
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\nseed = 7\n[stages.tc]\nepochs = 3\ntrain_folds = [1]\n')
+    base, extended = load_recipe(tmp_path / "base.toml"), load_recipe(child)
+    assert extended.seed == 7 and extended.stages[Stage.TC].epochs == 3
+    assert extended.stages[Stage.TC].train_folds == (1,)
+    assert extended.stages[Stage.TC].learning_rate == base.stages[Stage.TC].learning_rate
+    assert extended.stages[Stage.ET] == base.stages[Stage.ET] and extended.plateau == base.plateau
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"a.toml": 'extends = "b.toml"', "b.toml": 'extends = "a.toml"'}, "makes a loop of recipes"),
+        ({"a.toml": 'extends = "a.toml"'}, "makes a loop of recipes"),
+        ({"a.toml": 'extends = "missing.toml"'}, "missing.toml: recipe file not found"),
+        ({"a.toml": "extends = 3"}, "extends must name a recipe file, got 3"),
+    ],
+)
+def test_a_broken_extends_chain_is_named(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    with pytest.raises(InputError, match=message):
+        load_recipe(tmp_path / "a.toml")
+
+
 def test_bad_recipe_file_exits_2(tmp_path, training_data):
     bad = tmp_path / "bad.toml"
     bad.write_text(SMOKE.read_text().replace("batch_size = 2", "batch_size = 0"))

@@ -353,15 +353,52 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     return recipe
 
 
+# A recipe may name another recipe file it starts from (`extends = "default.toml"`, relative to its
+# own folder): its tables are merged into that one's, key by key, so a training round states only
+# what it changes. Chains are short; a loop or a long chain is a mistake in the files.
+EXTENDS = "extends"
+MAX_EXTENDS = 8
+
+
 def load_recipe(path: Path) -> Recipe:
-    """Read and validate a TOML recipe file."""
+    """Read and validate a TOML recipe file (and the recipes it `extends`)."""
     path = Path(path)
+    return recipe_from_dict(_resolved_table(path, ()), path.name)
+
+
+def _resolved_table(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    data = _read_toml(path)
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise InputError(f"{path}: {EXTENDS} must name a recipe file, got {parent!r}")
+    parent_path = path.parent / parent
+    here = path.resolve()
+    if here in chain or parent_path.resolve() in (*chain, here):
+        raise InputError(f"{path}: {EXTENDS} = {parent!r} makes a loop of recipes")
+    if len(chain) >= MAX_EXTENDS:
+        raise InputError(f"{path}: more than {MAX_EXTENDS} recipes extend one another")
+    return _merged(_resolved_table(parent_path, (*chain, here)), data)
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override`'s values over `base`'s; tables merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: recipe file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot read recipe ({first_line(error)})") from error
     except tomllib.TOMLDecodeError as error:
         raise InputError(f"{path}: not valid TOML ({first_line(error)})") from error
-    return recipe_from_dict(data, path.name)
