@@ -7,7 +7,7 @@ box; satellite lesions near the main one still fall inside the window and are se
 region models. The component is the one with the most voxels the base ensemble is confident about
 (mean probability above CONFIDENT), ties broken by size: the largest component is not always the
 tumour: the base model's false positives can be larger than the tumour and much less sure of
-themselves (measured on the default bundle's held-out phantoms: bench/RESULTS.md, "Localisation").
+themselves (measured on the default bundle's held-out phantoms: bench/ARCHIVE.md, "Localisation").
 Where the model is confident everywhere the two rules agree.
 
 The paper assumes every tumour fits in 128^3. One that does not is covered by overlapping windows
@@ -38,7 +38,7 @@ def tumour_box(
 
     Components are labelled inside the box of the whole mask, not the whole model grid: no
     component reaches outside it, and the base mask usually fills a small part of the grid, so
-    labelling the whole grid would cost most of the localisation's host time (bench/RESULTS.md,
+    labelling the whole grid would cost most of the localisation's host time (bench/ARCHIVE.md,
     "Localisation")."""
     outer = bounding_box(mask)
     if outer is None:

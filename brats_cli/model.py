@@ -51,11 +51,11 @@ class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters, same state-dict keys) that runs as `group_norm_by_reductions`
     on CUDA tensors without gradients. PyTorch's CUDA kernel gives each (sample, group) pair one
     thread block, so a batch of one with 8 groups leaves nearly all of a GPU's multiprocessors idle,
-    and that kernel dominated a forward (measured in bench/RESULTS.md, 'GPU machine, second session';
-    the reductions in 'GPU machine, third session'). On the CPU the native kernel is the faster
-    one, so it stays (bench/RESULTS.md, 'After these measurements'). Training (gradients on) keeps
-    the native kernel too: its backward is fused and keeps no float32 copies of the activations,
-    and the reductions' effect on a training step has not been measured.
+    and that kernel dominated a forward (measured in bench/ARCHIVE.md, 'GPU machine, second session';
+    the reductions in bench/RESULTS.md, 'GPU machine, third session'). On the CPU the native kernel
+    is the faster one, so it stays (bench/ARCHIVE.md, 'After these measurements'). Training
+    (gradients on) keeps the native kernel too: its backward is fused and keeps no float32 copies of
+    the activations, and the reductions' effect on a training step has not been measured.
 
     `reduce_on_cuda=False` keeps the native kernel on CUDA as well, to time one against the other
     (bench/gpu_profile.py). Other keywords are nn.GroupNorm's."""
