@@ -234,7 +234,10 @@ def lesion_wise(
     components touching the lesion dilated `rules.dilations` times (Dice, and HD95 with medpy's
     semantics); a lesion no component touches scores the unmatched values. The lesion-wise score is
     the sum over scored lesions, plus the unmatched values once per false-positive component,
-    divided by (TP + FN + FP)."""
+    divided by (TP + FN + FP).
+
+    The volume is labelled once; each lesion is then scored inside its own box (grown to the boxes
+    of the components it touches), so many tiny lesions cost their own size, not the volume's each."""
     _check(prediction, reference)
     # Dilation and labelling only reach `dilations` voxels beyond the masks: work in their box.
     box = bounding_box(prediction | reference, margin=rules.dilations + 1)
@@ -244,20 +247,19 @@ def lesion_wise(
 
     element = ndimage.generate_binary_structure(3, rules.dilation_connectivity)
     dilated = ndimage.binary_dilation(reference, structure=element, iterations=rules.dilations)
-    dilated_lesions, lesion_count = ndimage.label(dilated, structure=LESION_STRUCTURE)
-    components, _ = ndimage.label(prediction, structure=LESION_STRUCTURE)
+    dilated_lesions, _ = ndimage.label(dilated, structure=LESION_STRUCTURE)
+    components, component_count = ndimage.label(prediction, structure=LESION_STRUCTURE)
+    component_boxes = ndimage.find_objects(components)
 
     matched_components: set[int] = set()
     dice_sum = hd95_sum = 0.0
     scored = found = 0
-    for lesion_label in range(1, lesion_count + 1):
-        # One loop step per lesion (a handful per case); the voxel work inside is vectorised.
-        region = dilated_lesions == lesion_label
-        lesion = region & reference
-        touching = np.unique(components[region])
+    for lesion_label, lesion_box in enumerate(ndimage.find_objects(dilated_lesions), start=1):
+        region = dilated_lesions[lesion_box] == lesion_label
+        touching = np.unique(components[lesion_box][region])
         touching = touching[touching != 0]
         matched_components.update(int(c) for c in touching)
-        if int(np.count_nonzero(lesion)) <= rules.ignore_at_most_voxels:
+        if int(np.count_nonzero(region & reference[lesion_box])) <= rules.ignore_at_most_voxels:
             continue
         scored += 1
         if touching.size == 0:
@@ -265,12 +267,15 @@ def lesion_wise(
             hd95_sum += rules.unmatched_hd95
             continue
         found += 1
-        matched = np.isin(components, touching)
+        # The lesion and its matched components lie whole inside the union of their boxes, so
+        # both metrics are the same there as over the volume (HD95 pads with background itself).
+        pair_box = _union_box([lesion_box, *(component_boxes[c - 1] for c in touching)])
+        matched = np.isin(components[pair_box], touching)
+        lesion = (dilated_lesions[pair_box] == lesion_label) & reference[pair_box]
         dice_sum += dice(matched, lesion, rules=empty_rules)
         hd95_sum += hd95(matched, lesion, rules=empty_rules)
 
-    all_components = set(np.unique(components).tolist()) - {0}
-    false_positives = len(all_components - matched_components)
+    false_positives = component_count - len(matched_components)
     total = scored + false_positives
     if total == 0:
         return LesionWiseScores(rules.nothing_to_score_dice, rules.nothing_to_score_hd95, 0, 0, 0)
@@ -282,4 +287,12 @@ def lesion_wise(
         true_positive_lesions=found,
         false_negative_lesions=scored - found,
         false_positive_components=false_positives,
+    )
+
+
+def _union_box(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
+    """The smallest box holding every one of `boxes` (slices with a start and a stop, step 1)."""
+    return tuple(
+        slice(min(box[axis].start for box in boxes), max(box[axis].stop for box in boxes))
+        for axis in range(len(boxes[0]))
     )

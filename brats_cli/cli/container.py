@@ -12,9 +12,11 @@ Either way the same `brats segment` runs, so the outputs are the same files.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from brats_cli.cli import console
 from brats_cli.errors import first_line
@@ -65,17 +67,84 @@ def parse_infer(arguments: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def parameter_options(path: Path) -> list[str]:
-    """The `brats segment` options a YAML parameters file sets: `key: value` per option (dashes or
-    underscores), true/false for switches, null for the default; lists become `0,1`."""
+# A parameters file sets a dozen short options; anything far larger is not one. Read no more than
+# this, so a huge file (or /dev/zero) is refused before it is parsed.
+MAX_PARAMETERS_BYTES = 64 * 1024
+# `option: value` or `option: [a, b]`: a mapping, a list, a scalar. Deeper nesting is refused while
+# the document is composed, before PyYAML's recursive composer can run out of stack.
+MAX_PARAMETERS_DEPTH = 3
+
+
+def read_parameters(path: Path) -> object:
+    """The parsed YAML document of a parameters file, read from at most MAX_PARAMETERS_BYTES of
+    UTF-8 text. Aliases (`*name`) are refused where they appear, before any is expanded: a few
+    hundred bytes of nested aliases expand to gigabytes ("billion laughs")."""
     import yaml
 
+    if path.exists() and not path.is_file():  # a folder, or a FIFO that would block the read
+        raise UsageError(f"{path}: cannot read the parameters file (not a regular file)")
     try:
-        document = yaml.safe_load(path.read_text())
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PARAMETERS_BYTES + 1)
     except OSError as error:
         raise UsageError(f"{path}: cannot read the parameters file ({first_line(error)})") from error
+    if len(data) > MAX_PARAMETERS_BYTES:
+        raise UsageError(f"{path}: larger than {MAX_PARAMETERS_BYTES // 1024} KiB; not a parameters file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path}: not UTF-8 text (byte {error.start}); not a parameters file") from error
+    loader = _parameters_loader()(text)
+    try:
+        return loader.get_single_data()
+    except _Refused as refused:
+        raise UsageError(f"{path}: line {refused.line}: {refused.reason}; not a parameters file") from None
     except yaml.YAMLError as error:
         raise UsageError(f"{path}: not a YAML file ({first_line(error)})") from error
+    finally:
+        loader.dispose()
+
+
+class _Refused(Exception):
+    """A parameters file construct refused while it is composed (the file is named by the caller)."""
+
+    def __init__(self, reason: str, line: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+
+
+@functools.cache
+def _parameters_loader() -> Any:
+    """The loader class, made when yaml is first needed (it is imported only by `infer`)."""
+    import yaml
+
+    class ParametersLoader(yaml.SafeLoader):
+        """PyYAML's safe loader that refuses aliases and nesting deeper than a parameters file's."""
+
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.depth = 0
+
+        def compose_node(self, parent: object, index: object) -> object:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise _Refused("YAML aliases (*name) are not allowed", event.start_mark.line + 1)
+            if self.depth >= MAX_PARAMETERS_DEPTH:
+                raise _Refused("values nested deeper than `option: [a, b]`", event.start_mark.line + 1)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return ParametersLoader
+
+
+def parameter_options(path: Path) -> list[str]:
+    """The `brats segment` options a YAML parameters file sets: `key: value` per option (dashes or
+    underscores), true/false for switches, null for the default; lists (of plain values) become `0,1`."""
+    document = read_parameters(path)
     if document is None:
         return []
     if not isinstance(document, dict):
@@ -90,13 +159,18 @@ def parameter_options(path: Path) -> list[str]:
             continue
         if isinstance(value, bool):
             options.append(flag if value else f"--no-{flag[2:]}")
-        elif isinstance(value, list):
+        elif isinstance(value, list) and value and all(_plain(item) for item in value):
             options += [flag, ",".join(str(item) for item in value)]
-        elif isinstance(value, (str, int, float)):
+        elif _plain(value):
             options += [flag, str(value)]
         else:
-            raise UsageError(f"{path}: {key}: expected a value, a list or null, got {value!r}")
+            raise UsageError(f"{path}: {key}: expected a value, a list of values or null, got {value!r}"[:300])
     return options
+
+
+def _plain(value: object) -> bool:
+    """A scalar an option can take: text or a number (not a switch, a date or binary data)."""
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
 def segment_arguments(arguments: Sequence[str]) -> list[str]:
