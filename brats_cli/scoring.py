@@ -44,7 +44,7 @@ from brats_cli.metrics import (
     lesion_wise,
     region_scores,
 )
-from brats_cli.tasks import TaskRules, task_rules
+from brats_cli.tasks import TaskRules, choose, task_rules
 
 CSV_COLUMNS: tuple[str, ...] = ("case", "region", "dice", "hd95", "sensitivity", "specificity")
 LESION_WISE_COLUMNS: tuple[str, ...] = ("lesion_wise_dice", "lesion_wise_hd95")
@@ -400,7 +400,7 @@ class Evaluation:
         lesion_wise: bool = False,
         task: Task | str | None = None,
     ) -> Evaluation:
-        chosen = None if labels is None else LabelConvention(getattr(labels, "value", labels))
+        chosen = None if labels is None else choose(LabelConvention, labels, "labels")
         rules = task_rules(task)
         if chosen is not None and rules.convention is not None and chosen is not rules.convention:
             raise InputError(

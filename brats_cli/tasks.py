@@ -13,8 +13,11 @@ BraTS voxels are 1 mm3, so these volumes are voxel counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import TypeVar
 
 from brats_cli.choices import LabelConvention, Task
+from brats_cli.errors import SettingsError
 from brats_cli.labels import REGIONS, Region
 from brats_cli.metrics import LesionWiseRules
 
@@ -72,4 +75,21 @@ DEFAULT_TASK = Task.GLI2023
 
 
 def task_rules(task: Task | str | None) -> TaskRules:
-    return TASKS[DEFAULT_TASK if task is None else Task(getattr(task, "value", task))]
+    """The rules of `task` (a Task or its name; None: the default); another value is a
+    SettingsError naming the argument and the tasks there are."""
+    if task is None:
+        return TASKS[DEFAULT_TASK]
+    return TASKS[choose(Task, task, "task")]
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def choose(kind: type[E], value: object, argument: str) -> E:
+    """`value` as a member of the str Enum `kind` (a member or its value), else a SettingsError:
+    `task must be one of gli2023, ..., got 'bogus'`."""
+    try:
+        return kind(value.value if isinstance(value, Enum) else value)
+    except (ValueError, TypeError):
+        choices = ", ".join(str(member.value) for member in kind)
+        raise SettingsError(f"{argument} must be one of {choices}, got {value!r}") from None

@@ -15,7 +15,9 @@ from medpy.metric import binary as medpy
 from typer.testing import CliRunner
 
 from brats_cli.cli.app import app
+from brats_cli.errors import SettingsError
 from brats_cli.metrics import MISSING_HD95, hd95
+from brats_cli.scoring import evaluate
 
 runner = CliRunner()
 SHAPE = (40, 36, 30)
@@ -203,3 +205,18 @@ def test_real_pair_through_the_command_matches_medpy(tmp_path, real_data):
     assert float(rows["TC"]["sensitivity"]) == pytest.approx(medpy.sensitivity(*tc), abs=1e-9)
     assert float(rows["TC"]["specificity"]) == pytest.approx(medpy.specificity(*tc), abs=1e-9)
     assert float(rows["TC"]["hd95"]) == pytest.approx(medpy.hd95(*tc), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"task": "bogus"}, "task must be one of gli2023, ssa2023, ped2023, men2023, met2023, gli2024, got 'bogus'"),
+        ({"task": ["gli2023"]}, "task must be one of gli2023"),
+        ({"labels": "2022"}, "labels must be one of 2021, 2023, got '2022'"),
+    ],
+)
+def test_evaluate_from_python_names_a_bad_choice(tmp_path, arguments, message):
+    """A SettingsError (a ValueError too) naming the argument and its values, before any file is read."""
+    with pytest.raises(SettingsError) as raised:
+        evaluate(tmp_path / "absent", tmp_path / "absent", **arguments)
+    assert str(raised.value).startswith(message)
