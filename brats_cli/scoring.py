@@ -9,7 +9,6 @@ The metrics themselves are in `metrics.py`; files are read through `io.py`.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import Counter
@@ -44,6 +43,7 @@ from brats_cli.metrics import (
     lesion_wise,
     region_scores,
 )
+from brats_cli.spreadsheets import csv_text
 from brats_cli.tasks import TaskRules, choose, task_rules
 
 CSV_COLUMNS: tuple[str, ...] = ("case", "region", "dice", "hd95", "sensitivity", "specificity")
@@ -346,9 +346,7 @@ def write_csv(path: Path, table: list[dict[str, object]], with_lesion_wise: bool
     columns = CSV_COLUMNS + (LESION_WISE_COLUMNS if with_lesion_wise else ())
     try:
         with atomic_path(Path(path)) as temporary, open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(table)
+            handle.write(csv_text(columns, table))  # case IDs neutralised against spreadsheet formulas
     except OSError as error:
         raise OutputError(f"{path}: cannot write ({first_line(error)})") from error
 

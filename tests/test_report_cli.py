@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -102,6 +103,21 @@ def test_segment_report_writes_the_page_pictures_and_numbers_of_every_case(segme
         assert (report / case["figure"]).is_file()
     small, large = cases[IDS[0]]["volumes_ml"]["WT"], cases[IDS[1]]["volumes_ml"]["WT"]
     assert small < large
+
+
+def test_report_afterwards_flags_as_segment_report_did(tmp_path, segmented):
+    inp, out, _ = segmented
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    result = runner.invoke(app, ["report", str(copy), "--input", str(inp)])
+    assert result.exit_code == 1, result.output  # the broken case, as segment counted it
+    during = json.loads((out / "report" / "report.json").read_text())
+    after = json.loads((copy / "report" / "report.json").read_text())
+    assert [(c["case"], c["flags"], c["measured"]) for c in after["cases"]] == [
+        (c["case"], c["flags"], c["measured"]) for c in during["cases"]
+    ]
+    assert all(c["measured"] for c in after["cases"] if c["status"] == "done")
+    assert after["summary"]["unmeasured"] == 0 and "no QA record" not in result.output
 
 
 def test_default_segment_output_is_untouched_by_the_report_option(tmp_path, segmented, two_fold_bundle):

@@ -6,8 +6,6 @@ complete one."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -27,6 +25,7 @@ from brats_cli.io import (
     Modality,
     discover_cases,
     is_nifti,
+    is_probabilities_file,
     load_case,
     nifti_stem,
     parse_name,
@@ -36,8 +35,9 @@ from brats_cli.io import (
 from brats_cli.labels import REGIONS, region_masks, unexpected_labels
 from brats_cli.report import numbers
 from brats_cli.report.numbers import Flag
-from brats_cli.report.page import Cell, Table, flags_cell, image_link, number, render, text
+from brats_cli.report.page import Cell, Table, flags_cell, image_link, number, render, text, url
 from brats_cli.report.records import CaseRecord, current, read_records
+from brats_cli.spreadsheets import csv_text
 
 if TYPE_CHECKING:
     from brats_cli.report.figures import View
@@ -78,6 +78,7 @@ class CaseReport:
     entropy: float | None = None
     region_entropy: dict[str, float | None] = field(default_factory=dict)
     touches_window_border: bool | None = None
+    measured: bool = False  # the run's QA record holds what it measured (numbers.MEASURED_FLAGS)
     flags: list[Flag] = field(default_factory=list)
     figure: str | None = None
     thumbnail: str | None = None
@@ -101,6 +102,7 @@ class CaseReport:
             "entropy": self.entropy,
             "region_entropy": self.region_entropy,
             "touches_window_border": self.touches_window_border,
+            "measured": self.measured,
             "figure": self.figure,
             "notes": self.notes,
         }
@@ -178,6 +180,7 @@ class Report:
             "failed": len(self.failed),
             "missing": sum(case.status == "missing" for case in self.cases),
             "flagged": len(self.flagged),
+            "unmeasured": sum(case.status == "done" and not case.measured for case in self.cases),
             "median_volumes_ml": {name: median([c.volumes_ml.get(name) for c in done]) for name in ("WT", "TC", "ET")},
             "median_disagreement": median([c.disagreement for c in done]),
             "median_entropy": median([c.entropy for c in done]),
@@ -186,7 +189,8 @@ class Report:
 
 
 def _label_maps(output: Path) -> dict[str, Path]:
-    """The label maps directly in the output folder, by case ID (hidden files and temporaries skipped)."""
+    """The label maps directly in the output folder, by case ID: hidden files, temporaries and
+    `--save-probabilities` files skipped, as `brats evaluate` skips them."""
     try:
         entries = sorted(output.iterdir())
     except OSError as error:
@@ -194,8 +198,25 @@ def _label_maps(output: Path) -> dict[str, Path]:
     return {
         nifti_stem(path): path
         for path in entries
-        if is_nifti(path) and not path.name.startswith(".") and not is_temporary(path) and path.is_file()
+        if is_nifti(path)
+        and not path.name.startswith(".")
+        and not is_temporary(path)
+        and not is_probabilities_file(path)
+        and path.is_file()
     }
+
+
+def _check_segmentation_output(output: Path, maps: dict[str, Path], records: dict[str, CaseRecord]) -> None:
+    """InputError unless OUTPUT looks like what `brats segment` writes: a label map not named as a
+    BraTS input image or ground truth (`<ID>_flair.nii.gz`, `<ID>-seg.nii.gz`), or a QA record.
+    An input folder given by mistake is refused before anything is written into it."""
+    if records or any(parse_name(path) is None for path in maps.values()):
+        return
+    found = f" (it holds {next(iter(maps.values())).name}, a BraTS input file name)" if maps else ""
+    raise InputError(
+        f"{output}: no label maps (<ID>.nii.gz written by brats segment) to report on{found}; "
+        "give the output folder of brats segment, and the input folder with --input"
+    )
 
 
 def _convention(record: CaseRecord | None, present: set[int], case: Case | None) -> LabelConvention:
@@ -241,6 +262,7 @@ def _apply_record(report: CaseReport, record: CaseRecord) -> None:
     quality = record.quality
     if quality is None:
         return
+    report.measured = True
     report.windows = quality.windows
     report.et_removed_voxels = quality.et_removed_voxels
     report.disagreement = quality.disagreement
@@ -375,14 +397,6 @@ def _json_safe(value: object) -> object:
     return value
 
 
-def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    return buffer.getvalue()
-
-
 def _percent(value: float | None) -> Cell:
     return Cell("") if value is None else Cell(f"{100 * value:.1f}%", repr(value))
 
@@ -414,6 +428,7 @@ def write_report(
     notes: list[str] = []
     maps = _label_maps(output)
     records, record_notes = read_records(output)
+    _check_segmentation_output(output, maps, records)
     notes.extend(record_notes)
 
     cases: dict[str, Case] = {}
@@ -458,6 +473,9 @@ def write_report(
         reports[case_id] = report
 
     done = {cid: r for cid, r in reports.items() if r.status == "done"}
+    unmeasured = sum(not report.measured for report in done.values())
+    if unmeasured:
+        notes.append(_unmeasured_note(unmeasured, len(done)))
     for case_id in numbers.volume_outliers({cid: r.volumes_ml.get("WT") for cid, r in done.items()}):
         done[case_id].flags.append(Flag.VOLUME)
     for case_id in numbers.disagreement_outliers({cid: r.disagreement for cid, r in done.items()}):
@@ -483,6 +501,18 @@ def write_report(
     return result
 
 
+def _unmeasured_note(unmeasured: int, done: int) -> str:
+    """Why some flags are absent: `segment --report` and `report` afterwards flag alike, except
+    what only the run itself could measure."""
+    flags = ", ".join(f'"{flag.value}"' for flag in numbers.MEASURED_FLAGS)
+    return (
+        f"{unmeasured} of {done} case(s) have no QA record of the run that wrote them (segmented without "
+        f"--report, or rewritten since): the flags {flags} come from what a run measures while segmenting "
+        "(its windows, ET threshold and fold models), which a label map does not hold, so they cannot be known "
+        "afterwards and are not given for these cases; brats segment INPUT OUTPUT --report --overwrite measures them"
+    )
+
+
 def _write_segmentation_files(folder: Path, report: Report, output: Path, input: str | Path | None) -> None:
     summary = report.summary()
     document = {
@@ -492,11 +522,12 @@ def _write_segmentation_files(folder: Path, report: Report, output: Path, input:
         "input": None if input is None else str(input),
         "summary": summary,
         "notes": report.notes,
+        "measured_flags": [flag.value for flag in numbers.MEASURED_FLAGS],
         "flags": {flag.value: flag.explanation for flag in Flag},
         "cases": [case.to_json() for case in report.cases],
     }
     write_text_atomically(folder / JSON_NAME, json.dumps(_json_safe(document), indent=1) + "\n")
-    write_text_atomically(folder / CSV_NAME, _csv_text(CSV_COLUMNS, [case.csv_row() for case in report.cases]))
+    write_text_atomically(folder / CSV_NAME, csv_text(CSV_COLUMNS, [case.csv_row() for case in report.cases]))
 
     table = Table(
         columns=[
@@ -729,7 +760,7 @@ def _write_evaluation_files(
     }
     write_text_atomically(folder / JSON_NAME, json.dumps(_json_safe(document), indent=1) + "\n")
     write_text_atomically(
-        folder / CSV_NAME, _csv_text(SCORE_COLUMNS, [{k: row[k] for k in SCORE_COLUMNS} for row in evaluation.rows()])
+        folder / CSV_NAME, csv_text(SCORE_COLUMNS, [{k: row[k] for k in SCORE_COLUMNS} for row in evaluation.rows()])
     )
 
     table = Table(
@@ -766,7 +797,7 @@ def _write_evaluation_files(
             *(number(scores.regions[r].dice, 3) for r in REGIONS),
             *(number(scores.regions[r].hd95, 1) for r in REGIONS),
             number(mean, 3),
-            Cell(f'<a href="{_escape(picture)}">ground truth | prediction</a>' if picture else "", text=True),
+            Cell(f'<a href="{url(picture)}">ground truth | prediction</a>' if picture else "", text=True),
         ]
         rows.append(((1 if scores.missing else 2, mean, scores.case_id), cells, "flagged" if flags else ""))
     for _, cells, row_class in sorted(rows, key=lambda row: row[0]):
@@ -807,7 +838,7 @@ def _write_evaluation_files(
     after = ""
     if shown:
         after = "<h2>The worst cases: ground truth beside prediction</h2>" + "".join(
-            f'<a href="{_escape(pictures[case_id])}"><img src="{_escape(pictures[case_id])}" alt="{_escape(case_id)}" '
+            f'<a href="{url(pictures[case_id])}"><img src="{url(pictures[case_id])}" alt="{_escape(case_id)}" '
             'style="max-width:48%;margin:0 1% 1em 0"></a>'
             for case_id in shown
         )

@@ -66,6 +66,10 @@ _EXPLANATIONS = {
     Flag.STRAY_LABELS: "the label map holds labels outside its convention (counted as background)",
 }
 FLAG_ORDER = {flag: index for index, flag in enumerate(Flag)}
+# Flags from what the run measured while segmenting (the windows, the ET threshold, each fold's
+# map): a label map alone does not hold them, so `brats report` afterwards knows them only from
+# the run's QA record (`brats segment --report`).
+MEASURED_FLAGS = (Flag.WINDOW_BORDER, Flag.WINDOWS, Flag.ET_REMOVED, Flag.DISAGREEMENT)
 
 
 def label_volumes_ml(labels: np.ndarray, convention: LabelConvention, voxel_ml: float) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
+from urllib.parse import quote
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.2em 2em; color: #222; }
@@ -76,11 +77,17 @@ def flags_cell(flags: Sequence[tuple[str, str]], order: int) -> Cell:
     return Cell(badges, f"{order:03d}", text=True)
 
 
+def url(path: str) -> str:
+    """A relative file path as an href or src value: percent-encoded, since a case ID in a file
+    name may hold `#`, `?` or `%`, which a browser would read as a fragment, a query or an escape."""
+    return escape(quote(path, safe="/"))
+
+
 def image_link(full: str | None, thumbnail: str | None, alt: str) -> Cell:
     if full is None:
         return Cell('<span class="muted small">no picture</span>', text=True)
-    shown = f'<img src="{escape(thumbnail)}" alt="{escape(alt)}">' if thumbnail else escape(alt)
-    return Cell(f'<a href="{escape(full)}">{shown}</a>', text=True)
+    shown = f'<img src="{url(thumbnail)}" alt="{escape(alt)}">' if thumbnail else escape(alt)
+    return Cell(f'<a href="{url(full)}">{shown}</a>', text=True)
 
 
 def render(

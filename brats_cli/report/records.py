@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brats_cli.errors import OutputError, first_line
 from brats_cli.files import is_temporary, sha256_file, write_text_atomically
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 QA_FOLDER = ".brats-qa"
 RECORD_VERSION = 1
+# A record is a few hundred bytes; anything far larger is not one (and is not read whole).
+MAX_RECORD_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -79,36 +81,65 @@ class CaseRecord:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> CaseRecord:
-        """A ValueError, TypeError or KeyError on anything malformed."""
+    def from_json(cls, data: object) -> CaseRecord:
+        """A ValueError, TypeError or KeyError on anything not of a record's shape: what a record
+        holds is checked field by field, since the file may be anyone's JSON."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
         if data.get("version") != RECORD_VERSION:
             raise ValueError(f"record version {data.get('version')!r}, expected {RECORD_VERSION}")
         status = data["status"]
         if status not in ("done", "failed"):
             raise ValueError(f"status {status!r}")
-        seconds = data.get("seconds")
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
-            raise TypeError(f"seconds {seconds!r}")
         stages = data.get("stage_seconds", {})
         warnings = data.get("warnings", [])
-        if not isinstance(stages, dict) or not isinstance(warnings, list):
+        if not isinstance(stages, Mapping) or not isinstance(warnings, list):
             raise TypeError("stage_seconds must be an object and warnings a list")
         quality = data.get("quality")
-        if quality is not None and not isinstance(quality, dict):
+        if quality is not None and not isinstance(quality, Mapping):
             raise TypeError(f"quality {quality!r}")
-        convention = data.get("convention")
-        digest = data.get("output_sha256")
+        seconds = _optional(data, "seconds", (int, float))
         return cls(
-            case_id=str(data["case_id"]),
+            case_id=_required_text(data, "case_id"),
             status=str(status),
-            message=str(data.get("message", "")),
-            seconds=None if seconds is None else float(seconds),
-            stage_seconds={str(k): float(v) for k, v in stages.items()},
-            warnings=[str(w) for w in warnings],
-            convention=None if convention is None else str(convention),
-            output_sha256=None if digest is None else str(digest),
+            message=_optional(data, "message", str) or "",
+            seconds=None if seconds is None else _finite_number(seconds, "seconds"),
+            stage_seconds={str(k): _finite_number(v, f"stage_seconds {k!r}") for k, v in stages.items()},
+            warnings=[_text(w, "warnings") for w in warnings],
+            convention=_optional(data, "convention", str),
+            output_sha256=_optional(data, "output_sha256", str),
             quality=None if quality is None else EnsembleQuality.from_json(quality),
         )
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be text, got {type(value).__name__}")
+    return value
+
+
+def _required_text(data: Mapping[str, object], name: str) -> str:
+    return _text(data[name], name)
+
+
+def _optional(data: Mapping[str, object], name: str, kind: type | tuple[type, ...]) -> Any:
+    """`data[name]` if it is of `kind` (a bool is not a number), None if absent or null."""
+    value = data.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+        raise TypeError(f"{name} {value!r}")
+    return value
+
+
+def _finite_number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{name} out of range") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} {number!r}")
+    return number
 
 
 def _finite(value: object) -> object:
@@ -126,15 +157,48 @@ def record_path(output: Path, case_id: str) -> Path:
     return Path(output) / QA_FOLDER / f"{case_id}.json"
 
 
+def _qa_folder(output: Path) -> Path:
+    """OUTPUT/.brats-qa as a real folder. A link there is not the tool's (it never makes one) and
+    writing through it could overwrite files anywhere: it is replaced by a folder, as a label map
+    replaces a link at its name, and what it points to is left alone."""
+    folder = Path(output) / QA_FOLDER
+    if folder.is_symlink():
+        folder.unlink(missing_ok=True)
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def write_record(output: Path, record: CaseRecord) -> Path:
-    """Write `record` to OUTPUT/.brats-qa/<ID>.json atomically."""
+    """Write `record` to OUTPUT/.brats-qa/<ID>.json atomically (never through a link)."""
     path = record_path(output, record.case_id)
     try:
-        path.parent.mkdir(exist_ok=True)
+        _qa_folder(output)
         write_text_atomically(path, json.dumps(_finite(record.to_json()), indent=1) + "\n")
     except OSError as error:
         raise OutputError(f"{path}: cannot write the QA record ({first_line(error)})") from error
     return path
+
+
+def _read_record(path: Path) -> CaseRecord:
+    """The record in `path`; ValueError, TypeError or KeyError (OSError, UnicodeDecodeError) on
+    anything that is not a record of the case the file is named after."""
+    if path.is_symlink() or not path.is_file():
+        raise ValueError("not a regular file")
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_RECORD_BYTES + 1)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode())
+    except RecursionError:  # nested deeper than the parser's stack
+        raise ValueError("nested too deeply") from None
+    try:
+        record = CaseRecord.from_json(data)
+    except KeyError as error:
+        raise ValueError(f"no {error.args[0]!r} field") from None
+    if record.case_id != path.name.removesuffix(".json"):
+        raise ValueError(f"it describes case {record.case_id!r}")
+    return record
 
 
 def read_records(output: Path) -> tuple[dict[str, CaseRecord], list[str]]:
@@ -143,15 +207,20 @@ def read_records(output: Path) -> tuple[dict[str, CaseRecord], list[str]]:
     folder = Path(output) / QA_FOLDER
     records: dict[str, CaseRecord] = {}
     notes: list[str] = []
+    if folder.is_symlink():
+        notes.append(f"{folder}: a link, not a QA folder this tool wrote; its records are ignored")
+        return records, notes
     if not folder.is_dir():
         return records, notes
     for path in sorted(folder.glob("*.json")):
         if is_temporary(path) or path.name.startswith("."):
             continue
         try:
-            record = CaseRecord.from_json(json.loads(path.read_text()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, KeyError) as error:
-            notes.append(f"{path}: unreadable QA record ({error}); the case is shown from its label map alone")
+            record = _read_record(path)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, OverflowError) as error:
+            notes.append(
+                f"{path}: unreadable QA record ({first_line(error)}); the case is shown from its label map alone"
+            )
             continue
         records[record.case_id] = record
     return records, notes
