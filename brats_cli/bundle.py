@@ -7,6 +7,7 @@ weights load without executing code (safetensors, never pickle).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -26,8 +27,18 @@ WEIGHT_SUFFIX = {Backend.TORCH: ".safetensors", Backend.ONNX: ".onnx"}
 
 @dataclass(frozen=True)
 class FoldFile:
+    """One model file of a stage and its SHA-256, with the files its graph reads tensors from (an
+    ONNX model's external data): each is checksummed too, so every byte a model runs is verified."""
+
     file: str
     sha256: str
+    external_data: tuple[FoldFile, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"file": self.file, "sha256": self.sha256}
+        if self.external_data:
+            entry["external_data"] = [{"file": f.file, "sha256": f.sha256} for f in self.external_data]
+        return entry
 
 
 class ModelKwargs(TypedDict):
@@ -67,6 +78,22 @@ class Manifest:
     def region_window(self) -> tuple[int, int, int]:
         return self.stages[Stage.WT].input_size
 
+    def fold_numbers(self, stage: Stage) -> list[int]:
+        """The k-fold split fold of each of the stage's files, as `brats bundle` records them in the
+        free-form metadata; 0, 1, ... where that record is absent or of another shape (not one
+        distinct non-negative integer per file)."""
+        count = len(self.stages[stage].folds)
+        record = self.metadata.get("fold_numbers")
+        numbers = record.get(stage.value) if isinstance(record, dict) else None
+        if (
+            isinstance(numbers, list)
+            and len(numbers) == count
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers)
+            and len(set(numbers)) == count
+        ):
+            return list(numbers)
+        return list(range(count))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,
@@ -83,7 +110,7 @@ class Manifest:
                     "norm_groups": spec.norm_groups,
                     "input_size": list(spec.input_size),
                     "threshold": spec.threshold,
-                    "folds": [{"file": f.file, "sha256": f.sha256} for f in spec.folds],
+                    "folds": [fold.to_dict() for fold in spec.folds],
                 }
                 for stage, spec in self.stages.items()
             },
@@ -147,18 +174,35 @@ def _stage_from_dict(data: Any, where: str, backend: Backend) -> StageSpec:
     folds_data = _require(data, "folds", list, where)
     if not folds_data:
         raise WeightsError(f"{where}: no folds")
-    folds = []
-    for i, fold in enumerate(folds_data):
-        fold_where = f"{where}.folds[{i}]"
-        if not isinstance(fold, dict):
-            raise WeightsError(f"{fold_where}: expected a table")
-        name = _require(fold, "file", str, fold_where)
-        if Path(name).name != name or name.startswith(".") or name in ("", "..", MANIFEST):
-            raise WeightsError(f"{fold_where}: file {name!r} must be a plain file name inside the bundle")
-        if not name.endswith(WEIGHT_SUFFIX[backend]):
-            raise WeightsError(f"{fold_where}: {name} is not a {backend.value} weight file ({WEIGHT_SUFFIX[backend]})")
-        folds.append(FoldFile(name, _sha256(_require(fold, "sha256", str, fold_where), fold_where)))
+    folds = [_fold_from_dict(fold, f"{where}.folds[{i}]", backend) for i, fold in enumerate(folds_data)]
     return StageSpec(width, tuple(size), tuple(folds), levels, groups, float(threshold))
+
+
+def _bundle_file_name(name: str, where: str) -> str:
+    if Path(name).name != name or name.startswith(".") or name in ("", "..", MANIFEST):
+        raise WeightsError(f"{where}: file {name!r} must be a plain file name inside the bundle")
+    return name
+
+
+def _fold_from_dict(fold: Any, where: str, backend: Backend) -> FoldFile:
+    if not isinstance(fold, dict):
+        raise WeightsError(f"{where}: expected a table")
+    name = _bundle_file_name(_require(fold, "file", str, where), where)
+    if not name.endswith(WEIGHT_SUFFIX[backend]):
+        raise WeightsError(f"{where}: {name} is not a {backend.value} weight file ({WEIGHT_SUFFIX[backend]})")
+    external = _typed(fold.get("external_data", []), "external_data", list, where)
+    if external and backend is not Backend.ONNX:
+        raise WeightsError(f"{where}: 'external_data' is for ONNX models; {backend.value} weights hold every tensor")
+    data = []
+    for j, entry in enumerate(external):
+        entry_where = f"{where}.external_data[{j}]"
+        if not isinstance(entry, dict):
+            raise WeightsError(f"{entry_where}: expected a table")
+        data_name = _bundle_file_name(_require(entry, "file", str, entry_where), entry_where)
+        if data_name.endswith(tuple(WEIGHT_SUFFIX.values())):
+            raise WeightsError(f"{entry_where}: {data_name} is named like a model file; name tensor data otherwise")
+        data.append(FoldFile(data_name, _sha256(_require(entry, "sha256", str, entry_where), entry_where)))
+    return FoldFile(name, _sha256(_require(fold, "sha256", str, where), where), tuple(data))
 
 
 def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
@@ -230,17 +274,52 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
         data = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise WeightsError(f"{manifest_path}: unreadable manifest ({first_line(error)})") from error
+    except RecursionError:  # thousands of nested brackets: Python's JSON parser recurses per level
+        raise WeightsError(f"{manifest_path}: unreadable manifest (nested too deeply to be one)") from None
     manifest = manifest_from_dict(data, str(manifest_path))
     bundle = Bundle(root, manifest)
     if verify:
         for stage in Stage:
             for fold in manifest.stages[stage].folds:
-                path = root / fold.file
-                if not path.is_file():
-                    raise WeightsError(f"{path}: weight file listed in the manifest is missing")
-                if sha256_file(path) != fold.sha256:
-                    raise WeightsError(f"{path}: checksum mismatch (corrupt or replaced weight file)")
+                _verify_file(root / fold.file, fold.sha256, "weight file")
+                for data_file in fold.external_data:
+                    _verify_file(root / data_file.file, data_file.sha256, f"external data of {fold.file}")
+                if manifest.backend is Backend.ONNX:
+                    _check_external_data(root, fold)
     return bundle
+
+
+def _verify_file(path: Path, sha256: str, what: str) -> None:
+    if not path.is_file():
+        raise WeightsError(f"{path}: {what} listed in the manifest is missing")
+    if sha256_file(path) != sha256:
+        raise WeightsError(f"{path}: checksum mismatch (corrupt or replaced {what})")
+
+
+def external_data_files(model: Path) -> list[str]:
+    """The files an ONNX model reads tensors from (its external data locations, as written), or
+    none when `onnx` cannot parse it (ONNX Runtime then refuses the model itself)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: not a model, so it reads no data
+        return []
+    locations = (ExternalDataInfo(t).location for t in _get_all_tensors(graph) if uses_external_data(t))
+    return sorted(set(locations))
+
+
+def _check_external_data(root: Path, fold: FoldFile) -> None:
+    """Every file the ONNX graph reads must be one the manifest checksums for it: ONNX Runtime
+    would read any location, inside the bundle or not, unverified."""
+    listed = {data.file for data in fold.external_data}
+    for location in external_data_files(root / fold.file):
+        if os.path.normpath(location) not in listed:
+            raise WeightsError(
+                f"{root / fold.file}: reads tensors from {location!r}, which the manifest does not checksum "
+                "(list it under the fold's external_data)"
+            )
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
@@ -313,6 +392,11 @@ def write_torch_bundle(
 
     root = Path(root)
     check_bundle_target(root)
+    for stage in Stage:  # before anything is written: a bundle that `segment` cannot load is no bundle
+        for index, state in enumerate(weights[stage]):
+            problem = state_problem(state, architectures[stage])
+            if problem:
+                raise WeightsError(f"{root}: stage {stage.value} fold {index}: {problem}; nothing was written")
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         with atomic_folder(root) as staging:
@@ -344,6 +428,27 @@ def write_torch_bundle(
     except OSError as error:
         raise OutputError(f"{root}: cannot write the bundle ({first_line(error)}); nothing was written") from error
     return load_bundle(root)
+
+
+def state_problem(state: dict[str, Any], architecture: Architecture) -> str | None:
+    """Why a state dict does not load into the ResUNet3D its manifest entry describes (as
+    `segment` loads it: strictly), or None when it loads."""
+    from brats_cli.model import ResUNet3D
+
+    kwargs: ModelKwargs = {
+        "width": architecture.width,
+        "levels": architecture.levels,
+        "norm_groups": architecture.norm_groups,
+    }
+    try:
+        ResUNet3D(**kwargs).load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError) as error:
+        # torch's message: a heading line, then one line per mismatch; the first mismatch says most.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else first_line(error)
+        shape = ", ".join(f"{key} {value}" for key, value in kwargs.items())
+        return f"the weights do not fit the manifest's architecture ({shape}): {detail[:300]}"
+    return None
 
 
 def check_bundle_target(root: Path) -> None:

@@ -34,6 +34,7 @@ from brats_cli.bundle import (
     Manifest,
     Stage,
     StageSpec,
+    external_data_files,
     load_bundle,
     sha256_file,
     write_manifest,
@@ -281,7 +282,9 @@ def export_bundle(
                         f"{difference:.3g} in probability, more than the {precision.value} tolerance "
                         f"{check.tolerance:g}; nothing was written to {out}"
                     )
-                folds.append(FoldFile(file, sha256_file(path)))
+                # A graph too large for one protobuf keeps tensors in files beside it: checksum them too.
+                data = tuple(FoldFile(name, sha256_file(staging / name)) for name in external_data_files(path))
+                folds.append(FoldFile(file, sha256_file(path), data))
             stages[stage] = StageSpec(
                 spec.width, spec.input_size, tuple(folds), spec.levels, spec.norm_groups, spec.threshold
             )

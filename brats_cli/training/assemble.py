@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from brats_cli import __version__
-from brats_cli.bundle import Architecture, Bundle, Stage, check_bundle_target, write_torch_bundle
+from brats_cli.bundle import Architecture, Bundle, Stage, check_bundle_target, state_problem, write_torch_bundle
 from brats_cli.errors import InputError, first_line
 from brats_cli.preprocess import MODEL_GRID
 from brats_cli.training.folds import FOLDS_FILE, read_folds
@@ -56,6 +56,8 @@ def assemble_bundle(run: Path, out: Path, borrowed: Borrowed | None = None) -> t
         recipe_data = json.loads(recipe_path.read_text())
     except (OSError, ValueError) as error:
         raise InputError(f"{recipe_path}: unreadable ({first_line(error)})") from error
+    except RecursionError:  # thousands of nested brackets
+        raise InputError(f"{recipe_path}: unreadable (nested too deeply to be a recipe)") from None
     recipe = recipe_from_dict(recipe_data, str(recipe_path))
     folds = read_folds(run / FOLDS_FILE)
 
@@ -156,8 +158,6 @@ class _Source:
 def _borrow(borrowed: Borrowed, recipe: Recipe) -> _Source:
     """The borrowed stages' weights and records, after checking that they fit the run's pipeline:
     a torch bundle with the same label convention, ET threshold and region window."""
-    from safetensors.torch import load_file
-
     from brats_cli.bundle import load_bundle
     from brats_cli.choices import Backend
 
@@ -178,17 +178,36 @@ def _borrow(borrowed: Borrowed, recipe: Recipe) -> _Source:
                 f"{where}: stage {stage.value} runs on {spec.input_size} windows, the run's recipe on "
                 f"{recipe.region_window}"
             )
-    records = manifest.metadata.get("validation", {}) if isinstance(manifest.metadata, dict) else {}
-    numbers = manifest.metadata.get("fold_numbers", {}) if isinstance(manifest.metadata, dict) else {}
+    # Metadata is free-form: records of another shape (a hand edit, another tool) are left out.
+    records = _table(manifest.metadata.get("validation"))
     states: dict[Stage, list[dict[str, Any]]] = {}
     architectures: dict[Stage, Architecture] = {}
     validation: dict[str, Any] = {}
     fold_numbers: dict[str, list[int]] = {}
     for stage in sorted(borrowed.stages, key=list(Stage).index):
         spec = manifest.stages[stage]
-        states[stage] = [dict(load_file(str(path))) for path in other.fold_paths(stage)]
         architectures[stage] = Architecture(spec.width, spec.input_size, spec.levels, spec.norm_groups, spec.threshold)
-        record = records.get(stage.value, {}) if isinstance(records, dict) else {}
-        validation[stage.value] = {"from_bundle": where, **(record if isinstance(record, dict) else {})}
-        fold_numbers[stage.value] = list(numbers.get(stage.value) or range(len(spec.folds)))
+        states[stage] = [_borrowed_state(path, architectures[stage]) for path in other.fold_paths(stage)]
+        validation[stage.value] = {"from_bundle": where, **_table(records.get(stage.value))}
+        fold_numbers[stage.value] = manifest.fold_numbers(stage)
     return _Source(states, architectures, validation, fold_numbers)
+
+
+def _borrowed_state(path: Path, architecture: Architecture) -> dict[str, Any]:
+    """A borrowed fold's tensors, refused here, naming the file, unless they load into the model
+    its manifest describes (as `segment` would load them)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = dict(load_file(str(path)))
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{path}: cannot load weights ({first_line(error)})") from error
+    problem = state_problem(state, architecture)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    return state
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -137,7 +137,7 @@ def initial_weights(source: Path, stage: Stage, fold: int) -> InitialWeights:
     if (source / MANIFEST).is_file():
         bundle = load_bundle(source)
         paths = bundle.fold_paths(stage)
-        numbers = bundle.manifest.metadata.get("fold_numbers", {}).get(stage.value) or list(range(len(paths)))
+        numbers = bundle.manifest.fold_numbers(stage)
         if fold not in numbers:
             raise InputError(f"{source}: no {stage.value} model of fold {fold} to start from (folds {numbers})")
         index = numbers.index(fold)
