@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -157,29 +158,46 @@ def case_figure(
         )
         panels = [*backgrounds, overlay(backgrounds[0] if backgrounds else None, label_panel, convention)]
         for column, panel in enumerate(panels):
-            axes = figure.add_subplot(grid[row, column])
-            axes.imshow(panel, interpolation="nearest")
-            axes.set_xticks([])
-            axes.set_yticks([])
-            for spine in axes.spines.values():
-                spine.set_visible(False)
-            if column == 0:  # inside the panel: a label beside it would need a margin the grid lacks
-                axes.text(4, 4, view.title, color="white", fontsize=8, va="top", ha="left")
+            heading = None
             if row == 0:
                 heading = (
                     MODALITY_TITLES[column]
                     if column < len(backgrounds)
                     else "labels" + (" on FLAIR" if backgrounds else "")
                 )
-                axes.set_title(heading, fontsize=10)
+            _panel(figure, grid[row, column], panel, view.title if column == 0 else None, heading)
     figure.suptitle(title, x=0.02, ha="left", fontsize=12, fontweight="bold", y=1 - 0.12 / figure_height)
     figure.text(0.02, 1 - 0.5 / figure_height, subtitle, fontsize=9, ha="left", va="top")
     if note:
         figure.text(0.02, 1 - 0.72 / figure_height, note, fontsize=8, ha="left", va="top", color="#a33")
     figure.legend(handles=_legend_handles(), loc="upper right", ncol=3, fontsize=8, frameon=False)
     figure.savefig(path, dpi=DPI, facecolor="white")
+    _thumbnail(thumbnail, labels, convention, views[thumbnail_view], images, windows)
 
-    shown = views[thumbnail_view]
+
+def _panel(figure: Any, cell: Any, panel: np.ndarray, corner: str | None, heading: str | None) -> None:
+    """One image of the grid, without axes; `corner` written inside it, `heading` above it."""
+    axes = figure.add_subplot(cell)
+    axes.imshow(panel, interpolation="nearest")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+    if corner is not None:  # inside the panel: a label beside it would need a margin the grid lacks
+        axes.text(4, 4, corner, color="white", fontsize=8, va="top", ha="left")
+    if heading is not None:
+        axes.set_title(heading, fontsize=10)
+
+
+def _thumbnail(
+    path: Path,
+    labels: np.ndarray,
+    convention: LabelConvention,
+    shown: View,
+    images: np.ndarray | None,
+    windows: Sequence[tuple[float, float]],
+) -> None:
+    """The table's small picture: the labels over FLAIR (or alone) in one view."""
     background = grey(display_slice(images[0], shown.axis, shown.index), windows[0]) if images is not None else None
     panel_labels = display_slice(labels, shown.axis, shown.index)
     small = overlay(background, panel_labels, convention)
@@ -187,7 +205,7 @@ def case_figure(
     content = display_slice(images[0], shown.axis, shown.index) != 0 if images is not None else panel_labels != 0
     from matplotlib.image import imsave
 
-    imsave(thumbnail, _crop(small, content, THUMBNAIL_MARGIN))
+    imsave(path, _crop(small, content, THUMBNAIL_MARGIN))
 
 
 def _crop(rgb: np.ndarray, content: np.ndarray, margin: int) -> np.ndarray:

@@ -64,6 +64,11 @@ def number(value: float | int | None, digits: int = 1) -> Cell:
     return Cell(f"{value:.{digits}f}", repr(float(value)))
 
 
+def percent(value: float | None) -> Cell:
+    """A share as a percentage, sorted by its value."""
+    return Cell("") if value is None else Cell(f"{100 * value:.1f}%", repr(value))
+
+
 def text(value: str) -> Cell:
     return Cell(escape(value), text=True)
 

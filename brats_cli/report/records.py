@@ -16,22 +16,44 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from brats_cli.errors import OutputError, first_line
 from brats_cli.files import is_temporary, sha256_file, write_text_atomically
 from brats_cli.quality import EnsembleQuality
 
-if TYPE_CHECKING:
-    from brats_cli.segmenter import CaseResult
-
 QA_FOLDER = ".brats-qa"
 RECORD_VERSION = 1
 # A record is a few hundred bytes; anything far larger is not one (and is not read whole).
 MAX_RECORD_BYTES = 1 << 20
+
+
+class RunResult(Protocol):
+    """What a record is made of: the fields of `segmenter.CaseResult` it reads. Declared here so
+    that the segmenter depends on the records and not the other way round."""
+
+    @property
+    def case_id(self) -> str: ...
+    @property
+    def status(self) -> Enum: ...  # its value "done", "skipped" or "failed"
+    @property
+    def message(self) -> str: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def stage_seconds(self) -> Mapping[str, float]: ...
+    @property
+    def warnings(self) -> Sequence[str]: ...
+    @property
+    def convention(self) -> Enum | None: ...
+    @property
+    def output(self) -> Path | None: ...
+    @property
+    def quality(self) -> EnsembleQuality | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +72,7 @@ class CaseRecord:
     quality: EnsembleQuality | None = None
 
     @classmethod
-    def of_result(cls, result: CaseResult) -> CaseRecord:
+    def of_result(cls, result: RunResult) -> CaseRecord:
         digest = None
         if result.status.value == "done" and result.output is not None and result.output.is_file():
             digest = sha256_file(result.output)
