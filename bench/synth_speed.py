@@ -31,7 +31,7 @@ def main() -> None:
 
     start = clock()
     synth.load_anatomy()
-    synth._template_image()
+    synth.template_image()
     wall, cpu = since(start)
     print(f"set-up (templates, once per process): wall {wall:.2f} s, cpu {cpu:.2f} s")
     totals = [0.0, 0.0, 0.0, 0.0]

@@ -258,9 +258,9 @@ def test_evaluate_reports_that_would_clash_are_refused_before_scoring(tmp_path, 
 def test_synth_without_its_extra_says_how_to_install_it_on_one_line(tmp_path, monkeypatch):
     """`pip install -e ".[cpu]"` alone has no nilearn: synth says which extra, brackets and all
     (rich once took `[synth]` for a style tag and printed `pip install 'brats'`)."""
-    from brats_cli import synth
+    from brats_cli.synth import anatomy
 
-    monkeypatch.setattr(synth, "TEMPLATE_PACKAGE", "nilearn_not_installed_here")
+    monkeypatch.setattr(anatomy, "TEMPLATE_PACKAGE", "nilearn_not_installed_here")
     result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--n", "1"])
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()

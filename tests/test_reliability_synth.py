@@ -20,6 +20,7 @@ from brats_cli import synth
 from brats_cli.cli.app import app
 from brats_cli.files import TEMP_MARKER
 from brats_cli.io import Naming, discover_cases
+from brats_cli.synth import series
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -53,14 +54,16 @@ import sys, time
 import numpy as np
 from brats_cli import synth
 from brats_cli.cli.app import app
+from brats_cli.io import Naming
+from brats_cli.synth import series
 
-def slow(seed, index, naming=synth.Naming.BRATS2021, *args, **kwargs):
+def slow(seed, index, naming=Naming.BRATS2021, *args, **kwargs):
     time.sleep(0.3)
     image = np.full((4, 64, 64, 64), index + 1, np.int16)
     labels = np.zeros((64, 64, 64), np.uint8)
     return synth.Phantom(synth.case_id(seed, index, naming), naming, image, labels, labels)
 
-synth.make_phantom = slow
+series.make_phantom = slow
 sys.argv = ["brats", "synth", sys.argv[1], "--n", "40", "--seed", "3"]
 app()
 """
@@ -92,7 +95,7 @@ def test_a_signal_leaves_whole_cases_and_says_which(tmp_path, number, code):
 
 
 def test_a_full_disk_leaves_no_part_of_a_case_and_says_so_on_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "make_phantom", small_phantom)
+    monkeypatch.setattr(series, "make_phantom", small_phantom)
     saved = []
     real_save = nib.save
 
@@ -102,7 +105,7 @@ def test_a_full_disk_leaves_no_part_of_a_case_and_says_so_on_one_line(tmp_path, 
         saved.append(path)
         real_save(image, path)
 
-    monkeypatch.setattr(synth.nib, "save", filling)
+    monkeypatch.setattr(nib, "save", filling)
     out = tmp_path / "out"
     result = runner.invoke(app, ["synth", str(out), "--n", "3", "--seed", "3"])
     assert result.exit_code == 1, result.output  # one case was written: not "nothing written"
@@ -117,19 +120,19 @@ def test_a_full_disk_leaves_no_part_of_a_case_and_says_so_on_one_line(tmp_path, 
 
 
 def test_a_full_disk_at_the_first_case_is_exit_2(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "make_phantom", small_phantom)
+    monkeypatch.setattr(series, "make_phantom", small_phantom)
 
     def full(image, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(synth.nib, "save", full)
+    monkeypatch.setattr(nib, "save", full)
     result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--n", "2"])
     assert result.exit_code == 2, result.output
     assert assert_whole_cases_only(tmp_path / "out") == []
 
 
 def test_an_older_case_folder_is_replaced_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "make_phantom", small_phantom)
+    monkeypatch.setattr(series, "make_phantom", small_phantom)
     old = tmp_path / "Synth2021_s3_00000"
     old.mkdir()
     (old / "Synth2021_s3_00000_flair.nii.gz").write_bytes(b"half of an old run")
@@ -141,7 +144,7 @@ def test_an_older_case_folder_is_replaced_whole(tmp_path, monkeypatch):
 
 
 def test_a_dead_runs_staging_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "make_phantom", small_phantom)
+    monkeypatch.setattr(series, "make_phantom", small_phantom)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".Synth2021_s3_00000{TEMP_MARKER}{int(dead.stdout)}"
     stale.mkdir()

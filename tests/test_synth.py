@@ -20,6 +20,7 @@ from brats_cli.errors import DependencyError
 from brats_cli.io import (
     BRATS_SHAPE,
     CHANNEL_ORDER,
+    SUFFIX,
     Modality,
     Naming,
     discover_cases,
@@ -28,7 +29,7 @@ from brats_cli.io import (
     read_label_map,
 )
 from brats_cli.labels import LabelConvention, Region, region_masks
-from brats_cli.synth import Tissue, make_phantom
+from brats_cli.synth import Tissue, anatomy, fields, generator2, make_phantom, tumours
 
 SEED = 11
 runner = CliRunner()
@@ -114,7 +115,7 @@ def test_case_ids_parse_as_brats_names(naming):
     case_id = synth.case_id(7, 123, naming)
     for modality in CHANNEL_ORDER:
         parsed = parse_name(
-            Path(f"{case_id}{'_' if naming is Naming.BRATS2021 else '-'}{synth.SUFFIX[naming][modality]}.nii.gz")
+            Path(f"{case_id}{'_' if naming is Naming.BRATS2021 else '-'}{SUFFIX[naming][modality]}.nii.gz")
         )
         assert parsed is not None and parsed.case_id == case_id and parsed.naming is naming
         assert parsed.modality is modality
@@ -203,7 +204,7 @@ def test_cases_differ_between_indices_and_seeds(written, phantom, tmp_path):
 
 
 def test_missing_extra_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(synth, "TEMPLATE_PACKAGE", "nilearn_not_installed_here")
+    monkeypatch.setattr(anatomy, "TEMPLATE_PACKAGE", "nilearn_not_installed_here")
     with pytest.raises(DependencyError, match=r"pip install 'brats-resunet\[synth\]'"):
         synth.template_paths()
     result = runner.invoke(app, ["synth", str(tmp_path / "out"), "--n", "1"])
@@ -337,7 +338,7 @@ def test_v2_labels_do_not_depend_on_the_rendering(phantom_v2, monkeypatch):
         channels[0] = replace(flair, slice_axis=0, slice_mm=5, slice_phase=2)
         return tuple(channels)
 
-    monkeypatch.setattr(synth, "draw_acquisition", other)
+    monkeypatch.setattr(generator2, "draw_acquisition", other)
     rendered = make_phantom(SEED, 0, Naming.BRATS2023, generator=2)
     assert np.array_equal(rendered.labels, np.where(phantom_v2.labels == 4, 3, phantom_v2.labels))
     assert np.array_equal(rendered.tissue, phantom_v2.tissue)
@@ -432,9 +433,9 @@ def test_v3_margin_blends_core_into_edema_around_the_label_boundary(level):
     core reaches past the whole-tumour envelope."""
     grid = np.linalg.norm(np.indices((41, 41, 41)) - 20.0, axis=0)
     core, envelope = grid <= 8, grid <= 12
-    sharp = {Tissue.NON_ENHANCING: synth._blur(core, 0.6), Tissue.EDEMA: synth._blur(envelope & ~core, 0.6)}
+    sharp = {Tissue.NON_ENHANCING: fields.blur(core, 0.6), Tissue.EDEMA: fields.blur(envelope & ~core, 0.6)}
     blended = dict(sharp)
-    synth._blend_margin(blended, core, envelope, 2.0, level)
+    tumours.blend_margin(blended, core, envelope, 2.0, level)
     wide, edema = blended[Tissue.NON_ENHANCING], blended[Tissue.EDEMA]
     assert wide is not None and edema is not None and sharp[Tissue.NON_ENHANCING] is not None
     # The boundary runs between the last core voxels (radius <= 8) and the first edema ones.
