@@ -94,15 +94,40 @@ class ParsedName:
         return None
 
 
+def folder_name(folder: Path) -> str:
+    """The name of `folder` as its user sees it, also for `.` or `cases/..` (made absolute, so the
+    working folder's own name; a symlinked folder keeps its link's name). Empty for `/` alone."""
+    return Path(os.path.abspath(folder)).name
+
+
 def parse_name(path: Path) -> ParsedName | None:
-    """Case ID, naming and modality from a BraTS file name, or None if the name is not one."""
+    """Case ID, naming and modality from a BraTS file name, or None if the name is not one.
+    Bare 2023 names (`t1c.nii.gz`) take their case ID from their folder's name."""
     for naming, pattern in _NAME_PATTERNS.items():
         match = pattern.match(path.name)
         if match:
             return ParsedName(match["id"], naming, match["suffix"])
     match = _BARE_2023.match(path.name)
     if match:
-        return ParsedName(path.parent.name, Naming.BRATS2023, match["suffix"])
+        return ParsedName(folder_name(path.parent), Naming.BRATS2023, match["suffix"])
+    return None
+
+
+def case_id_problem(case_id: object) -> str | None:
+    """Why `case_id` cannot name a case, or None if it can. A case's output is written at
+    `<ID>.nii.gz` in the output folder, so an ID must be one plain file name: every ID passes
+    this check, whether read from file names, taken from a folder's name or given from Python."""
+    if not isinstance(case_id, str):
+        return f"case ID must be a string, got {case_id!r}"
+    if not case_id:
+        return (
+            "no case ID: name the files <ID>_flair.nii.gz ... (BraTS 2021) or <ID>-t2f.nii.gz ... (BraTS 2023), "
+            "or put bare names (t2f.nii.gz, t1n.nii.gz, t1c.nii.gz, t2w.nii.gz) in a folder named for the case"
+        )
+    if len(case_id) > MAX_ID_LENGTH:
+        return f"case ID is {len(case_id)} characters long; at most {MAX_ID_LENGTH} make a usable file name"
+    if not SAFE_ID.match(case_id):
+        return f"case ID {case_id!r} is not a safe file name (letters, digits, '.', '_', '-' only)"
     return None
 
 
@@ -115,6 +140,12 @@ class Case:
     files: dict[Modality, Path]
     segmentation: Path | None = None
     problem: str | None = None
+
+    def __post_init__(self) -> None:
+        # However a Case is made, one whose ID is no plain file name cannot run (load_case
+        # refuses it), so nothing is ever written outside the output folder.
+        if self.problem is None:
+            object.__setattr__(self, "problem", case_id_problem(self.case_id))
 
     @property
     def output_name(self) -> str:
@@ -177,7 +208,7 @@ def _unnamed_case(folder: Path, images: list[Path]) -> Case | None:
     modalities = {path: _modality_in_name(path) for path in images}
     if not any(modalities.values()):
         return None
-    case_id = folder.resolve().name
+    case_id = folder_name(folder)
     by_modality: dict[Modality, list[Path]] = defaultdict(list)
     for path, modality in modalities.items():
         if modality is not None:
@@ -202,9 +233,10 @@ def _group_folder(folder: Path) -> tuple[list[Case], list[Path]]:
     """Cases whose files lie directly in `folder`, grouped by the case ID in their names, and the
     NIfTI files there without a BraTS name."""
     groups: dict[str, list[tuple[Path, ParsedName]]] = defaultdict(list)
-    # Every entry named like an image, files or not: a folder or a FIFO under a modality's name is
-    # that case's problem, said as such, rather than a "missing modality".
-    images = sorted(p for p in folder.iterdir() if is_nifti(p) and (p.is_file() or not p.name.startswith(".")))
+    # Every visible entry named like an image, files or not: a folder or a FIFO under a modality's
+    # name is that case's problem, said as such, rather than a "missing modality". Hidden entries
+    # are no one's images: macOS's `._<name>` resource forks, temporaries, editors' files.
+    images = sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
     foreign = []
     for path in images:
         parsed = parse_name(path)
@@ -239,28 +271,24 @@ def _assemble_case(case_id: str, members: list[tuple[Path, ParsedName]]) -> Case
             segmentations.append(path)
         elif parsed.modality is not None:
             files[parsed.modality].append(path)
-    problem = None
     odd = [not_a_file(path, "an image file") for path, _ in members if not path.is_file()]
-    if odd:
-        problem = odd[0]
-    elif len(case_id) > MAX_ID_LENGTH:
-        problem = f"case ID is {len(case_id)} characters long; at most {MAX_ID_LENGTH} make a usable file name"
-    elif not SAFE_ID.match(case_id):
-        problem = f"case ID {case_id!r} is not a safe file name (letters, digits, '.', '_', '-' only)"
-    elif len(namings) > 1:
-        problem = "mixes BraTS 2021 and 2023 file names"
-    else:
-        duplicated = [m for m in CHANNEL_ORDER if len(files[m]) > 1]
-        missing = [m for m in CHANNEL_ORDER if not files[m]]
-        if duplicated:
-            modality = duplicated[0]
-            names = ", ".join(p.name for p in files[modality])
-            problem = f"two files for {SUFFIX[naming][modality]}: {names}"
-        elif missing:
-            expected = ", ".join(SUFFIX[naming][m] for m in missing)
-            problem = f"missing modality {expected}"
+    problem = odd[0] if odd else case_id_problem(case_id) or _files_problem(naming, namings, files)
     single = {m: paths[0] for m, paths in files.items() if paths}
     return Case(case_id, naming, single, segmentations[0] if segmentations else None, problem)
+
+
+def _files_problem(naming: Naming, namings: set[Naming], files: dict[Modality, list[Path]]) -> str | None:
+    """What is wrong with a case's set of image files (mixed namings, a modality twice or missing)."""
+    if len(namings) > 1:
+        return "mixes BraTS 2021 and 2023 file names"
+    duplicated = [m for m in CHANNEL_ORDER if len(files[m]) > 1]
+    if duplicated:
+        names = ", ".join(p.name for p in files[duplicated[0]])
+        return f"two files for {SUFFIX[naming][duplicated[0]]}: {names}"
+    missing = [m for m in CHANNEL_ORDER if not files[m]]
+    if missing:
+        return f"missing modality {', '.join(SUFFIX[naming][m] for m in missing)}"
+    return None
 
 
 def discover_cases(root: Path) -> Discovery:

@@ -34,9 +34,11 @@ from brats_cli.io import (
     Case,
     Geometry,
     Modality,
+    case_id_problem,
     check_output_folder,
     discover_cases,
     ensure_output_folder,
+    folder_name,
     load_case,
     parse_name,
     remove_stale_temporaries,
@@ -138,9 +140,14 @@ def case_from_files(files: CaseFiles, case_id: str | None = None) -> Case:
     """A case from what a user has at hand: a case folder; the four image files in the paper's
     channel order (FLAIR, T1, T1ce, T2); or a mapping from modality (`"flair"`, `"t1"`, `"t1ce"`,
     `"t2"`) to file. The case ID is `case_id`, else the one in BraTS file names, else the folder's
-    name; the naming (and so the default label convention) follows the file names."""
+    name; the naming (and so the default label convention) follows the file names. A `case_id`
+    that is no plain file name is an InputError: it names the output file."""
+    if case_id is not None:
+        problem = case_id_problem(case_id)
+        if problem:
+            raise InputError(f"case_id: {problem}")
     if isinstance(files, Case):
-        return files
+        return files if case_id is None else _renamed(files, case_id)
     if isinstance(files, (str, Path)):
         folder = Path(files)
         if not folder.is_dir():
@@ -149,18 +156,19 @@ def case_from_files(files: CaseFiles, case_id: str | None = None) -> Case:
         if len(cases) != 1:
             found = ", ".join(case.case_id for case in cases)
             raise InputError(f"{folder}: holds {len(cases)} cases ({found}), not one; use segment_folder")
-        case = cases[0]
-        return case if case_id is None else Case(case_id, case.naming, case.files, case.segmentation, case.problem)
+        return cases[0] if case_id is None else _renamed(cases[0], case_id)
     if isinstance(files, Mapping):
         try:
             paths = {Modality(getattr(key, "value", key)): Path(path) for key, path in files.items()}
         except ValueError as error:
             raise InputError(f"unknown modality in {sorted(map(str, files))}: {error}") from None
-    else:
+    elif isinstance(files, Sequence):
         listed = [Path(path) for path in files]
         if len(listed) != len(CHANNEL_ORDER):
             raise InputError(f"expected four image files (FLAIR, T1, T1ce, T2), got {len(listed)}")
         paths = dict(zip(CHANNEL_ORDER, listed, strict=True))
+    else:
+        raise InputError(f"files: expected a case folder, four image files or a modality->file mapping, got {files!r}")
     missing = [m.value for m in CHANNEL_ORDER if m not in paths]
     if missing:
         raise InputError(f"missing modality {', '.join(missing)}")
@@ -169,8 +177,15 @@ def case_from_files(files: CaseFiles, case_id: str | None = None) -> Case:
     naming = Naming.BRATS2023 if Naming.BRATS2023 in namings else Naming.BRATS2021
     if case_id is None:
         ids = {p.case_id for p in parsed if p is not None}
-        case_id = ids.pop() if len(ids) == 1 else paths[Modality.FLAIR].parent.name
+        case_id = ids.pop() if len(ids) == 1 else folder_name(paths[Modality.FLAIR].parent)
     return Case(case_id, naming, paths)
+
+
+def _renamed(case: Case, case_id: str) -> Case:
+    """`case` under another ID; a problem its old ID had (a folder name that is no file name)
+    goes with the old ID."""
+    problem = None if case.problem == case_id_problem(case.case_id) else case.problem
+    return replace(case, case_id=case_id, problem=problem)
 
 
 def _volumes_ml(labels: np.ndarray, convention: LabelConvention, voxel_ml: float) -> dict[Region, float]:

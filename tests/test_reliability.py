@@ -137,7 +137,8 @@ def _break(folder: Path, case_id: str, image: np.ndarray, how: str) -> None:
         _absurd_header(file("t2"))
     elif how == "case ID with path characters":
         for path in (folder / case_id).iterdir():
-            path.rename(path.with_name(path.name.replace(case_id, "..\\..\\etc")))
+            # Not "..\\..\\etc": a leading dot makes a hidden file, which discovery ignores.
+            path.rename(path.with_name(path.name.replace(case_id, "up\\..\\..\\etc")))
     else:
         raise AssertionError(how)
 
@@ -158,7 +159,7 @@ CASE_ROWS = [
     ("not NIfTI at all", "BraTS2021_00013", "BraTS2021_00013_t1ce.nii: not a readable NIfTI file"),
     ("4D image", "BraTS2021_00014", "BraTS2021_00014_t2.nii: 4D image (240, 240, 155, 2), expected a 3D volume"),
     ("header claims an absurd size", "BraTS2021_00015", "header claims (30000, 30000, 30000) voxels, refusing"),
-    ("case ID with path characters", "BraTS2021_00016", "'..\\\\..\\\\etc' is not a safe file name"),
+    ("case ID with path characters", "BraTS2021_00016", "'up\\\\..\\\\..\\\\etc' is not a safe file name"),
 ]
 
 
@@ -207,7 +208,7 @@ def _assert_others_fine(batch) -> None:
 def test_segment_bad_case_fails_alone(batch, row, case_id, message):
     result = batch["result"]
     assert result.exit_code == 1, result.output
-    shown_id = "..\\..\\etc" if row == "case ID with path characters" else case_id
+    shown_id = "up\\..\\..\\etc" if row == "case ID with path characters" else case_id
     lines = [line for line in result.output.splitlines() if line.startswith(f"error: {shown_id}: ")]
     assert len(lines) == 1, result.output
     assert message in lines[0]

@@ -22,7 +22,8 @@ from brats_cli.bundle import Stage
 from brats_cli.cli.app import app
 from brats_cli.errors import ImageReadError
 from brats_cli.files import TEMP_MARKER, is_temporary, temporary_sibling
-from brats_cli.io import read_label_map
+from brats_cli.io import Naming, discover_cases, read_label_map
+from brats_cli.segmenter import case_from_files
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -166,3 +167,40 @@ def test_an_unreadable_case_folder_fails_alone_and_the_others_run(nothing_bundle
         )
         assert "Traceback" not in run.stderr
         assert sorted(p.name for p in (root / "out").iterdir()) == ["BraTS2021_00001.nii.gz"]
+
+
+def test_bare_2023_names_in_the_working_folder_take_its_name(tmp_path, nothing_bundle, monkeypatch):
+    """`brats segment . OUT` inside a case folder of bare 2023 names (as BrainLesion's
+    preprocessing writes them): the case is named for the folder, given as `.` or as `sub/..`."""
+    case = write_case(tmp_path, "BraTS-GLI-00001-000", synthetic_image(), naming=Naming.BRATS2023)
+    for path in case.iterdir():
+        path.rename(path.with_name(path.name.removeprefix("BraTS-GLI-00001-000-")))
+    (case / "sub").mkdir()
+    monkeypatch.chdir(case)
+    for given in (".", "sub/.."):
+        (found,) = discover_cases(Path(given)).cases
+        assert (found.case_id, found.problem) == ("BraTS-GLI-00001-000", None)
+    files = [Path(f"{name}.nii.gz") for name in ("t2f", "t1n", "t1c", "t2w")]
+    assert case_from_files(files).case_id == "BraTS-GLI-00001-000"
+    result = segment(".", tmp_path / "out", "--weights", nothing_bundle.root)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS-GLI-00001-000.nii.gz"]
+
+
+def test_hidden_files_beside_cases_are_no_cases(tmp_path, nothing_bundle):
+    """macOS leaves an AppleDouble `._<name>` beside every file it copies to a foreign disk; a
+    hidden file is no one's scan, even named like one."""
+    inp = tmp_path / "in"
+    case = write_case(inp, "BraTS2021_00001", synthetic_image())
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X" + bytes(4080)
+    for name in ("._BraTS2021_00001_flair.nii.gz", "._BraTS2021_00001_t1.nii.gz", ".BraTS2021_00001_t2.nii.gz"):
+        (case / name).write_bytes(apple_double)
+    (inp / "._BraTS2021_00001").write_bytes(apple_double)
+    (inp / "._BraTS2021_00002_flair.nii.gz").write_bytes(apple_double)
+    for given in (inp, case):
+        (found,) = discover_cases(given).cases
+        assert (found.case_id, found.problem) == ("BraTS2021_00001", None)
+    result = segment(inp, tmp_path / "out", "--weights", nothing_bundle.root)
+    assert result.exit_code == 0, result.output
+    assert "error" not in result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS2021_00001.nii.gz"]
