@@ -379,6 +379,18 @@ class Geometry:
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=AFFINE_TOLERANCE)
 
 
+def affine_problem(affine: np.ndarray) -> str | None:
+    """Why `affine` cannot map voxels to the world, or None: not 4x4, NaN or Inf, or singular
+    (a zero voxel size, two axes alike), which has no orientation to reorient by."""
+    if affine.shape != (4, 4):
+        return f"of shape {affine.shape}, not 4x4"
+    if not np.all(np.isfinite(affine)):
+        return "holds NaN or Inf"
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        return "is singular (a zero voxel size, or two voxel axes alike)"
+    return None
+
+
 def _apply_spatial(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
     if array.ndim == 3:
         return np.ascontiguousarray(apply_orientation(array, transform))
@@ -423,8 +435,7 @@ def _load_header(path: Path) -> nib.Nifti1Image:
     if voxels <= 0 or voxels > MAX_VOXELS:
         raise ImageReadError(f"{path}: header claims {image.shape} voxels, refusing to read")
     _check_data_size(image, path, voxels)
-    affine = image.affine
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    if affine_problem(image.affine):
         raise ImageReadError(f"{path}: header holds no usable voxel-to-world affine (singular or not finite)")
     return image
 
@@ -563,6 +574,18 @@ def unusable_modality(volume: np.ndarray) -> str | None:
     return None
 
 
+def modality_problem(volume: np.ndarray, name: str) -> str | None:
+    """Why one modality's voxels cannot be segmented, naming it `name`, or None: NaN or Inf, all
+    zero, or not a skull-stripped brain (`unusable_modality`). The one check of every input, read
+    from files (`load_case`) or given as an array (`Segmenter.predict`)."""
+    if not np.all(np.isfinite(volume)):
+        return f"NaN or Inf voxels in {name}"
+    if not np.any(volume):
+        return f"{name} is all zero"
+    problem = unusable_modality(volume)
+    return f"{name}: {problem}" if problem else None
+
+
 def load_case(case: Case) -> tuple[np.ndarray, Geometry]:
     """The case's four modalities as one (4, 240, 240, 155) float32 array in canonical orientation,
     channel order FLAIR, T1, T1ce, T2, and the geometry to write results back with.
@@ -604,13 +627,9 @@ def load_case(case: Case) -> tuple[np.ndarray, Geometry]:
             volume = _read_data(image, path, np.float32)
         except ImageReadError as error:
             raise CaseError(case.case_id, str(error)) from error
-        if not np.all(np.isfinite(volume)):
-            raise CaseError(case.case_id, f"NaN or Inf voxels in {path.name}")
-        if not np.any(volume):
-            raise CaseError(case.case_id, f"{path.name} is all zero")
-        problem = unusable_modality(volume)
+        problem = modality_problem(volume, path.name)
         if problem:
-            raise CaseError(case.case_id, f"{path.name}: {problem}")
+            raise CaseError(case.case_id, problem)
         volumes.append(volume)
     return geometry.to_canonical(np.stack(volumes)), geometry
 

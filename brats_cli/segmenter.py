@@ -22,24 +22,27 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from brats_cli import host
 from brats_cli.bundle import Bundle, load_weights
 from brats_cli.choices import REGION_STAGES, Backend, LabelConvention, Naming, Precision, Stage
-from brats_cli.errors import BratsError, CaseError, InputError, WeightsError, first_line
+from brats_cli.errors import BratsError, CaseError, InputError, SettingsError, WeightsError, first_line
 from brats_cli.io import (
     BRATS_SHAPE,
     CHANNEL_ORDER,
     Case,
     Geometry,
     Modality,
+    affine_problem,
     case_id_problem,
     check_output_folder,
     discover_cases,
     ensure_output_folder,
     folder_name,
     load_case,
+    modality_problem,
     parse_name,
     remove_stale_temporaries,
     write_label_map,
@@ -50,7 +53,7 @@ from brats_cli.pipeline import PipelineConfig, Segmentation, segment_image, segm
 from brats_cli.predictors import StagePredictor, fold_numbers, require_backend, require_device, stage_predictors
 from brats_cli.preprocess import preprocess
 from brats_cli.quality import EnsembleQuality
-from brats_cli.settings import Settings
+from brats_cli.settings import Settings, member_of
 from brats_cli.shards import Shard
 
 __all__ = ["Batch", "CaseResult", "Prediction", "Segmenter", "Settings", "Shard", "Status", "case_from_files"]
@@ -188,6 +191,53 @@ def _renamed(case: Case, case_id: str) -> Case:
     return replace(case, case_id=case_id, problem=problem)
 
 
+def _flag(value: object, name: str) -> bool:
+    """A yes/no argument: True or False, not a truthy string such as "no"."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise SettingsError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _checked_input(image: object, affine: object) -> tuple[np.ndarray, Geometry | None]:
+    """`predict`'s image as float32 and the geometry `affine` gives it, or an InputError naming the
+    argument: checked in the order `load_case` checks a case's files (shape, then geometry, then
+    voxels), before anything is reoriented or computed."""
+    try:
+        array = np.asarray(image)
+    except (ValueError, TypeError) as error:  # ragged nested lists, objects numpy cannot hold
+        raise InputError(f"image: not an array ({first_line(error)})") from None
+    if array.ndim != 4 or array.shape[0] != len(CHANNEL_ORDER):
+        raise InputError(f"image: expected a (4, X, Y, Z) image (FLAIR, T1, T1ce, T2), got shape {array.shape}")
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"image: voxels of type {array.dtype}, expected integers or floats")
+    stored = tuple(array.shape[1:])
+    geometry = None if affine is None else Geometry(_checked_affine(affine), nib.Nifti1Header(), stored)
+    shape = stored if geometry is None else geometry.canonical_shape
+    if shape != BRATS_SHAPE:
+        voxels = f"{stored} voxels" + ("" if shape == stored else f" ({shape} in LPS)")
+        raise InputError(
+            f"image: {voxels} is not BraTS space {'x'.join(map(str, BRATS_SHAPE))}; "
+            "register and resample to SRI24 first"
+        )
+    volume = array.astype(np.float32, copy=False)
+    for channel, modality in enumerate(CHANNEL_ORDER):
+        problem = modality_problem(volume[channel], f"image[{channel}] ({modality.name})")
+        if problem:
+            raise InputError(problem)
+    return volume, geometry
+
+
+def _checked_affine(affine: object) -> np.ndarray:
+    try:
+        matrix = np.asarray(affine, dtype=np.float64)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"affine: not a 4x4 matrix of numbers ({first_line(error)})") from None
+    problem = affine_problem(matrix)
+    if problem:
+        raise InputError(f"affine {problem}: give the image's voxel-to-world matrix (nibabel's img.affine)")
+    return matrix
+
+
 def _volumes_ml(labels: np.ndarray, convention: LabelConvention, voxel_ml: float) -> dict[Region, float]:
     masks = region_masks(labels, convention)
     return {region: float(masks[region].sum()) * voxel_ml for region in REGIONS}
@@ -303,24 +353,9 @@ class Segmenter:
         FLAIR, T1, T1ce, T2 (the paper's order), on the voxel grid `affine` describes (as
         nibabel's `img.affine`); without an affine the image must already be in the LPS
         orientation of the released BraTS data. The labels come back on the input's own grid."""
-        image = np.asarray(image)
-        if image.ndim != 4 or image.shape[0] != len(CHANNEL_ORDER):
-            raise InputError(f"expected a (4, X, Y, Z) image (FLAIR, T1, T1ce, T2), got shape {image.shape}")
-        if not np.all(np.isfinite(image)):
-            raise InputError("NaN or Inf voxels in the image")
-        geometry = None
-        if affine is not None:
-            import nibabel as nib
-
-            geometry = Geometry(np.asarray(affine, dtype=np.float64), nib.Nifti1Header(), tuple(image.shape[1:]))
-            canonical = geometry.to_canonical(image.astype(np.float32, copy=False))
-        else:
-            canonical = image.astype(np.float32, copy=False)
-        if tuple(canonical.shape[1:]) != BRATS_SHAPE:
-            raise InputError(
-                f"image of {canonical.shape[1:]} voxels in LPS is not BraTS space {'x'.join(map(str, BRATS_SHAPE))}"
-            )
-        chosen = None if labels is None else LabelConvention(getattr(labels, "value", labels))
+        chosen = None if labels is None else member_of(LabelConvention, labels, "labels")
+        image, geometry = _checked_input(image, affine)
+        canonical = image if geometry is None else geometry.to_canonical(image)
         config = self.config(chosen)
         segmentation: Segmentation = segment_image(canonical, self.predictors, config)
         result = segmentation.labels if geometry is None else geometry.from_canonical(segmentation.labels)
@@ -346,6 +381,7 @@ class Segmenter:
         overwriting them. Problems with the case become a FAILED result; problems with `output`
         (not creatable, not writable) raise OutputError. `quality`: measure the ensemble's
         confidence into `CaseResult.quality` (nothing is written for it)."""
+        quality = _flag(quality, "quality")
         case = case_from_files(files, case_id)
         folder = ensure_output_folder(Path(output))
         return self._segment(case, folder / case.output_name, on_stage, quality=quality)
@@ -367,7 +403,14 @@ class Segmenter:
         case's ensemble confidence and keep it, with the case's status, for the QA report
         (`write_report`) in the hidden OUTPUT/.brats-qa (see `brats_cli.report.records` for why
         there)."""
-        chosen = Shard.parse(shard) if isinstance(shard, str) else shard
+        chosen: Shard | None
+        if isinstance(shard, str):
+            chosen = Shard.parse(shard)
+        elif shard is None or isinstance(shard, Shard):
+            chosen = shard
+        else:
+            raise SettingsError(f"shard must be 'K/N' (such as '0/4') or a Shard, got {shard!r}")
+        overwrite, quality = _flag(overwrite, "overwrite"), _flag(quality, "quality")
         return Batch(self, Path(input), Path(output), overwrite=overwrite, shard=chosen, quality=quality)
 
     def _segment(

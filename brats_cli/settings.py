@@ -5,6 +5,7 @@ Free of heavy imports, like `choices`, so that building it costs nothing."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from enum import Enum
@@ -60,9 +61,9 @@ class Settings:
             ("precision", Precision),
             ("ensemble", Ensemble),
         ):
-            object.__setattr__(self, name, _member(kind, getattr(self, name), name))
+            object.__setattr__(self, name, member_of(kind, getattr(self, name), name))
         if self.labels is not None:
-            object.__setattr__(self, "labels", _member(LabelConvention, self.labels, "labels"))
+            object.__setattr__(self, "labels", member_of(LabelConvention, self.labels, "labels"))
         if self.folds is not None:
             object.__setattr__(self, "folds", _folds(self.folds))
         if self.et_threshold is not None and (
@@ -94,7 +95,9 @@ class Settings:
         return notes
 
 
-def _member(kind: type[Enum], value: object, name: str) -> Any:
+def member_of(kind: type[Enum], value: object, name: str) -> Any:
+    """`value` (a member or its value) as a member of `kind`; a SettingsError naming `name` and the
+    allowed values otherwise."""
     try:
         return kind(value.value if isinstance(value, Enum) else value)
     except ValueError:
@@ -102,21 +105,31 @@ def _member(kind: type[Enum], value: object, name: str) -> Any:
         raise SettingsError(f"{name} must be one of {choices}, got {value!r}") from None
 
 
+def _index(value: object) -> int:
+    """An integer (numpy's included) as an int; TypeError for anything else, floats and bools
+    too: `0.0 in (0, 1, 2)` is true, so a float would pass a membership test."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise TypeError(f"{value!r} is not an integer")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
 def _folds(folds: Iterable[int]) -> tuple[int, ...]:
+    message = f"folds must be non-negative fold indices like (0, 1), got {folds!r}"
     try:
-        chosen = sorted(set(folds))
-    except TypeError:
-        raise SettingsError(f"folds must be fold indices like (0, 1), got {folds!r}") from None
-    if not chosen or any(not isinstance(f, int) or isinstance(f, bool) or f < 0 for f in chosen):
-        raise SettingsError(f"folds must be non-negative fold indices like (0, 1), got {folds!r}")
+        chosen = sorted({_index(fold) for fold in folds})
+    except TypeError:  # not iterable, or not integers (a string's characters are not)
+        raise SettingsError(message) from None
+    if not chosen or chosen[0] < 0:
+        raise SettingsError(message)
     return tuple(chosen)
 
 
 def _mirrors(mirrors: Iterable[Iterable[int]]) -> tuple[tuple[int, ...], ...]:
+    message = f"mirrors must be a non-empty list of tuples of axes 0, 1, 2 like [(), (0,)], got {mirrors!r}"
     try:
-        chosen = [tuple(sorted(set(axes))) for axes in mirrors]
-    except TypeError:
-        raise SettingsError(f"mirrors must be a list of axis tuples like [(), (0,)], got {mirrors!r}") from None
-    if not chosen or any(axis not in (0, 1, 2) or isinstance(axis, bool) for axes in chosen for axis in axes):
-        raise SettingsError(f"mirrors must be a non-empty list of tuples of axes 0, 1, 2, got {mirrors!r}")
+        chosen = [tuple(sorted({_index(axis) for axis in axes})) for axes in mirrors]
+    except TypeError:  # not iterable, or not integers (a string's characters are not)
+        raise SettingsError(message) from None
+    if not chosen or any(axis not in (0, 1, 2) for axes in chosen for axis in axes):
+        raise SettingsError(message)
     return tuple(dict.fromkeys(chosen))

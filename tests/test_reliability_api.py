@@ -8,13 +8,14 @@ import re
 
 import numpy as np
 import pytest
-from conftest import flair_bundle, write_case
+from conftest import LPS_AFFINE, flair_bundle, synthetic_image, write_case
 
 from brats_cli import Segmenter
 from brats_cli.bundle import Stage
-from brats_cli.errors import InputError
-from brats_cli.io import Case
+from brats_cli.errors import InputError, SettingsError
+from brats_cli.io import Case, Geometry
 from brats_cli.segmenter import Status, case_from_files
+from brats_cli.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,11 @@ def segmenter(tmp_path_factory):
     """Tiny networks whose base model finds nothing; nothing here should ever load them."""
     bundle = flair_bundle(tmp_path_factory.mktemp("nothing"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
     return Segmenter(bundle, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def image():
+    return synthetic_image()
 
 
 def files_under(folder):
@@ -68,3 +74,107 @@ def test_a_case_id_from_a_folder_name_passes_the_same_rule(tmp_path):
     assert case.case_id == "patient 3" and "is not a safe file name" in (case.problem or "")
     renamed = case_from_files(paths, case_id="patient-3")  # a safe ID given instead clears it
     assert renamed.case_id == "patient-3" and renamed.problem is None
+
+
+def test_predict_runs_the_image_checks_of_the_command(segmenter, image):
+    """The checks `brats segment` makes of each file, with the same words, before any network."""
+    few = np.zeros_like(image)
+    few[:, 100:110, 100:110, 70:80] = 1.0 + np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    nan = image.copy()
+    nan[2, 120, 120, 77] = np.nan
+    zero_t1 = image.copy()
+    zero_t1[1] = 0
+    for bad, message in (
+        (np.zeros_like(image), "image[0] (FLAIR) is all zero"),
+        (np.full_like(image, 250.0), "image[0] (FLAIR): 100% of the voxels are nonzero"),
+        (few, "image[0] (FLAIR): only 1000 nonzero voxels (1.0 ml)"),
+        (np.where(image > 0, 300.0, 0.0).astype(np.float32), "image[0] (FLAIR): the brain's intensities do not vary"),
+        (nan, "NaN or Inf voxels in image[2] (T1CE)"),
+        (zero_t1, "image[1] (T1) is all zero"),
+    ):
+        with pytest.raises(InputError, match=r"^" + re.escape(message)):
+            segmenter.predict(bad, LPS_AFFINE)
+    assert segmenter._predictors is None
+
+
+def test_predict_refuses_a_bad_affine_naming_it(segmenter, image):
+    nan = LPS_AFFINE.copy()
+    nan[0, 0] = np.nan
+    singular = LPS_AFFINE.copy()
+    singular[2] = 0.0
+    for bad, message in (
+        (np.zeros((4, 4)), "affine is singular"),
+        (singular, "affine is singular"),
+        (nan, "affine holds NaN or Inf"),
+        (np.eye(3), "affine of shape (3, 3), not 4x4"),
+        ([["a"] * 4] * 4, "affine: not a 4x4 matrix of numbers"),
+    ):
+        with pytest.raises(InputError, match=r"^" + re.escape(message)):
+            segmenter.predict(image, bad)
+    assert segmenter._predictors is None
+
+
+def test_predict_refuses_an_array_that_is_no_image_naming_it(segmenter):
+    for bad, message in (
+        (np.full((4, 240, 240, 155), "a"), "image: voxels of type <U1, expected integers or floats"),
+        (np.zeros((4, 240, 240, 155), bool), "image: voxels of type bool"),
+        ([[1.0], [1.0, 2.0]], "image: not an array"),
+        (np.zeros((3, 240, 240, 155)), "image: expected a (4, X, Y, Z) image"),
+    ):
+        with pytest.raises(InputError, match=r"^" + re.escape(message)):
+            segmenter.predict(bad)
+    assert segmenter._predictors is None
+
+
+def test_predict_checks_the_shape_before_reorienting(segmenter, monkeypatch):
+    def reoriented(*_):
+        raise AssertionError("reoriented before the shape was checked")
+
+    monkeypatch.setattr(Geometry, "to_canonical", reoriented)
+    stored_zyx = LPS_AFFINE[:, [2, 1, 0, 3]]  # voxel axes stored z, y, x
+    wrong = np.ones((4, 155, 240, 200), np.float32)
+    with pytest.raises(InputError, match=r"\(155, 240, 200\) voxels \(\(200, 240, 155\) in LPS\) is not BraTS space"):
+        segmenter.predict(wrong, stored_zyx)
+    with pytest.raises(InputError, match=r"^image: \(155, 240, 200\) voxels is not BraTS space"):
+        segmenter.predict(wrong)
+
+
+def test_predict_labels_must_be_a_convention(segmenter, image):
+    with pytest.raises(SettingsError, match=re.escape("labels must be one of 2021, 2023, got '2022'")):
+        segmenter.predict(image, labels="2022")
+    assert segmenter._predictors is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mirrors": [(0.0,)]}, "mirrors must be a non-empty list of tuples of axes 0, 1, 2"),
+        ({"mirrors": [(), (1.0, 2.0)]}, "mirrors must be a non-empty list of tuples of axes 0, 1, 2"),
+        ({"mirrors": [(True,)]}, "mirrors must be a non-empty list of tuples of axes 0, 1, 2"),
+        ({"mirrors": ["0"]}, "mirrors must be a non-empty list of tuples of axes 0, 1, 2"),
+        ({"mirrors": [0, 1]}, "mirrors must be a non-empty list of tuples of axes 0, 1, 2"),
+        ({"folds": [0.0]}, "folds must be non-negative fold indices"),
+    ],
+)
+def test_settings_of_the_wrong_kind_are_refused_naming_them(changes, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings(**changes)
+
+
+def test_settings_take_numpy_integers_as_integers():
+    settings = Settings(mirrors=[(), (np.int64(0),)], folds=np.array([1, 0]))
+    assert settings.mirrors == ((), (0,)) and settings.folds == (0, 1)
+    assert all(type(axis) is int for axes in settings.mirrors for axis in axes)
+
+
+def test_segment_folder_arguments_of_the_wrong_kind_are_refused_at_once(segmenter, tmp_path):
+    write_case(tmp_path / "in", "BraTS2021_00001", np.zeros((4, 4, 4, 4)))
+    for arguments, message in (
+        ({"shard": (0, 2)}, "shard must be 'K/N' (such as '0/4') or a Shard, got (0, 2)"),
+        ({"shard": 1}, "shard must be 'K/N'"),
+        ({"overwrite": "no"}, "overwrite must be True or False, got 'no'"),
+        ({"quality": 1}, "quality must be True or False, got 1"),
+    ):
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            segmenter.segment_folder(tmp_path / "in", tmp_path / "out", **arguments)
+    assert not (tmp_path / "out").exists() and segmenter._predictors is None
