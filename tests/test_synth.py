@@ -592,8 +592,8 @@ def test_cli_refuses_an_unusable_shape_before_writing(tmp_path, kind, message):
     elif kind == "spacing":
         _rod_label_map(path, spacing=2.0)
     elif kind == "no core":
-        labels = np.zeros((30, 30, 30), np.uint8)
-        labels[10:20, 10:20, 10:20] = 2
+        labels = np.zeros(BRATS_SHAPE, np.uint8)
+        labels[100:120, 100:120, 70:90] = 2
         nib.save(nib.Nifti1Image(labels, LPS_AFFINE), path)
     else:
         path.write_bytes(b"not a NIfTI file")

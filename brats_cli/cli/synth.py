@@ -51,9 +51,9 @@ def synth(
         list[Path] | None,
         typer.Option(
             "--shapes",
-            help="Generator 4: a BraTS-space label map at 1 mm (labels 1, 2 and 3 or 4), or a folder of "
-            "them, whose tumour outlines the phantoms take; repeat for more. Never pass the segmentation "
-            "of a case you will score the trained model on.",
+            help="Generator 4: a BraTS-space label map (240x240x155 at 1 mm; labels 1, 2 and 3 or 4) whose "
+            "tumour fits in a brain, or a folder of them, whose tumour outlines the phantoms take; repeat for "
+            "more. Never pass the segmentation of a case you will score the trained model on.",
         ),
     ] = None,
     preview: Annotated[

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from brats_cli.errors import ImageReadError, InputError
-from brats_cli.io import BRATS_SHAPE, is_nifti, nifti_stem, read_label_map
+from brats_cli.io import (
+    BRATS_SHAPE,
+    Geometry,
+    _geometry,
+    _load_header,
+    is_nifti,
+    nifti_stem,
+    not_a_file,
+    read_label_map,
+)
 from brats_cli.labels import EDEMA, NECROSIS
 from brats_cli.metrics import bounding_box
 from brats_cli.synth.fields import rotation, smooth_noise
@@ -24,6 +33,17 @@ SHAPE_WARP_MM = 2.0
 SHAPE_WARP_SCALE = 12.0
 # A label map is read at its voxel grid: anything but 1 mm voxels would change the outline's size.
 SHAPE_SPACING_TOLERANCE = 0.05
+# An outline's core holds a ball of at least this radius (its deepest voxel this far from the
+# core's edge). At the smallest scale (0.55 x 0.85) the placed grid samples the source about 2.1
+# voxels apart, and a thinner core can fall between its points: of 400 placements, a one-voxel core
+# vanished in 324, a 7-voxel ball (1.4 deep) in 24, a 1.7-deep ball in 1, a 2-deep one never.
+MIN_CORE_DEPTH_MM = 3.0
+# The phantom brain holds about 1,500 ml and spans 135 x 168 x 141 mm (+-6 % per case). A whole
+# tumour over half its volume, or wider than its narrowest span, does not fit in it: BraTS whole
+# tumours reach a few hundred ml and about 110 mm across; a larger "tumour" is a brain mask, a
+# whole-head label or another grid's map.
+MAX_TUMOUR_ML = 750.0
+MAX_TUMOUR_MM = 125
 
 
 @dataclass(frozen=True)
@@ -48,44 +68,104 @@ class PlacedShape:
 
 
 def shape_files(paths: Sequence[Path]) -> list[Path]:
-    """The label maps named by `paths`: files as given, folders' NIfTI files sorted by name."""
+    """The label maps named by `paths`: files as given, folders' NIfTI files sorted by name.
+    InputError for a path that is not there, a folder without NIfTI files, and anything that is
+    not a regular file (a FIFO, socket or device is never opened: reading it could block)."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(child for child in path.iterdir() if child.is_file() and is_nifti(child))
+            found = sorted(child for child in path.iterdir() if is_nifti(child))
             if not found:
                 raise InputError(f"{path}: no NIfTI label maps in this folder")
             files.extend(found)
-        elif path.is_file():
+        elif path.exists():
             files.append(path)
         else:
             raise InputError(f"{path}: no such file or folder")
+    for file in files:
+        problem = not_a_file(file, "a label map")
+        if problem:
+            raise InputError(problem)
     return files
+
+
+def _grid_problem(geometry: Geometry) -> str | None:
+    """Why a label map's grid cannot give a tumour shape, from its header: not BraTS space, or
+    voxels other than 1 mm (either would change the outline's size)."""
+    if geometry.canonical_shape != BRATS_SHAPE:
+        return (
+            f"shape {'x'.join(map(str, geometry.shape))} is not BraTS space {'x'.join(map(str, BRATS_SHAPE))}; "
+            "a tumour shape is the label map of a BraTS case (register and resample it to SRI24 first)"
+        )
+    spacing = np.sqrt((geometry.affine[:3, :3] ** 2).sum(axis=0))
+    if np.abs(spacing - 1.0).max() > SHAPE_SPACING_TOLERANCE:
+        voxel = " x ".join(f"{v:g}" for v in spacing)
+        return f"voxels of {voxel} mm; tumour shapes are read at 1 mm (resample it first)"
+    return None
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    """The label map's voxels, read only once its header shows a usable grid (a map of another
+    size is refused before gigabytes of it are read); InputError naming the file otherwise."""
+    try:
+        # io's header reader (it has no public one yet) refuses what it cannot read, in its words.
+        problem = _grid_problem(_geometry(_load_header(path)))
+        if problem:
+            raise InputError(f"{path}: {problem}")
+        labels, _ = read_label_map(path)
+    except ImageReadError as error:
+        raise InputError(str(error)) from error
+    return labels
+
+
+def _labels_problem(labels: np.ndarray) -> str | None:
+    """Why a label map's values are not a BraTS segmentation with a tumour core, or None."""
+    present = {int(v) for v in np.unique(labels)} - {0}
+    stray = sorted(present - {NECROSIS, EDEMA, 3, 4})
+    if stray:
+        return f"label(s) {', '.join(map(str, stray))} are not BraTS labels (1 NCR, 2 ED, 3 or 4 ET)"
+    if {3, 4} <= present:
+        return "holds both 3 and 4; a BraTS label map marks enhancing tumour with one of them"
+    if not np.isin(labels, (NECROSIS, 3, 4)).any():
+        return "no tumour core (labels 1, 3 or 4) to take a shape from"
+    return None
+
+
+def outline_problem(whole: np.ndarray, core: np.ndarray) -> str | None:
+    """Why a tumour (whole tumour and core masks, 1 mm voxels) cannot be placed in a phantom's
+    brain, or None. Its core must hold a ball MIN_CORE_DEPTH_MM deep, or at the smallest scale
+    the placed core can vanish between voxels (one voxel, voxels far apart: a tumour-free case);
+    the whole tumour must fit in the brain (MAX_TUMOUR_ML, MAX_TUMOUR_MM), or it is cut off at the
+    brain's edge and fills the brain."""
+    from scipy import ndimage
+
+    # Padded: a core touching the edge of its box is not deeper for it.
+    depth = float(ndimage.distance_transform_edt(np.pad(core, 1)).max())
+    if depth < MIN_CORE_DEPTH_MM:
+        return (
+            f"its tumour core is too small or scattered to place (at most {2 * depth:.0f} mm thick; "
+            f"a tumour shape needs a core at least {2 * MIN_CORE_DEPTH_MM:.0f} mm thick)"
+        )
+    voxels = np.argwhere(whole)
+    span = int((voxels.max(axis=0) - voxels.min(axis=0)).max()) + 1
+    volume = int(whole.sum()) / 1000.0
+    if volume > MAX_TUMOUR_ML or span > MAX_TUMOUR_MM:
+        return (
+            f"its whole tumour ({volume:.0f} ml, {span} mm across) does not fit in the brain "
+            f"(a tumour shape is at most {MAX_TUMOUR_ML:.0f} ml and {MAX_TUMOUR_MM} mm across)"
+        )
+    return None
 
 
 def load_tumour_shape(path: Path) -> TumourShape:
     """One label map as a `TumourShape`; InputError naming the file when it cannot be one."""
-    try:
-        labels, geometry = read_label_map(path)
-    except ImageReadError as error:
-        raise InputError(str(error)) from error
-    if labels.ndim != 3:
-        raise InputError(f"{path}: a tumour shape is a 3D label map, this one has shape {labels.shape}")
-    spacing = np.sqrt((geometry.affine[:3, :3] ** 2).sum(axis=0))
-    if np.abs(spacing - 1.0).max() > SHAPE_SPACING_TOLERANCE:
-        voxel = " x ".join(f"{v:g}" for v in spacing)
-        raise InputError(f"{path}: voxels of {voxel} mm; tumour shapes are read at 1 mm (resample it first)")
-    present = {int(v) for v in np.unique(labels)} - {0}
-    stray = sorted(present - {NECROSIS, EDEMA, 3, 4})
-    if stray:
-        raise InputError(f"{path}: label(s) {', '.join(map(str, stray))} are not BraTS labels (1 NCR, 2 ED, 3 or 4 ET)")
-    if {3, 4} <= present:
-        raise InputError(f"{path}: holds both 3 and 4; a BraTS label map marks enhancing tumour with one of them")
+    labels = _read_labels(path)
     enhancing = (labels == 3) | (labels == 4)
     core = enhancing | (labels == NECROSIS)
-    if not core.any():
-        raise InputError(f"{path}: no tumour core (labels 1, 3 or 4) to take a shape from")
     whole = core | (labels == EDEMA)
+    problem = _labels_problem(labels) or outline_problem(whole, core)
+    if problem:
+        raise InputError(f"{path}: {problem}")
     box = bounding_box(whole)
     assert box is not None  # the core is not empty
     return TumourShape(nifti_stem(path), whole[box].copy(), core[box].copy(), enhancing[box].copy())
