@@ -55,19 +55,14 @@ class Shard:
         if not task:
             return None
         job = environ.get("SLURM_ARRAY_JOB_ID", "?")
-        try:
-            task_id = int(task)
-            first = int(environ.get("SLURM_ARRAY_TASK_MIN", task))
-            last = int(environ.get("SLURM_ARRAY_TASK_MAX", task))
-            step = int(environ.get("SLURM_ARRAY_TASK_STEP", "1") or "1")
-            count = int(environ["SLURM_ARRAY_TASK_COUNT"]) if "SLURM_ARRAY_TASK_COUNT" in environ else None
-        except ValueError:
-            raise SettingsError(f"SLURM array variables are not integers (SLURM_ARRAY_TASK_ID={task!r})") from None
-        if step < 1:
-            step = 1
+        task_id = _slurm_integer(environ, "SLURM_ARRAY_TASK_ID", task, low=0)
+        first = _slurm_integer(environ, "SLURM_ARRAY_TASK_MIN", task, low=0)
+        last = _slurm_integer(environ, "SLURM_ARRAY_TASK_MAX", task, low=first)
+        # A step of 0 would divide by zero and a negative one reverse the range: neither is an
+        # array SLURM makes, so the environment was set by hand and is refused, not guessed.
+        step = _slurm_integer(environ, "SLURM_ARRAY_TASK_STEP", "1", low=1)
         size = (last - first) // step + 1
-        if count is None:
-            count = size
+        count = _slurm_integer(environ, "SLURM_ARRAY_TASK_COUNT", str(size), low=1)
         if (task_id - first) % step or count != size or not first <= task_id <= last:
             raise SettingsError(
                 f"SLURM array job {job}: task IDs {first}-{last}:{step} with {count} tasks are not one range, "
@@ -82,3 +77,16 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+def _slurm_integer(environ: Mapping[str, str], name: str, default: str, *, low: int) -> int:
+    """The integer in SLURM variable `name` (`default` when it is unset or empty), at least
+    `low`; a SettingsError naming the variable and its value otherwise."""
+    text = environ.get(name) or default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise SettingsError(f"{name}={text!r}: expected an integer of at least {low}; pass --shard K/N instead")
+    return value

@@ -85,6 +85,35 @@ def test_a_slurm_array_task_is_the_shard_at_its_position() -> None:
     assert Shard.from_slurm({"SLURM_JOB_ID": "5"}) is None
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SLURM_ARRAY_TASK_MIN", "x"),
+        ("SLURM_ARRAY_TASK_MAX", "1.5"),
+        ("SLURM_ARRAY_TASK_COUNT", "two"),
+        ("SLURM_ARRAY_TASK_STEP", "0"),
+        ("SLURM_ARRAY_TASK_STEP", "-2"),
+        ("SLURM_ARRAY_TASK_ID", "-1"),
+    ],
+)
+def test_a_bad_slurm_variable_is_refused_by_its_own_name(variable: str, value: str) -> None:
+    """Each variable is named in the error with its value; a step of 0 or below is no range SLURM
+    makes and is refused, never read as 1."""
+    environ = {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2",
+               "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1", variable: value}  # fmt: skip
+    with pytest.raises(SettingsError, match=f"^{variable}={value!r}: expected an integer of at least"):
+        Shard.from_slurm(environ)
+
+
+def test_a_bad_slurm_step_stops_segment_before_anything_is_written(cohort: Path, tmp_path: Path) -> None:
+    environ = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "3",
+               "SLURM_ARRAY_TASK_STEP": "0"}  # fmt: skip
+    result = runner.invoke(app, ["segment", str(cohort), str(tmp_path / "out")], env=environ)
+    assert result.exit_code == 2, result.output
+    assert "error: SLURM_ARRAY_TASK_STEP='0': expected an integer of at least 1" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_shard_option_segments_only_its_cases(cohort: Path, background_bundle, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["segment", str(cohort), str(out), "--weights", str(background_bundle.root),
