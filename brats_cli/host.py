@@ -1,10 +1,12 @@
-"""What this host grants the process: the CPUs it may use and whether they compute bf16 natively.
+"""What this host grants the process (the CPUs it may use and whether they compute bf16 natively)
+and what tells it from other hosts and containers sharing a folder.
 
 Pure reads of /proc and /sys, with no torch import, so that the CLI's log and both backends share
 one answer."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -50,3 +52,18 @@ def usable_cpus(cpu_max_path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return cpus
+
+
+def machine_identity() -> str:
+    """What tells this machine and PID namespace apart from every other that may write into a
+    shared folder: the host name, the boot ID (two nodes may both be called `localhost`) and the
+    PID namespace (every container on a host has its own PID 1). A process ID identifies a
+    process only together with it. Parts that cannot be read (not Linux) are left out."""
+    import socket
+
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return "\n".join(parts)
