@@ -28,7 +28,7 @@ import numpy as np
 from brats_cli import host
 from brats_cli.bundle import Bundle, load_weights
 from brats_cli.choices import REGION_STAGES, Backend, LabelConvention, Naming, Precision, Stage
-from brats_cli.errors import BratsError, CaseError, InputError, SettingsError, WeightsError, first_line
+from brats_cli.errors import BratsError, CaseError, ImageReadError, InputError, SettingsError, WeightsError, first_line
 from brats_cli.io import (
     BRATS_SHAPE,
     CHANNEL_ORDER,
@@ -44,6 +44,7 @@ from brats_cli.io import (
     load_case,
     modality_problem,
     parse_name,
+    read_label_map,
     remove_stale_temporaries,
     write_label_map,
     write_probabilities,
@@ -476,22 +477,45 @@ class Segmenter:
 
 
 DONE_OUTPUT = "done"
+MAX_LABEL = 4  # 0 background and the tumour labels of both conventions (ET is 3 or 4)
 
 
 def _existing_output(target: Path, overwrite: bool) -> str | None:
-    """None if nothing is at a case's output name; DONE_OUTPUT for a label map written before
-    (writes are atomic, so a non-empty file there is a whole one); else what is wrong there."""
+    """None if a case's output is to be written (nothing at its name, or a file that --overwrite
+    replaces); DONE_OUTPUT for a complete label map there; else why the case fails."""
     if not target.exists():  # nothing, or a dangling link: the rename replaces the link itself
         return None
     if target.is_dir():
         return f"{target} is a folder, not a label map; remove it to segment this case"
     if not target.is_file():
         return f"{target} is not a regular file (a FIFO or device?); remove it to segment this case"
+    if overwrite:  # replaced by a rename, a link included (never written through)
+        return None
+    problem = _incomplete_label_map(target)
+    return DONE_OUTPUT if problem is None else f"{target} {problem}; remove it or rerun with --overwrite"
+
+
+def _incomplete_label_map(target: Path) -> str | None:
+    """Why the file at a case's output name is not a finished output, or None if it is. Our own
+    writes are atomic, but a file copied in and cut short, another tool's file or a link out of
+    the folder is not this tool's complete output; it is read whole (a label map is small; the
+    reader checks a .nii.gz to its gzip CRC) and must be a BraTS-space map of BraTS labels."""
     if target.stat().st_size == 0:
-        if overwrite:
-            return None
-        return f"{target} is an empty file, not a label map; remove it or rerun with --overwrite"
-    return DONE_OUTPUT
+        return "is an empty file, not a label map"
+    resolved, folder = target.resolve(), target.parent.resolve()
+    if target.is_symlink() and not resolved.is_relative_to(folder):
+        return f"is a link to {resolved}, outside the output folder, not a label map of this output"
+    try:
+        labels, geometry = read_label_map(target)
+    except ImageReadError as error:
+        return f"is not a complete label map ({str(error).removeprefix(f'{target}: ')})"
+    if geometry.canonical_shape != BRATS_SHAPE:
+        shape = "x".join(map(str, geometry.shape))
+        return f"is not a complete label map (a {shape} image, not BraTS space {'x'.join(map(str, BRATS_SHAPE))})"
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):  # integers: 0..4 are labels
+        stray = labels[(labels < 0) | (labels > MAX_LABEL)][0]
+        return f"is not a complete label map (it holds {int(stray)}, not a BraTS label)"
+    return None
 
 
 class Batch:
@@ -540,10 +564,11 @@ class Batch:
         self.overwrite = overwrite
         self.quality = quality
         if quality:
-            from brats_cli.report.records import QA_FOLDER
+            from brats_cli.report.records import QA_FOLDER, record_path
 
-            if (self.output / QA_FOLDER).is_dir():
-                remove_stale_temporaries(self.output / QA_FOLDER)
+            if (self.output / QA_FOLDER).is_dir():  # a shard sweeps its own cases' records only
+                records = None if shard is None else [record_path(self.output, c.case_id).name for c in self.cases]
+                remove_stale_temporaries(self.output / QA_FOLDER, records)
         self.results: list[CaseResult] = []
         self._in_progress: Path | None = None  # the output of the case being segmented, if new
 

@@ -132,7 +132,9 @@ def test_segment_folder_yields_results_skips_finished_cases_and_knows_what_it_wr
     for number in (1, 2, 3):
         write_case(tmp_path / "in", f"BraTS2021_0000{number}", synthetic_image())
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "BraTS2021_00002.nii.gz").write_bytes(b"earlier")
+    earlier = tmp_path / "out" / "BraTS2021_00002.nii.gz"  # an earlier run's complete label map
+    nib.save(nib.Nifti1Image(np.zeros((240, 240, 155), np.uint8), LPS_AFFINE), earlier)
+    before = earlier.read_bytes()
     batch = segmenter.segment_folder(tmp_path / "in", tmp_path / "out")
     assert len(batch) == 3
     statuses = [(r.case_id, r.status) for r in batch]
@@ -142,7 +144,7 @@ def test_segment_folder_yields_results_skips_finished_cases_and_knows_what_it_wr
         ("BraTS2021_00003", Status.DONE),
     ]
     assert batch.finished() == ["BraTS2021_00001", "BraTS2021_00003"] and not batch.failed
-    assert (tmp_path / "out" / "BraTS2021_00002.nii.gz").read_bytes() == b"earlier"
+    assert earlier.read_bytes() == before
     again = segmenter.segment_folder(tmp_path / "in", tmp_path / "out", overwrite=True).run()
     assert [r.status for r in again] == [Status.DONE] * 3
 

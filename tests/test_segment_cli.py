@@ -63,12 +63,15 @@ def test_existing_outputs_are_skipped_unless_overwrite(tmp_path, background_bund
     inp, out = tmp_path / "in", tmp_path / "out"
     write_case(inp, "BraTS2021_00001", synthetic_image())
     out.mkdir()
-    (out / "BraTS2021_00001.nii.gz").write_bytes(b"earlier result")
+    earlier = np.zeros((240, 240, 155), np.uint8)
+    earlier[100:110, 100:110, 70:80] = 2  # an earlier run's complete label map (a foreign file is not one)
+    nib.save(nib.Nifti1Image(earlier, LPS_AFFINE), out / "BraTS2021_00001.nii.gz")
+    before = (out / "BraTS2021_00001.nii.gz").read_bytes()
     (out / f".BraTS2021_00001{TEMP_MARKER}99999.nii.gz").write_bytes(b"left by a killed run")
     result = segment(inp, out, "--weights", background_bundle.root)
     assert result.exit_code == 0, result.output
     assert "skipped" in result.output
-    assert (out / "BraTS2021_00001.nii.gz").read_bytes() == b"earlier result"
+    assert (out / "BraTS2021_00001.nii.gz").read_bytes() == before
     assert leftovers(out) == []
     result = segment(inp, out, "--weights", background_bundle.root, "--overwrite")
     assert result.exit_code == 0
