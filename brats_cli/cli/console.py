@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
+
+from brats_cli.errors import first_line
+from brats_cli.files import is_temporary
 
 # Exit codes: 0 everything done; 1 some case failed; 2 the input, weights or output cannot be used
 # at all; 130/143 interrupted by SIGINT/SIGTERM.
@@ -31,15 +34,61 @@ stdout = Console(highlight=False, markup=False)
 # The open run log, if any: every error, warning and note (and `info` line) is appended to it as
 # plain text, one timestamped line each, flushed at once so a killed job's log ends where it died.
 _log: TextIO | None = None
+_log_path: Path | None = None
 
 
 def log(kind: str, message: str) -> None:
-    """Append one line to the run log (nothing when none is open)."""
-    if _log is not None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    """Append one line to the run log (nothing when none is open). A log that can no longer be
+    written (a full disk) is closed with one warning on stderr; the run goes on without it, since
+    its outputs do not depend on the log."""
+    global _log
+    if _log is None:
+        return
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    try:
         for line in message.splitlines() or [""]:
             _log.write(f"{stamp} {kind}: {line}\n")
         _log.flush()
+    except OSError as error:
+        handle, _log = _log, None
+        with contextlib.suppress(OSError):  # flushing what is buffered fails alike
+            handle.close()
+        warning(f"{_log_path}: cannot write the log ({first_line(error)}); the run goes on without it")
+
+
+def unusable_log(
+    path: Path, *, reads: Iterable[Path], writes: Iterable[Path], folders: Iterable[Path] = ()
+) -> str | None:
+    """Why `path` must not be the run log of a command that reads the files and folders `reads`,
+    writes the files and folders `writes` and makes or writes into `folders` (a log may lie in
+    one, but not be one), or None. Appending must never alter data: nothing
+    in an input or a weights bundle, nothing the command writes or sweeps (an image name, a
+    temporary's, its records or report), no existing file of binary data (a hard link to an image
+    has another name). Links are followed: it is their target that would be appended to."""
+    from brats_cli.io import is_nifti
+
+    resolved = Path(path).resolve()
+    for name in {Path(path).name, resolved.name}:
+        if is_nifti(Path(name.lower())):
+            return f"{path}: named like a NIfTI image, which a log must not be; name another file"
+        if is_temporary(Path(name)):
+            return f"{path}: named like a brats temporary file, which runs delete; name another file"
+    for verb, places in (("reads", reads), ("writes", writes)):
+        for place in places:
+            if resolved == place.resolve() or resolved.is_relative_to(place.resolve()):
+                return f"{path}: lies in {place}, which this run {verb}; a log must not alter it"
+    for folder in folders:
+        if resolved == folder.resolve():
+            return f"{path}: is the folder {folder}, which this run writes into; name a file"
+    if resolved.is_file():
+        try:
+            with open(resolved, "rb") as handle:
+                start = handle.read(4096)
+        except OSError:
+            return None  # opening it for the log says why
+        if b"\0" in start or start.startswith(b"\x1f\x8b"):
+            return f"{path}: holds binary data (an image, weights?), not a log; name another file"
+    return None
 
 
 def error(message: str) -> None:
@@ -68,7 +117,7 @@ def log_to(path: Path | None) -> Iterator[None]:
     """Keep a run log in `path` (appended, so a resubmitted job adds to its history) for the
     duration: the messages above and Python warnings from any library (torch, nibabel, numpy).
     Raises OSError when the file cannot be opened."""
-    global _log
+    global _log, _log_path
     if path is None:
         yield
         return
@@ -79,12 +128,13 @@ def log_to(path: Path | None) -> Iterator[None]:
         log("warning", f"{category.__name__}: {message} ({filename}:{lineno})")
         shown(message, category, filename, lineno, file, line)
 
-    _log, warnings.showwarning = handle, show
+    _log, _log_path, warnings.showwarning = handle, Path(path), show
     try:
         yield
     finally:
         _log, warnings.showwarning = None, shown
-        handle.close()
+        with contextlib.suppress(OSError):  # said by `log` already, at the write that failed
+            handle.close()
 
 
 def progress():

@@ -188,6 +188,10 @@ class SegmentOptions:
 
 def run_segment(options: SegmentOptions) -> int:
     """`_run_segment` with the run log open when one is asked for."""
+    problem = None if options.log is None else _unusable_log(options)
+    if problem is not None:
+        console.error(problem)
+        return console.EXIT_UNUSABLE
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(console.log_to(options.log))
@@ -195,6 +199,22 @@ def run_segment(options: SegmentOptions) -> int:
             console.error(f"{options.log}: cannot write the log ({first_line(error)})")
             return console.EXIT_UNUSABLE
         return _run_segment(options)
+
+
+def _unusable_log(options: SegmentOptions) -> str | None:
+    """`console.unusable_log` for this run: it reads INPUT and the weights, writes OUTPUT's label
+    maps (named like images), records and report."""
+    from brats_cli.bundle import default_bundle_path
+    from brats_cli.report import QA_FOLDER, REPORT_FOLDER
+
+    assert options.log is not None
+    weights = options.weights or default_bundle_path(options.settings.backend)
+    return console.unusable_log(
+        options.log,
+        reads=[options.input, weights],
+        writes=[options.output / REPORT_FOLDER, options.output / QA_FOLDER],
+        folders=[options.output],
+    )
 
 
 def _run_segment(options: SegmentOptions) -> int:
@@ -275,9 +295,9 @@ def _run_segment(options: SegmentOptions) -> int:
     if peak is not None:
         console.stderr.print(f"peak GPU memory {peak:.2f} GiB")
     if written is not None:
-        if isinstance(written, str):
-            console.error(written)
-            return console.EXIT_UNUSABLE
+        if isinstance(written, str):  # the cases stand: a case-level failure, not "nothing written"
+            console.error(f"{written}; the segmented cases are kept, only the report is missing")
+            return console.EXIT_CASE_FAILED
         from brats_cli.cli.report import render_report
 
         render_report(written)
@@ -287,7 +307,7 @@ def _run_segment(options: SegmentOptions) -> int:
 def _write_report(options: SegmentOptions) -> Report | str:
     """The QA report of the output folder, or the one-line reason it could not be written."""
     from brats_cli.errors import BratsError
-    from brats_cli.report import write_report
+    from brats_cli.report import REPORT_FOLDER, write_report
 
     progress = console.progress()
     try:
@@ -300,6 +320,8 @@ def _write_report(options: SegmentOptions) -> Report | str:
             )
     except BratsError as error:
         return str(error)
+    except OSError as error:  # outside the report's own writes (reading the records back)
+        return f"{options.output / REPORT_FOLDER}: cannot write the report ({first_line(error)})"
 
 
 def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
