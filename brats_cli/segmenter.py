@@ -566,9 +566,10 @@ class Batch:
         if quality:
             from brats_cli.report.records import QA_FOLDER, record_path
 
-            if (self.output / QA_FOLDER).is_dir():  # a shard sweeps its own cases' records only
+            qa = self.output / QA_FOLDER
+            if qa.is_dir() and not qa.is_symlink():  # a linked one is replaced, never swept through
                 records = None if shard is None else [record_path(self.output, c.case_id).name for c in self.cases]
-                remove_stale_temporaries(self.output / QA_FOLDER, records)
+                remove_stale_temporaries(qa, records)  # a shard sweeps its own cases' records only
         self.results: list[CaseResult] = []
         self._in_progress: Path | None = None  # the output of the case being segmented, if new
 

@@ -267,6 +267,19 @@ def test_a_shard_sweeps_only_its_own_cases_qa_records(tmp_path, cohort, nothing_
     assert others.exists() and not mine.exists()
 
 
+def test_a_linked_qa_folder_is_never_swept_through(tmp_path, cohort, nothing_bundle):
+    """OUTPUT/.brats-qa linking elsewhere: the report replaces the link; nothing there is deleted."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / QA_FOLDER).symlink_to(elsewhere, target_is_directory=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    theirs = elsewhere / f".{IDS[0]}.json{TEMP_MARKER}{int(dead.stdout)}.json"
+    theirs.write_text("someone else's file")
+    Segmenter(nothing_bundle).segment_folder(cohort, out, quality=True)
+    assert theirs.read_text() == "someone else's file"
+
+
 # ---------------------------------------------------------------------------------------------
 # The report alone hits a full disk
 
