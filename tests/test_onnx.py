@@ -251,3 +251,21 @@ def test_fp16_export_keeps_float32_io_and_meets_its_tolerance(tmp_path) -> None:
     difference, _ = export_module.verify_model(path, [model], WINDOW, ExportPrecision.FP16)
     print(f"fp16 export: max |ONNX - PyTorch fp32| = {difference:.2e}")
     assert 0 < difference <= TOLERANCE[ExportPrecision.FP16]
+
+
+@pytest.mark.parametrize("record", [{"precision": "fp8"}, {"precision": 16}, ["fp16"], "fp16"])
+def test_an_onnx_bundles_recorded_precision_of_another_shape_is_named(tmp_path, exported, record) -> None:
+    """The free-form metadata is not validated by the manifest reader: a precision of another
+    shape is a WeightsError naming the field, a record that is not a table means fp32."""
+    _, target, _ = exported
+    copy = tmp_path / "onnx"
+    shutil.copytree(target, copy)
+    data = json.loads((copy / MANIFEST).read_text())
+    data.setdefault("metadata", {})["onnx"] = record
+    (copy / MANIFEST).write_text(json.dumps(data))
+    settings = Settings(backend=Backend.ONNX, device=Device.CPU)
+    if isinstance(record, dict):
+        with pytest.raises(WeightsError, match=r"metadata\.onnx\.precision must be one of fp32, fp16, got"):
+            onnx_predictors(load_bundle(copy), settings)
+    else:
+        assert set(onnx_predictors(load_bundle(copy), settings)) == set(Stage)

@@ -30,8 +30,6 @@ def bundle(
     from rich.table import Table
 
     from brats_cli.bundle import Stage
-    from brats_cli.errors import BratsError
-    from brats_cli.interrupts import Interrupted, interruptible
     from brats_cli.training.assemble import Borrowed, assemble_bundle
 
     if (stages_from is None) != (stages is None):
@@ -45,15 +43,8 @@ def bundle(
             console.error(f"--stages {stages}: name stages among {', '.join(s.value for s in Stage)}")
             raise typer.Exit(console.EXIT_UNUSABLE)
         borrowed = Borrowed(stages_from, frozenset(Stage(name) for name in names))
-    try:
-        with interruptible():
-            written, trained = assemble_bundle(run, out, borrowed)
-    except Interrupted as interrupted:
-        console.error(f"interrupted; nothing was written to {out}")
-        raise typer.Exit(interrupted.exit_code) from None
-    except BratsError as error:
-        console.error(str(error))
-        raise typer.Exit(console.EXIT_UNUSABLE) from None
+    with console.writing(out):
+        written, trained = assemble_bundle(run, out, borrowed)
     table = Table(title=f"bundle {written.root}")
     for column in ("stage", "fold", "val Dice", "val loss", "best epoch", "epochs"):
         table.add_column(column, justify="left" if column == "stage" else "right")

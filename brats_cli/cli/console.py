@@ -91,6 +91,26 @@ def unusable_log(
     return None
 
 
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """The frame of a command that builds one folder (`bundle`, `export`): Ctrl-C or SIGTERM inside
+    says nothing was written to `out` and exits 130/143; a BratsError is its one line and exit 2."""
+    import typer
+
+    from brats_cli.errors import BratsError
+    from brats_cli.interrupts import Interrupted, interruptible
+
+    try:
+        with interruptible():
+            yield
+    except Interrupted as interrupted:
+        error(f"interrupted; nothing was written to {out}")
+        raise typer.Exit(interrupted.exit_code) from None
+    except BratsError as problem:
+        error(str(problem))
+        raise typer.Exit(EXIT_UNUSABLE) from None
+
+
 def error(message: str) -> None:
     stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     log("error", message)

@@ -26,15 +26,14 @@ def export(
 
     from brats_cli.bundle import load_weights
     from brats_cli.choices import ExportPrecision
-    from brats_cli.errors import BratsError, ExportError
+    from brats_cli.errors import ExportError
     from brats_cli.export import export_bundle
-    from brats_cli.interrupts import Interrupted, interruptible
 
     precision = ExportPrecision.FP16 if fp16 else ExportPrecision.FP32
-    try:
-        with interruptible():
-            source = load_weights(weights)
-            with console.stderr.status("exporting") as status:
+    with console.writing(out):
+        source = load_weights(weights)
+        with console.stderr.status("exporting") as status:
+            try:
                 result = export_bundle(
                     source,
                     out,
@@ -42,15 +41,8 @@ def export(
                     opset=opset,
                     on_model=lambda file: status.update(f"exporting and verifying {file}"),
                 )
-    except Interrupted as interrupted:
-        console.error(f"interrupted; nothing was written to {out}")
-        raise typer.Exit(interrupted.exit_code) from None
-    except ExportError as error:
-        console.error(f"export failed: {error}")
-        raise typer.Exit(console.EXIT_UNUSABLE) from None
-    except BratsError as error:
-        console.error(str(error))
-        raise typer.Exit(console.EXIT_UNUSABLE) from None
+            except ExportError as error:  # said as the export's failure, not the weights'
+                raise ExportError(f"export failed: {error}") from None
     table = Table(title=f"brats export ({precision.value}, opset {opset})")
     table.add_column("model")
     table.add_column("max |ONNX - PyTorch|", justify="right")

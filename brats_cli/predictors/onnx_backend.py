@@ -100,12 +100,23 @@ def _check_graph(session: onnxruntime.InferenceSession, path: Path, input_size: 
         raise WeightsError(f"{path}: input and output must be float32 tensors")
 
 
+def _export_precision(bundle: Bundle) -> ExportPrecision:
+    """The precision `brats export` recorded in the free-form metadata; fp32 where it recorded none."""
+    record = bundle.manifest.metadata.get("onnx")
+    value = record.get("precision", "fp32") if isinstance(record, dict) else "fp32"
+    try:
+        return ExportPrecision(value)
+    except ValueError:
+        choices = ", ".join(p.value for p in ExportPrecision)
+        raise WeightsError(f"{bundle.root}: metadata.onnx.precision must be one of {choices}, got {value!r}") from None
+
+
 def onnx_predictors(bundle: Bundle, settings: Settings) -> Mapping[Stage, StagePredictor]:
     """ONNX Runtime sessions for an ONNX bundle (see `brats export`); checksums are load_bundle's."""
     require_backend(bundle, Backend.ONNX)
     device = settings.device
     providers = onnx_providers(device)
-    precision = ExportPrecision(str(bundle.manifest.metadata.get("onnx", {}).get("precision", "fp32")))
+    precision = _export_precision(bundle)
     predictors: dict[Stage, StagePredictor] = {}
     for stage in Stage:
         spec = bundle.manifest.stages[stage]
