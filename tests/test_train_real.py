@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -225,3 +226,58 @@ def test_a_recipe_with_no_library_step_builds_no_library_transform():
     recipe = load_recipe(ROOT / "train" / "paper.toml")
     dataset = CropDataset([], Stage.WT, recipe, training=True, stream=0)
     assert dataset.library is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-processing chosen out of fold (train/real/choose_thresholds.py, record_split.py)
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "train" / "real" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _thresholds_case(chooser, et_inside: float, et_outside: float):
+    """A 1x8x8 case whose WT and TC probabilities sit far from every threshold; ET is 0.9 on the
+    reference's 8 voxels' first half, `et_inside` on its second half and `et_outside` on 8 voxels
+    beyond it."""
+    from brats_cli.labels import Region
+
+    shape = (1, 8, 8)
+    wt, tc, et = np.zeros(shape, bool), np.zeros(shape, bool), np.zeros(shape, bool)
+    wt[0, :6], tc[0, :4], et[0, :1] = True, True, True
+    probabilities = np.zeros((*shape, 3), np.float32)
+    probabilities[..., 0][wt], probabilities[..., 1][tc] = 0.95, 0.95
+    probabilities[0, 0, :4, 2], probabilities[0, 0, 4:, 2] = 0.9, et_inside
+    probabilities[0, 1, :, 2] = et_outside
+    reference = {Region.WT: wt, Region.TC: tc, Region.ET: et}
+    return chooser.Case("c", LabelConvention.BRATS2021, probabilities, reference)
+
+
+def test_a_probability_threshold_moves_only_when_it_gains_the_rules_margin():
+    chooser = _script("choose_thresholds")
+    from brats_cli.labels import Region
+
+    # ET false positives at 0.55 beside the reference: p > 0.6 removes them, a large gain.
+    gaining = _thresholds_case(chooser, et_inside=0.95, et_outside=0.55)
+    thresholds, et_threshold = chooser.choose([gaining])
+    assert thresholds[Region.ET] == 0.6 and thresholds[Region.WT] == thresholds[Region.TC] == 0.5
+    # Its 8 true ET voxels are fewer than every ET threshold but 0: the paper's 600 would erase them.
+    assert et_threshold == 0
+    # Nothing between 0.3 and 0.7 to gain: every threshold stays 0.5.
+    level = _thresholds_case(chooser, et_inside=0.95, et_outside=0.0)
+    assert chooser.choose([level])[0] == dict.fromkeys(chooser.REGIONS, 0.5)
+
+
+def test_record_split_reads_the_choosers_last_line_and_refuses_another():
+    recorder = _script("record_split")
+    line = "chosen: wt=0.5 tc=0.4 et=0.6 et_threshold=300"
+    assert recorder.parse_choice(line) == {"wt": 0.5, "tc": 0.4, "et": 0.6, "et_threshold": 300.0}
+    with pytest.raises(SystemExit, match="not a choice line"):
+        recorder.parse_choice("chosen: 600")

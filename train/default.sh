@@ -2,14 +2,16 @@
 # How the default weights bundle in weights/ is made, from the real labelled pool, on 2 CPU cores:
 #
 #   bash ../shared/data/real-train/extract.sh POOL SNAPSHOTS    # once: the 88 cases (its README)
-#   POOL=POOL bash train/default.sh                             # everything below, about 2 hours
+#   POOL=POOL bash train/default.sh                             # everything below, about 2.5 hours
+#   (on 2 cores: round one 61 minutes, round two about 40 and round three about 30 alone, the rest 15)
 #
 # 1. split:  train/real/split.tsv (fixed before any training) -> WORK/split/{train,validation}
 # 2. cache:  every case preprocessed once (WORK/cache)
 # 3. train:  the rounds of train/rounds.tsv, in order (each: recipe, starting weights, lanes), each
 #            bundled as WORK/bundle<round> (its stages named in `keep` taken from the round before)
-# 4. bundle: the last round's bundle -> BUNDLE, with the split in its manifest and the ET threshold
-#            chosen on fold 0's held-out training cases (train/real/choose_et_threshold.py)
+# 4. bundle: the last round's bundle -> BUNDLE, with the split in its manifest and its post-processing
+#            (each region's probability threshold, the ET threshold) chosen on fold 0's held-out
+#            training cases (train/real/choose_thresholds.py)
 # 5. score:  BUNDLE on the 18 validation cases -> WORK/score/summary.md (train/real/score.sh)
 #
 # Stopped? Run the same command again: finished steps are kept and every model resumes after its
@@ -93,16 +95,18 @@ stamp "bundle: $BUNDLE (round $last)"
 rm -rf "$BUNDLE"
 cp -r "$WORK/bundle$last" "$BUNDLE"
 
-# The ET threshold, chosen out of fold: the fold-0 models (base, WT, TC, ET, each trained on folds
-# 1-4) on fold 0's held-out training cases, written with no threshold; never the validation split.
-stamp "ET threshold: fold 0's held-out training cases"
+# Post-processing, chosen out of fold: the fold-0 models (base, WT, TC, ET, each trained on folds
+# 1-4) on fold 0's held-out training cases, written with their probabilities and no ET threshold;
+# never the validation split.
+stamp "post-processing: fold 0's held-out training cases"
 rm -rf "$WORK/oof" && mkdir -p "$WORK/oof/cases"
 "$PYTHON" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["folds"][0]))' "$WORK/run$last/folds.json" |
   while read -r case; do ln -sfn "$(realpath "$WORK/split/train/$case")" "$WORK/oof/cases/$case"; done
-brats segment "$WORK/oof/cases" "$WORK/oof/pred" --weights "$BUNDLE" --folds 0 --et-threshold 0 >"$WORK/logs/oof.log" 2>&1
+brats segment "$WORK/oof/cases" "$WORK/oof/pred" --weights "$BUNDLE" --folds 0 --et-threshold 0 \
+  --save-probabilities >"$WORK/logs/oof.log" 2>&1
 brats evaluate "$WORK/oof/pred" "$WORK/oof/cases" --csv "$WORK/oof/scores.csv" >/dev/null
-"$PYTHON" "$HERE/real/choose_et_threshold.py" "$WORK/oof/pred" "$WORK/oof/cases" | tee "$WORK/oof/choice.md"
-"$PYTHON" "$HERE/real/record_split.py" "$BUNDLE" --et-threshold "$(tail -1 "$WORK/oof/choice.md" | cut -d' ' -f2)"
+"$PYTHON" "$HERE/real/choose_thresholds.py" "$WORK/oof/pred" "$WORK/oof/cases" | tee "$WORK/oof/choice.md"
+"$PYTHON" "$HERE/real/record_split.py" "$BUNDLE" --chosen "$(tail -1 "$WORK/oof/choice.md")"
 [ "$STOP_AFTER" = bundle ] && exit 0
 
 WEIGHTS=$BUNDLE WORK=$WORK/score PYTHON=$PYTHON bash "$HERE/real/score.sh" "$WORK/split/validation"

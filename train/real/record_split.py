@@ -1,8 +1,9 @@
 """Write the fixed split (train/real/split.tsv) into a bundle's manifest metadata, so the bundle
-itself says which real cases trained it and which were only scored; with --et-threshold, also the
-ET threshold chosen out of fold (train/real/choose_et_threshold.py).
+itself says which real cases trained it and which were only scored; with --chosen, also the
+post-processing chosen out of fold (the last line of train/real/choose_thresholds.py: each region's
+probability threshold and the ET threshold).
 
-    python train/real/record_split.py BUNDLE [--et-threshold T]
+    python train/real/record_split.py BUNDLE [--chosen "chosen: wt=0.5 tc=0.5 et=0.5 et_threshold=600"]
 """
 
 from __future__ import annotations
@@ -19,7 +20,19 @@ from brats_cli.files import write_text_atomically
 SPLIT = Path(__file__).with_name("split.tsv")
 
 
-def main(bundle: Path, et_threshold: int | None) -> None:
+def parse_choice(line: str) -> dict[str, float]:
+    """`chosen: wt=0.5 tc=0.4 et=0.5 et_threshold=600` -> {"wt": 0.5, ..., "et_threshold": 600}."""
+    pairs = [word.split("=", 1) for word in line.removeprefix("chosen:").split()]
+    try:
+        choice = {key: float(value) for key, value in pairs}
+    except ValueError:  # a word without "=", or a value that is not a number
+        choice = {}
+    if set(choice) != {"wt", "tc", "et", "et_threshold"}:
+        raise SystemExit(f"not a choice line of choose_thresholds.py: {line!r}")
+    return choice
+
+
+def main(bundle: Path, chosen: str | None) -> None:
     manifest_path = bundle / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     with SPLIT.open() as handle:
@@ -31,9 +44,13 @@ def main(bundle: Path, et_threshold: int | None) -> None:
         "train": sorted(r["case"] for r in rows if r["role"] == "train"),
         "validation": sorted(r["case"] for r in rows if r["role"] == "validation"),
     }
-    if et_threshold is not None:
-        manifest["et_threshold"] = et_threshold
+    if chosen is not None:
+        choice = parse_choice(chosen)
+        manifest["et_threshold"] = int(choice.pop("et_threshold"))
+        for stage, threshold in choice.items():
+            manifest["stages"][stage]["threshold"] = threshold
         manifest["metadata"]["et_threshold_chosen_on"] = "fold 0's held-out training cases, fold-0 models"
+        manifest["metadata"]["thresholds_chosen_on"] = "fold 0's held-out training cases, fold-0 models"
     write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     print(f"{manifest_path}: split recorded ({len(rows)} cases)")
 
@@ -41,6 +58,6 @@ def main(bundle: Path, et_threshold: int | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--et-threshold", type=int)
+    parser.add_argument("--chosen", help="the last line of train/real/choose_thresholds.py")
     args = parser.parse_args()
-    main(args.bundle, args.et_threshold)
+    main(args.bundle, args.chosen)
