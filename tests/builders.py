@@ -30,6 +30,18 @@ def ras_affine() -> np.ndarray:
     return LPS_AFFINE @ flip
 
 
+def nested_labels(shift: int = 0, shape=(40, 36, 30)) -> np.ndarray:
+    """A small BraTS 2021 label map: nested spheres of edema, enhancing tumour and necrosis,
+    centred `shift` voxels along the first axis from the middle (a prediction against a reference)."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    grid = np.indices(shape)
+    radius = np.sqrt((grid[0] - 20 - shift) ** 2 + (grid[1] - 18) ** 2 + (grid[2] - 15) ** 2)
+    labels[radius <= 10] = 2
+    labels[radius <= 6] = 4
+    labels[radius <= 4] = 1
+    return labels
+
+
 def synthetic_image(seed: int = 0, tumour_centre=(120, 110, 80), tumour_radius=(18, 14, 12)) -> np.ndarray:
     """(4, 240, 240, 155) float image: an ellipsoidal 'brain' with a brighter ellipsoidal 'tumour'."""
     rng = np.random.default_rng(seed)

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 import nibabel as nib
 import numpy as np
 import pytest
+from builders import nested_labels
 from conftest import LPS_AFFINE, flair_bundle, synthetic_image, write_case
 from typer.testing import CliRunner
 
@@ -29,19 +30,9 @@ runner = CliRunner()
 SHAPE = (40, 36, 30)
 
 
-def _labels(shift: int = 0) -> np.ndarray:
-    labels = np.zeros(SHAPE, dtype=np.uint8)
-    grid = np.indices(SHAPE)
-    radius = np.sqrt((grid[0] - 20 - shift) ** 2 + (grid[1] - 18) ** 2 + (grid[2] - 15) ** 2)
-    labels[radius <= 10] = 2
-    labels[radius <= 6] = 4
-    labels[radius <= 4] = 1
-    return labels
-
-
 def _label_map(path: Path, shift: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(_labels(shift), LPS_AFFINE), path)
+    nib.save(nib.Nifti1Image(nested_labels(shift, SHAPE), LPS_AFFINE), path)
     return path
 
 

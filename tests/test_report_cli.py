@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from builders import nested_labels
 from conftest import FLAIR_THRESHOLDS, LPS_AFFINE, flair_network, synthetic_image, write_case
 from typer.testing import CliRunner
 
@@ -228,27 +229,17 @@ def test_without_matplotlib_a_one_line_error_names_the_extra(tmp_path, segmented
     assert len(result.output.strip().splitlines()) == 1
 
 
-def _labels(shift: int = 0, shape=(40, 36, 30)) -> np.ndarray:
-    labels = np.zeros(shape, dtype=np.uint8)
-    grid = np.indices(shape)
-    radius = np.sqrt((grid[0] - 20 - shift) ** 2 + (grid[1] - 18) ** 2 + (grid[2] - 15) ** 2)
-    labels[radius <= 10] = 2
-    labels[radius <= 6] = 4
-    labels[radius <= 4] = 1
-    return labels
-
-
 def test_evaluate_report_has_box_plots_the_table_and_the_worst_cases_side_by_side(tmp_path):
     truth, predictions = tmp_path / "gt", tmp_path / "pred"
     for index in range(7):
         case_id = f"BraTS2021_0000{index}"
         (truth / case_id).mkdir(parents=True)
-        nib.save(nib.Nifti1Image(_labels(), LPS_AFFINE), truth / case_id / f"{case_id}_seg.nii.gz")
+        nib.save(nib.Nifti1Image(nested_labels(), LPS_AFFINE), truth / case_id / f"{case_id}_seg.nii.gz")
         flair = (100 + 10 * np.indices((40, 36, 30))[0]).astype(np.int16)
         nib.save(nib.Nifti1Image(flair, LPS_AFFINE), truth / case_id / f"{case_id}_flair.nii.gz")
         if index != 6:  # case 6 has no prediction
             predictions.mkdir(exist_ok=True)
-            nib.save(nib.Nifti1Image(_labels(shift=index), LPS_AFFINE), predictions / f"{case_id}.nii.gz")
+            nib.save(nib.Nifti1Image(nested_labels(shift=index), LPS_AFFINE), predictions / f"{case_id}.nii.gz")
     folder = tmp_path / "evaluation"
     result = runner.invoke(app, ["evaluate", str(predictions), str(truth), "--report", str(folder)])
     assert result.exit_code == 0, result.output
