@@ -2,8 +2,8 @@
 # How the default weights bundle in weights/ is made, from the real labelled pool, on 2 CPU cores:
 #
 #   bash ../shared/data/real-train/extract.sh POOL SNAPSHOTS    # once: the 88 cases (its README)
-#   POOL=POOL bash train/default.sh                             # everything below, about 2.5 hours
-#   (on 2 cores: round one 61 minutes, round two about 40 and round three about 30 alone, the rest 15)
+#   POOL=POOL bash train/default.sh                             # everything below, about 3 hours
+#   (on 2 cores alone: rounds one to four 61, about 40, 30 and 20 minutes, the rest about 20)
 #
 # 1. split:  train/real/split.tsv (fixed before any training) -> WORK/split/{train,validation}
 # 2. cache:  every case preprocessed once (WORK/cache)
