@@ -514,6 +514,12 @@ def read_image(path: Path) -> tuple[np.ndarray, Geometry]:
 LABEL_ROUNDING = 1e-3
 
 
+def read_geometry(path: Path) -> Geometry:
+    """A NIfTI file's grid and orientation from its header alone, no voxel read (InputError or
+    ImageReadError naming the file, as for a case's images)."""
+    return _geometry(_load_header(path))
+
+
 def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
     """A segmentation as an integer array in its stored orientation, with its geometry.
 

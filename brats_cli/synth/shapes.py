@@ -14,11 +14,10 @@ from brats_cli.errors import ImageReadError, InputError
 from brats_cli.io import (
     BRATS_SHAPE,
     Geometry,
-    _geometry,
-    _load_header,
     is_nifti,
     nifti_stem,
     not_a_file,
+    read_geometry,
     read_label_map,
 )
 from brats_cli.labels import EDEMA, NECROSIS
@@ -108,8 +107,7 @@ def _read_labels(path: Path) -> np.ndarray:
     """The label map's voxels, read only once its header shows a usable grid (a map of another
     size is refused before gigabytes of it are read); InputError naming the file otherwise."""
     try:
-        # io's header reader (it has no public one yet) refuses what it cannot read, in its words.
-        problem = _grid_problem(_geometry(_load_header(path)))
+        problem = _grid_problem(read_geometry(path))
         if problem:
             raise InputError(f"{path}: {problem}")
         labels, _ = read_label_map(path)
