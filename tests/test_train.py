@@ -710,22 +710,28 @@ def test_an_unusable_extra_case_is_named_before_training(training_data, tmp_path
 # --init-from: fine-tuning and training on from other weights
 
 
-def test_init_from_a_run_starts_the_fold_from_its_weights(smoke_run, training_data, shared_cache, tmp_path):
+@pytest.mark.parametrize("fold, init_fold", [(0, None), (2, 0)], ids=["same fold", "--init-fold"])
+def test_init_from_a_run_starts_the_fold_from_its_weights(
+    smoke_run, training_data, shared_cache, tmp_path, fold, init_fold
+):
     """A learning rate of 1e-12 cannot move the weights in an epoch, so the trained fold shows the
-    weights it started from: the source run's best model of the same stage and fold."""
+    weights it started from: the source run's best model of the same stage and fold, or of the fold
+    --init-fold names (the smoke run trained only fold 0)."""
     recipe = smoke_recipe_file(
         tmp_path,
         epochs="epochs = 1",
         learning_rate="learning_rate = 1e-12",
         **CROPS_32,
     )
-    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(smoke_run)]
+    options = ["--stage", "wt", "--fold", str(fold), "--cache", str(shared_cache), "--init-from", str(smoke_run)]
+    if init_fold is not None:
+        options += ["--init-fold", str(init_fold)]
     result = _train(recipe, training_data, tmp_path / "run", *options)
     assert result.exit_code == 0, result.output
     assert "starting from" in result.output
-    source = smoke_run / "wt" / "fold0" / "best.pt"
+    source = smoke_run / "wt" / f"fold{0 if init_fold is None else init_fold}" / "best.pt"
     started = load_checkpoint(source)["model"]
-    trained = load_checkpoint(tmp_path / "run" / "wt" / "fold0" / "last.pt")
+    trained = load_checkpoint(tmp_path / "run" / "wt" / f"fold{fold}" / "last.pt")
     assert trained["init_from"] == f"{source} (epoch {load_checkpoint(source)['epoch']})"
     for key, value in started.items():
         torch.testing.assert_close(trained["model"][key], value, rtol=0, atol=1e-8)
@@ -747,6 +753,13 @@ def test_init_from_a_bundle_takes_the_same_split_fold(tmp_path):
         initial_weights(weights, Stage.BASE, 1)
     with pytest.raises(InputError, match="neither a weights bundle"):
         initial_weights(tmp_path, Stage.WT, 0)
+
+
+def test_init_fold_without_init_from_is_refused(training_data, tiny_recipe, tmp_path):
+    result = _train(tiny_recipe, training_data, tmp_path / "run", "--init-fold", "0")
+    assert result.exit_code == 2
+    assert "--init-fold" in result.output and "needs --init-from" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
 
 
 def test_init_from_weights_of_another_width_is_one_error_line(training_data, shared_cache, tiny_recipe, tmp_path):

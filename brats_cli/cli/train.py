@@ -32,6 +32,7 @@ class TrainOptions:
     device: Device = Device.AUTO
     cache: Path | None = None
     init_from: Path | None = None
+    init_fold: int | None = None  # None: each fold starts from the same fold of init_from
     extra: Path | None = None
 
     def __post_init__(self) -> None:
@@ -39,6 +40,8 @@ class TrainOptions:
         # caller's mistake here rather than deep inside a run.
         if self.fold is not None and self.fold < 0:
             raise ValueError(f"fold must be a non-negative index or None (got {self.fold})")
+        if self.init_fold is not None and (self.init_from is None or self.init_fold < 0):
+            raise ValueError(f"init_fold needs init_from and a non-negative index (got {self.init_fold})")
         if self.stage is not None and not isinstance(self.stage, Stage):
             raise TypeError(f"stage must be a Stage or None (got {self.stage!r})")
         if not isinstance(self.device, Device):
@@ -93,9 +96,20 @@ def train(
             "clean only if those weights never trained on this run's validation cases."
         ),
     ] = None,
+    init_fold: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="With --init-from: start every fold from this fold of the source instead of the same fold, "
+            "e.g. to grow a 2-fold ensemble to 5. Its weights trained on the new folds' held-out cases, so "
+            "their validation Dice (the best-epoch choice) is optimistic.",
+        ),
+    ] = None,
 ) -> None:
     """Train the selected stages and folds; checkpoints every epoch, logs RUN/<stage>/fold<k>/log.csv."""
     chosen_fold = _parse_fold(fold)
+    if init_fold is not None and init_from is None:
+        raise typer.BadParameter("needs --init-from (the weights whose fold to start from)", param_hint="--init-fold")
     if prepare_only:
         raise typer.Exit(run_prepare(recipe, data, out, cache, extra))
     options = TrainOptions(
@@ -109,6 +123,7 @@ def train(
         device=device,
         cache=cache,
         init_from=init_from,
+        init_fold=init_fold,
         extra=extra,
     )
     raise typer.Exit(run_train(options))
@@ -178,6 +193,7 @@ def run_train(options: TrainOptions) -> int:
             f"{context.world} rank(s), global batch {recipe.batch_size}"
             + (", deterministic" if options.deterministic else "")
             + (f", starting from {options.init_from}" if options.init_from else "")
+            + (f" fold {options.init_fold}" if options.init_fold is not None else "")
             + (f", training-only cases from {options.extra}" if options.extra else "")
         )
     try:
@@ -195,6 +211,7 @@ def run_train(options: TrainOptions) -> int:
                 on_case=_print_case,
                 reporter=reporter,
                 init_from=options.init_from,
+                init_fold=options.init_fold,
                 extra=options.extra,
             )
     except BratsError as error:

@@ -197,10 +197,12 @@ def run_training(
     reporter: Reporter | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     init_from: Path | None = None,
+    init_fold: int | None = None,
     extra: Path | None = None,
 ) -> list[FoldResult]:
     """Prepare the data (rank 0), then train every selected stage and fold in turn; with `init_from`
-    each fold starts from that bundle's or run's weights for the same stage and fold."""
+    each fold starts from that bundle's or run's weights for the same stage and fold, or for fold
+    `init_fold` when given (new folds of an ensemble started from a trained one)."""
     configure(deterministic)
     run = Path(run)
     # What can be refused from the arguments alone, before any case is read or the run folder made.
@@ -225,7 +227,7 @@ def run_training(
         # All of them before any training, so that a missing fold fails the command at once; a fold
         # that resumes continues from its own last.pt and needs none.
         initial = [
-            initial_weights(init_from, job.stage, job.fold)
+            initial_weights(init_from, job.stage, job.fold if init_fold is None else init_fold)
             if init_from and not (resume and (job.folder / LAST).exists())
             else None
             for job in jobs
