@@ -144,6 +144,9 @@ def test_cli_writes_probabilities_that_validators_and_evaluate_ignore(tmp_path: 
     # A rerun with the option skips both cases now.
     again = runner.invoke(app, ["segment", str(inp), str(out), "--weights", str(bundle.root), "--save-probabilities"])
     assert again.output.count("skipped") == 2
+    assert "2 case(s) left as they were, their output exists: --overwrite segments them again" in (
+        " ".join(again.output.split())
+    )
     # brats evaluate pairs the label maps with the ground truth and ignores the probabilities.
     scored = runner.invoke(app, ["evaluate", str(out), str(inp)])
     assert scored.exit_code == 0, scored.output

@@ -328,6 +328,7 @@ def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
     from rich.table import Table
 
     from brats_cli.labels import REGIONS
+    from brats_cli.segmenter import Status
 
     table = Table(title="brats segment")
     table.add_column("case")
@@ -340,6 +341,9 @@ def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
         status = result.status.value if not result.message else f"{result.status.value}: {_short(result.message)}"
         table.add_row(result.case_id, status, f"{result.seconds:.1f}", *volumes)
     console.stderr.print(table)
+    skipped = sum(result.status is Status.SKIPPED for result in results)
+    if skipped:
+        console.stderr.print(f"{skipped} case(s) left as they were, their output exists: --overwrite segments them again")
     if profile:
         stages = sorted({name for r in results for name in r.stage_seconds}, key=_stage_order)
         timing = Table(title="seconds per stage")
