@@ -60,3 +60,20 @@ def apply_et_threshold(labels: np.ndarray, convention: LabelConvention, min_voxe
         labels = labels.copy()
         labels[enhancing] = NECROSIS
     return labels
+
+
+def remove_small_components(labels: np.ndarray, min_voxels: int) -> np.ndarray:
+    """The label map without tumour components (26-connected voxels of any label) smaller than
+    `min_voxels`: the usual post-processing against scattered false positives, measured out of
+    fold by train/real/choose_thresholds.py."""
+    if min_voxels <= 0 or not labels.any():
+        return labels
+    import SimpleITK as sitk
+
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray((labels > 0).astype(np.uint8)), True)
+    kept = sitk.GetArrayFromImage(sitk.RelabelComponent(components, minimumObjectSize=int(min_voxels))) > 0
+    if kept.sum() == (labels > 0).sum():
+        return labels
+    cleaned = labels.copy()
+    cleaned[~kept] = 0
+    return cleaned

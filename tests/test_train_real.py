@@ -281,3 +281,42 @@ def test_record_split_reads_the_choosers_last_line_and_refuses_another():
     assert recorder.parse_choice(line) == {"wt": 0.5, "tc": 0.4, "et": 0.6, "et_threshold": 300.0}
     with pytest.raises(SystemExit, match="not a choice line"):
         recorder.parse_choice("chosen: 600")
+
+
+def test_a_component_rule_is_named_only_when_it_gains_the_margin(capsys):
+    """A 1x20x20 case of 144 tumour voxels with a separate 20-voxel false positive: removing
+    components below 100 voxels takes the false positive away, a gain on WT far above the margin;
+    300 and more erase the tumour as well and lose."""
+    chooser = _script("choose_thresholds")
+    from brats_cli.labels import Region
+
+    shape = (1, 20, 20)
+    wt = np.zeros(shape, bool)
+    wt[0, :12, :12] = True
+    probabilities = np.zeros((*shape, 3), np.float32)
+    probabilities[..., 0][wt] = 0.9
+    probabilities[0, 18:, 10:, 0] = 0.9  # the false positive
+    reference = {Region.WT: wt, Region.TC: np.zeros(shape, bool), Region.ET: np.zeros(shape, bool)}
+    case = chooser.Case("c", LabelConvention.BRATS2021, probabilities, reference)
+    assert chooser.measure_components([case], dict.fromkeys(chooser.REGIONS, 0.5), 0) == 100
+    table = capsys.readouterr().out
+    assert "| 0 | 0.9351 | 1.0000 | 1.0000 | 0.9784 | 20 |" in table  # 2 * 144 / (164 + 144)
+    assert "| 100 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | 0 |" in table
+    assert "| 300 | 0.0000 | 1.0000 | 1.0000 | 0.6667 | 0 |" in table
+    probabilities[0, 18:, 10:, 0] = 0  # without the false positive nothing is gained
+    clean = chooser.Case("c", LabelConvention.BRATS2021, probabilities, reference)
+    assert chooser.measure_components([clean], dict.fromkeys(chooser.REGIONS, 0.5), 0) == 0
+
+
+def test_fold_bundle_keeps_one_fold_of_each_stage_and_the_single_base(tmp_path):
+    from brats_cli.bundle import load_bundle
+
+    view = _script("fold_bundle")
+    view.main(ROOT / "weights", 1, tmp_path / "fold1")
+    bundle = load_bundle(tmp_path / "fold1")
+    for stage in (Stage.WT, Stage.TC, Stage.ET):
+        assert [f.file for f in bundle.manifest.stages[stage].folds] == [f"{stage.value}_fold1.safetensors"]
+        assert bundle.manifest.fold_numbers(stage) == [1]
+    assert [f.file for f in bundle.manifest.stages[Stage.BASE].folds] == ["base_fold0.safetensors"]
+    with pytest.raises(SystemExit, match="stage wt has no model of fold 7"):
+        view.main(ROOT / "weights", 7, tmp_path / "fold7")

@@ -11,6 +11,10 @@ training cases; GT the cases' folders. The rules, fixed before any measurement:
    it beats 0.5 by at least PROBABILITY_MARGIN; ties go to 0.5.
 2. With the chosen probability thresholds, each candidate ET threshold T is applied and the mean
    ET Dice taken. The paper's 600 stays unless another T beats it by at least ET_MARGIN.
+3. Measured, not chosen: with both applied, tumour components (26-connected, any label) smaller
+   than N voxels removed before the ET threshold, for each candidate N: the mean Dice of each region
+   and of the three, and the false-positive whole-tumour voxels left. The pipeline has no such rule;
+   one would earn a place only by beating N = 0 on the three regions' mean by COMPONENT_MARGIN.
 
 Prints the tables and, last, the choice: `chosen: wt=W tc=C et=E et_threshold=T`.
 
@@ -27,7 +31,14 @@ import nibabel as nib
 import numpy as np
 
 from brats_cli.io import PROBABILITY_REGIONS, discover_cases, probabilities_name
-from brats_cli.labels import LabelConvention, Region, apply_et_threshold, compose_labels, region_masks
+from brats_cli.labels import (
+    LabelConvention,
+    Region,
+    apply_et_threshold,
+    compose_labels,
+    region_masks,
+    remove_small_components,
+)
 from brats_cli.metrics import dice
 
 PROBABILITY_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -36,6 +47,8 @@ ET_CANDIDATES = (0, 50, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000)
 PAPER_ET = 600
 ET_MARGIN = 0.005
 REGIONS = (Region.WT, Region.TC, Region.ET)
+COMPONENT_CANDIDATES = (0, 100, 300, 1000, 3000)
+COMPONENT_MARGIN = 0.005
 
 
 @dataclass
@@ -109,12 +122,38 @@ def choose(cases: list[Case]) -> tuple[dict[Region, float], int]:
     return chosen, et_threshold
 
 
+def measure_components(cases: list[Case], thresholds: dict[Region, float], et_threshold: int) -> int:
+    """Rule 3's table; returns the N the margin would choose (0: none)."""
+    print("| tumour components below N voxels removed | WT | TC | ET | mean | false-positive WT voxels |")
+    print("|---|---|---|---|---|---|")
+    means = {}
+    for n in COMPONENT_CANDIDATES:
+        scores, false_positives = [], 0
+        for case in cases:
+            labels = apply_et_threshold(
+                remove_small_components(labels_at(case, thresholds), n), case.convention, et_threshold
+            )
+            masks = region_masks(labels, case.convention)
+            scores.append([dice(masks[region], case.reference[region]) for region in REGIONS])
+            false_positives += int((masks[Region.WT] & ~case.reference[Region.WT]).sum())
+        per_region = np.mean(scores, axis=0)
+        means[n] = float(per_region.mean())
+        cells = " | ".join(f"{value:.4f}" for value in per_region)
+        print(f"| {n} | {cells} | {means[n]:.4f} | {false_positives} |")
+    best = max(COMPONENT_CANDIDATES, key=lambda n: (means[n], n == 0))
+    return best if means[best] >= means[0] + COMPONENT_MARGIN else 0
+
+
 def main(pred: Path, gt: Path) -> None:
     cases = load_cases(pred, gt)
     check_reproduces_written_labels(cases, pred)
     print(f"{len(cases)} out-of-fold cases: {', '.join(c.case_id for c in cases)}")
     print()
     thresholds, et_threshold = choose(cases)
+    print()
+    components = measure_components(cases, thresholds, et_threshold)
+    print()
+    print(f"component rule the margin would choose: {components or 'none'} (not applied by the pipeline)")
     print()
     words = " ".join(f"{region.value.lower()}={thresholds[region]}" for region in REGIONS)
     print(f"chosen: {words} et_threshold={et_threshold}")

@@ -3,7 +3,7 @@ itself says which real cases trained it and which were only scored; with --chose
 post-processing chosen out of fold (the last line of train/real/choose_thresholds.py: each region's
 probability threshold and the ET threshold).
 
-    python train/real/record_split.py BUNDLE [--chosen "chosen: wt=0.5 tc=0.5 et=0.5 et_threshold=600"]
+    python train/real/record_split.py BUNDLE [--chosen "chosen: wt=0.5 tc=0.5 et=0.5 et_threshold=600"] [--folds 0 1]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def parse_choice(line: str) -> dict[str, float]:
     return choice
 
 
-def main(bundle: Path, chosen: str | None) -> None:
+def main(bundle: Path, chosen: str | None, folds: list[int]) -> None:
     manifest_path = bundle / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     with SPLIT.open() as handle:
@@ -49,8 +49,9 @@ def main(bundle: Path, chosen: str | None) -> None:
         manifest["et_threshold"] = int(choice.pop("et_threshold"))
         for stage, threshold in choice.items():
             manifest["stages"][stage]["threshold"] = threshold
-        manifest["metadata"]["et_threshold_chosen_on"] = "fold 0's held-out training cases, fold-0 models"
-        manifest["metadata"]["thresholds_chosen_on"] = "fold 0's held-out training cases, fold-0 models"
+        where = f"the held-out training cases of folds {', '.join(map(str, folds))}, each by its own fold's models"
+        manifest["metadata"]["et_threshold_chosen_on"] = where
+        manifest["metadata"]["thresholds_chosen_on"] = where
     write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     print(f"{manifest_path}: split recorded ({len(rows)} cases)")
 
@@ -59,5 +60,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--chosen", help="the last line of train/real/choose_thresholds.py")
+    parser.add_argument(
+        "--folds", type=int, nargs="+", default=[0, 1], help="the folds whose held-out cases --chosen was measured on"
+    )
     args = parser.parse_args()
-    main(args.bundle, args.chosen)
+    main(args.bundle, args.chosen, args.folds)
