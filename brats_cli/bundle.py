@@ -68,6 +68,8 @@ class Manifest:
     labels: LabelConvention
     stages: dict[Stage, StageSpec]
     et_threshold: int = 600
+    # Tumour components smaller than this many voxels are removed, all but the largest; 0: none.
+    min_component: int = 0
     name: str = ""
     description: str = ""
     format_version: int = FORMAT_VERSION
@@ -102,6 +104,7 @@ class Manifest:
             "backend": self.backend.value,
             "labels": self.labels.value,
             "et_threshold": self.et_threshold,
+            "min_component": self.min_component,
             "stages": {
                 stage.value: {
                     "model": "resunet3d",
@@ -239,11 +242,15 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
     et_threshold = _typed(data.get("et_threshold", 600), "et_threshold", int, source)
     if et_threshold < 0:
         raise WeightsError(f"{source}: 'et_threshold' must be a non-negative integer (got {et_threshold})")
+    min_component = _typed(data.get("min_component", 0), "min_component", int, source)
+    if min_component < 0:
+        raise WeightsError(f"{source}: 'min_component' must be a non-negative integer (got {min_component})")
     return Manifest(
         backend=backend,
         labels=labels,
         stages=stages,
         et_threshold=et_threshold,
+        min_component=min_component,
         name=_typed(data.get("name", ""), "name", str, source),
         description=_typed(data.get("description", ""), "description", str, source),
         format_version=version,

@@ -305,6 +305,7 @@ def export_bundle(
             labels=source.manifest.labels,
             stages=stages,
             et_threshold=source.manifest.et_threshold,
+            min_component=source.manifest.min_component,
             name=source.manifest.name,
             description=source.manifest.description,
             metadata=metadata,

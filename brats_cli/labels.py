@@ -63,17 +63,19 @@ def apply_et_threshold(labels: np.ndarray, convention: LabelConvention, min_voxe
 
 
 def remove_small_components(labels: np.ndarray, min_voxels: int) -> np.ndarray:
-    """The label map without tumour components (26-connected voxels of any label) smaller than
-    `min_voxels`: the usual post-processing against scattered false positives, measured out of
-    fold by train/real/choose_thresholds.py."""
+    """The label map without the tumour components (26-connected voxels of any label) smaller than
+    `min_voxels`, except the largest, so that a small tumour is never erased whole: the usual post-
+    processing against scattered false positives (the bundle's `min_component`, chosen out of fold
+    by train/real/choose_thresholds.py)."""
     if min_voxels <= 0 or not labels.any():
         return labels
     import SimpleITK as sitk
 
-    components = sitk.ConnectedComponent(sitk.GetImageFromArray((labels > 0).astype(np.uint8)), True)
-    kept = sitk.GetArrayFromImage(sitk.RelabelComponent(components, minimumObjectSize=int(min_voxels))) > 0
-    if kept.sum() == (labels > 0).sum():
+    tumour = sitk.GetImageFromArray((labels > 0).astype(np.uint8))
+    # Relabelled by size, largest first: component 1 is the largest.
+    components = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(tumour, True)))
+    keep = np.bincount(components.ravel()) >= min_voxels
+    keep[0], keep[1] = False, True
+    if keep[1:].all():
         return labels
-    cleaned = labels.copy()
-    cleaned[~kept] = 0
-    return cleaned
+    return np.where(keep[components], labels, 0).astype(labels.dtype)

@@ -15,7 +15,7 @@ import numpy as np
 from brats_cli.bundle import Manifest
 from brats_cli.choices import REGION_STAGES, Ensemble, LabelConvention, Stage
 from brats_cli.io import BRATS_SHAPE
-from brats_cli.labels import apply_et_threshold, compose_labels
+from brats_cli.labels import apply_et_threshold, compose_labels, remove_small_components
 from brats_cli.localise import Window, localise_windows, tumour_box
 from brats_cli.predictors import StagePredictor
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
@@ -34,6 +34,8 @@ class PipelineConfig:
     convention: LabelConvention = LabelConvention.BRATS2021
     ensemble: Ensemble = Ensemble.MEAN
     et_threshold: int = 600
+    # Tumour components smaller than this many voxels are removed, all but the largest; 0: none.
+    min_component: int = 0
     # Per stage, the probability above which a voxel is in the stage's region (the manifest's
     # `threshold`; 0.5 unless a bundle was calibrated otherwise).
     thresholds: Mapping[Stage, float] = field(default_factory=lambda: _every_stage(0.5))
@@ -51,8 +53,8 @@ class PipelineConfig:
             raise ValueError("thresholds must give one probability per stage")
         if not all(0 < t < 1 for t in self.thresholds.values()):
             raise ValueError("every stage's probability threshold must lie strictly between 0 and 1")
-        if self.et_threshold < 0:
-            raise ValueError("et_threshold must be >= 0")
+        if self.et_threshold < 0 or self.min_component < 0:
+            raise ValueError("et_threshold and min_component must be >= 0")
         if any(w > g for w, g in zip(self.region_window, MODEL_GRID, strict=True)):
             raise ValueError(f"region_window {self.region_window} exceeds the model grid {MODEL_GRID}")
 
@@ -73,6 +75,7 @@ class PipelineConfig:
             convention=chosen,
             ensemble=settings.ensemble,
             et_threshold=manifest.et_threshold if settings.et_threshold is None else settings.et_threshold,
+            min_component=manifest.min_component if settings.min_component is None else settings.min_component,
             thresholds={stage: spec.threshold for stage, spec in manifest.stages.items()},
             region_window=manifest.region_window,
             mirrors=settings.mirrors,
@@ -260,6 +263,8 @@ def segment_preprocessed(
 
     started = time.perf_counter()
     labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
+    # Before the ET threshold, which counts the ET voxels that remain.
+    labels = remove_small_components(labels, config.min_component)
     composed_et = int(np.count_nonzero(labels == config.convention.enhancing)) if meter is not None else 0
     labels = apply_et_threshold(labels, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)

@@ -42,6 +42,9 @@ class Settings:
     ensemble: Ensemble = Ensemble.MEAN
     # Fewer ET voxels than this become necrosis (paper section 2.6); None: the bundle's value.
     et_threshold: int | None = None
+    # Tumour components smaller than this many voxels are removed, all but the largest; None: the
+    # bundle's value, 0: none.
+    min_component: int | None = None
     # Output labels; None: by the input's file names (ET = 3 for 2023 names, 4 otherwise).
     labels: LabelConvention | None = None
     # Test-time augmentation: the axis flips whose probabilities are averaged in every stage.
@@ -66,10 +69,10 @@ class Settings:
             object.__setattr__(self, "labels", member_of(LabelConvention, self.labels, "labels"))
         if self.folds is not None:
             object.__setattr__(self, "folds", _folds(self.folds))
-        if self.et_threshold is not None and (
-            not isinstance(self.et_threshold, int) or isinstance(self.et_threshold, bool) or self.et_threshold < 0
-        ):
-            raise SettingsError(f"et_threshold must be a non-negative integer, got {self.et_threshold!r}")
+        for name in ("et_threshold", "min_component"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise SettingsError(f"{name} must be a non-negative integer, got {value!r}")
         object.__setattr__(self, "mirrors", _mirrors(self.mirrors))
         for name in ("fuse_folds", "compile", "probabilities"):
             if not isinstance(getattr(self, name), bool):

@@ -53,29 +53,34 @@ def test_et_threshold_relabels_small_enhancing_as_necrosis():
 
 def test_remove_small_components_matches_scipy_on_random_maps():
     """26-connected components of the tumour (any label), each removed whole when smaller than the
-    threshold, labels inside the kept ones untouched; scipy.ndimage is the independent reference."""
+    threshold unless it is the largest, labels inside the kept ones untouched; scipy.ndimage is the
+    independent reference."""
     from scipy import ndimage
 
     from brats_cli.labels import remove_small_components
 
     rng = np.random.default_rng(7)
     labels = (rng.random((40, 36, 30)) > 0.93).astype(np.uint8) * rng.integers(1, 5, (40, 36, 30)).astype(np.uint8)
-    labels[5:15, 5:15, 5:15] = 2  # one component of at least 1000 voxels
+    labels[5:15, 5:15, 5:15] = 2  # the largest component: at least 1000 voxels
     components, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
     sizes = ndimage.sum_labels(np.ones_like(components), components, index=range(1, count + 1))
-    for min_voxels in (2, 5, 1000, 1001):
-        small = np.isin(components, 1 + np.flatnonzero(sizes < min_voxels))
+    largest = 1 + int(np.argmax(sizes))
+    assert components[10, 10, 10] == largest
+    for min_voxels in (2, 5, 1000, 10**6):
+        small = np.isin(components, [k for k in 1 + np.flatnonzero(sizes < min_voxels) if k != largest])
         expected = np.where(small, 0, labels)
         np.testing.assert_array_equal(remove_small_components(labels, min_voxels), expected)
-    assert 0 < np.count_nonzero(remove_small_components(labels, 1000)) < np.count_nonzero(labels)
+    only_largest = remove_small_components(labels, 10**6)
+    assert np.array_equal(only_largest > 0, components == largest)
     assert remove_small_components(labels, 0) is labels
 
 
-def test_remove_small_components_joins_diagonal_neighbours():
+def test_remove_small_components_joins_diagonal_neighbours_and_keeps_a_small_tumour():
     from brats_cli.labels import remove_small_components
 
     labels = np.zeros((5, 5, 5), dtype=np.uint8)
-    labels[1, 1, 1], labels[2, 2, 2] = 4, 1  # corner-touching: one component of 2 voxels
+    labels[1, 1, 1], labels[2, 2, 2] = 4, 1  # corner-touching: one component of 2 voxels, the largest
     labels[4, 4, 0] = 2  # alone: 1 voxel
-    cleaned = remove_small_components(labels, 2)
+    cleaned = remove_small_components(labels, 600)
     assert cleaned[1, 1, 1] == 4 and cleaned[2, 2, 2] == 1 and cleaned[4, 4, 0] == 0
+    assert cleaned.dtype == labels.dtype

@@ -170,6 +170,8 @@ def test_settings_are_validated_once_and_accept_strings():
         ({"folds": []}, "folds must be non-negative"),
         ({"et_threshold": -5}, "et_threshold must be a non-negative integer"),
         ({"et_threshold": True}, "et_threshold must be a non-negative integer"),
+        ({"min_component": -1}, "min_component must be a non-negative integer"),
+        ({"min_component": 3.0}, "min_component must be a non-negative integer"),
         ({"mirrors": [(3,)]}, "mirrors must be a non-empty list"),
         ({"compile": True, "fuse_folds": True}, "do not go together"),
     ):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from conftest import synthetic_image
+from scipy import ndimage
 
 from brats_cli.bundle import Stage
 from brats_cli.choices import Ensemble
@@ -83,6 +84,25 @@ def test_et_threshold_and_label_convention_apply():
         image, oracles(), PipelineConfig(convention=LabelConvention.BRATS2023, et_threshold=0)
     ).labels
     assert set(np.unique(labels)) == {0, 3}
+
+
+def test_min_component_removes_a_small_separate_tumour_component_before_the_et_threshold():
+    image = synthetic_image()  # tumour centred (120, 110, 80), radii (18, 14, 12)
+    image[:, 120:124, 140:144, 80:84] = image[:, 120, 110, 80][:, None, None, None]  # 64 voxels, 16 beyond its edge
+    kept = segment_image(image, oracles(), PipelineConfig(et_threshold=0)).labels
+    assert kept[121, 141, 81] == 4 and np.count_nonzero(kept[120:124, 140:144, 80:84]) == 64
+    cleaned = segment_image(image, oracles(), PipelineConfig(et_threshold=0, min_component=100)).labels
+    assert not cleaned[120:124, 140:144, 80:84].any()
+    # What remains is the tumour's component, untouched (the oracles' scattered noise voxels go too).
+    components, _ = ndimage.label(kept > 0, structure=np.ones((3, 3, 3)))
+    assert np.array_equal(cleaned, np.where(components == components[120, 110, 80], kept, 0))
+    # The ET threshold counts what the component rule left: one above the tumour's ET keeps it, one
+    # above the tumour's and the removed component's ET voxels together relabels it.
+    tumour_et = np.count_nonzero(cleaned == 4)
+    passing = segment_image(image, oracles(), PipelineConfig(et_threshold=tumour_et, min_component=100)).labels
+    assert np.count_nonzero(passing == 4) == tumour_et
+    failing = PipelineConfig(et_threshold=tumour_et + 1, min_component=100)
+    assert not np.any(segment_image(image, oracles(), failing).labels == 4)
 
 
 def test_mean_and_vote_ensembles():

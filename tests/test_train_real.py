@@ -279,6 +279,10 @@ def test_record_split_reads_the_choosers_last_line_and_refuses_another():
     recorder = _script("record_split")
     line = "chosen: wt=0.5 tc=0.4 et=0.6 et_threshold=300"
     assert recorder.parse_choice(line) == {"wt": 0.5, "tc": 0.4, "et": 0.6, "et_threshold": 300.0}
+    line += " min_component=3000"
+    assert recorder.parse_choice(line)["min_component"] == 3000
+    with pytest.raises(SystemExit, match="not a choice line"):
+        recorder.parse_choice(line + " extra=1")
     with pytest.raises(SystemExit, match="not a choice line"):
         recorder.parse_choice("chosen: 600")
 
@@ -286,7 +290,7 @@ def test_record_split_reads_the_choosers_last_line_and_refuses_another():
 def test_a_component_rule_is_named_only_when_it_gains_the_margin(capsys):
     """A 1x20x20 case of 144 tumour voxels with a separate 20-voxel false positive: removing
     components below 100 voxels takes the false positive away, a gain on WT far above the margin;
-    300 and more erase the tumour as well and lose."""
+    larger N do no more, since the largest component always stays."""
     chooser = _script("choose_thresholds")
     from brats_cli.labels import Region
 
@@ -302,7 +306,7 @@ def test_a_component_rule_is_named_only_when_it_gains_the_margin(capsys):
     table = capsys.readouterr().out
     assert "| 0 | 0.9351 | 1.0000 | 1.0000 | 0.9784 | 20 |" in table  # 2 * 144 / (164 + 144)
     assert "| 100 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | 0 |" in table
-    assert "| 300 | 0.0000 | 1.0000 | 1.0000 | 0.6667 | 0 |" in table
+    assert "| 3000 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | 0 |" in table
     probabilities[0, 18:, 10:, 0] = 0  # without the false positive nothing is gained
     clean = chooser.Case("c", LabelConvention.BRATS2021, probabilities, reference)
     assert chooser.measure_components([clean], dict.fromkeys(chooser.REGIONS, 0.5), 0) == 0

@@ -38,6 +38,7 @@ PARAMETERS = (
     "tta_axes",
     "ensemble",
     "et_threshold",
+    "min_component",
     "labels",
 )
 

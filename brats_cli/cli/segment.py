@@ -95,6 +95,14 @@ def segment(
         int | None,
         typer.Option(min=0, help="Relabel ET as necrosis when fewer voxels remain (default: the bundle's, 600)."),
     ] = None,
+    min_component: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Remove tumour components smaller than this many voxels, all but the largest; 0: none "
+            "(default: the bundle's).",
+        ),
+    ] = None,
     labels: Annotated[
         LabelWord,
         typer.Option(help="Output label convention: ET = 4 (2021) or 3 (2023); auto by input names."),
@@ -150,6 +158,7 @@ def segment(
             compile=compile,
             ensemble=ensemble,
             et_threshold=et_threshold,
+            min_component=min_component,
             labels=label_convention(labels),
             mirrors=mirrors,
             probabilities=save_probabilities,
@@ -343,7 +352,9 @@ def _render_summary(results: Sequence[CaseResult], profile: bool) -> None:
     console.stderr.print(table)
     skipped = sum(result.status is Status.SKIPPED for result in results)
     if skipped:
-        console.stderr.print(f"{skipped} case(s) left as they were, their output exists: --overwrite segments them again")
+        console.stderr.print(
+            f"{skipped} case(s) left as they were, their output exists: --overwrite segments them again"
+        )
     if profile:
         stages = sorted({name for r in results for name in r.stage_seconds}, key=_stage_order)
         timing = Table(title="seconds per stage")

@@ -11,12 +11,13 @@ training cases; GT the cases' folders. The rules, fixed before any measurement:
    it beats 0.5 by at least PROBABILITY_MARGIN; ties go to 0.5.
 2. With the chosen probability thresholds, each candidate ET threshold T is applied and the mean
    ET Dice taken. The paper's 600 stays unless another T beats it by at least ET_MARGIN.
-3. Measured, not chosen: with both applied, tumour components (26-connected, any label) smaller
-   than N voxels removed before the ET threshold, for each candidate N: the mean Dice of each region
-   and of the three, and the false-positive whole-tumour voxels left. The pipeline has no such rule;
-   one would earn a place only by beating N = 0 on the three regions' mean by COMPONENT_MARGIN.
+3. With both applied, tumour components (26-connected, any label) smaller than N voxels, all but
+   the largest, are removed before the ET threshold (the manifest's `min_component`), for each
+   candidate N: the mean Dice of each region and of the three, and the false-positive whole-tumour
+   voxels left. N = 0 (none) stays unless another N beats it on the three regions' mean by at least
+   COMPONENT_MARGIN.
 
-Prints the tables and, last, the choice: `chosen: wt=W tc=C et=E et_threshold=T`.
+Prints the tables and, last, the choice: `chosen: wt=W tc=C et=E et_threshold=T min_component=N`.
 
     python train/real/choose_thresholds.py PRED GT
 """
@@ -123,8 +124,8 @@ def choose(cases: list[Case]) -> tuple[dict[Region, float], int]:
 
 
 def measure_components(cases: list[Case], thresholds: dict[Region, float], et_threshold: int) -> int:
-    """Rule 3's table; returns the N the margin would choose (0: none)."""
-    print("| tumour components below N voxels removed | WT | TC | ET | mean | false-positive WT voxels |")
+    """Rule 3: its table, and the N it chooses (0: none)."""
+    print("| components below N voxels removed (but the largest) | WT | TC | ET | mean | false-positive WT voxels |")
     print("|---|---|---|---|---|---|")
     means = {}
     for n in COMPONENT_CANDIDATES:
@@ -153,10 +154,8 @@ def main(pred: Path, gt: Path) -> None:
     print()
     components = measure_components(cases, thresholds, et_threshold)
     print()
-    print(f"component rule the margin would choose: {components or 'none'} (not applied by the pipeline)")
-    print()
     words = " ".join(f"{region.value.lower()}={thresholds[region]}" for region in REGIONS)
-    print(f"chosen: {words} et_threshold={et_threshold}")
+    print(f"chosen: {words} et_threshold={et_threshold} min_component={components}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Write the fixed split (train/real/split.tsv) into a bundle's manifest metadata, so the bundle
 itself says which real cases trained it and which were only scored; with --chosen, also the
 post-processing chosen out of fold (the last line of train/real/choose_thresholds.py: each region's
-probability threshold and the ET threshold).
+probability threshold, the ET threshold and the component rule).
 
-    python train/real/record_split.py BUNDLE [--chosen "chosen: wt=0.5 tc=0.5 et=0.5 et_threshold=600"] [--folds 0 1]
+    python train/real/record_split.py BUNDLE [--folds 0 1] \
+        [--chosen "chosen: wt=0.5 tc=0.5 et=0.5 et_threshold=600 min_component=0"]
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ SPLIT = Path(__file__).with_name("split.tsv")
 
 
 def parse_choice(line: str) -> dict[str, float]:
-    """`chosen: wt=0.5 tc=0.4 et=0.5 et_threshold=600` -> {"wt": 0.5, ..., "et_threshold": 600}."""
+    """`chosen: wt=0.5 tc=0.4 et=0.5 et_threshold=600 min_component=3000` -> {"wt": 0.5, ...}; lines
+    of the chooser before it measured components lack `min_component`."""
     pairs = [word.split("=", 1) for word in line.removeprefix("chosen:").split()]
     try:
         choice = {key: float(value) for key, value in pairs}
     except ValueError:  # a word without "=", or a value that is not a number
         choice = {}
-    if set(choice) != {"wt", "tc", "et", "et_threshold"}:
+    if not {"wt", "tc", "et", "et_threshold"} <= set(choice) <= {"wt", "tc", "et", "et_threshold", "min_component"}:
         raise SystemExit(f"not a choice line of choose_thresholds.py: {line!r}")
     return choice
 
@@ -47,11 +49,13 @@ def main(bundle: Path, chosen: str | None, folds: list[int]) -> None:
     if chosen is not None:
         choice = parse_choice(chosen)
         manifest["et_threshold"] = int(choice.pop("et_threshold"))
+        manifest["min_component"] = int(choice.pop("min_component", 0))
         for stage, threshold in choice.items():
             manifest["stages"][stage]["threshold"] = threshold
         where = f"the held-out training cases of folds {', '.join(map(str, folds))}, each by its own fold's models"
         manifest["metadata"]["et_threshold_chosen_on"] = where
         manifest["metadata"]["thresholds_chosen_on"] = where
+        manifest["metadata"]["min_component_chosen_on"] = where
     write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     print(f"{manifest_path}: split recorded ({len(rows)} cases)")
 
