@@ -14,6 +14,7 @@ writes, what an interrupted run finished) is decided here.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -258,6 +259,8 @@ class Segmenter:
         self.settings = settings.with_changes(**changes) if changes else settings
         if isinstance(weights, Bundle):
             self.bundle = weights
+        elif weights is not None and not isinstance(weights, str | os.PathLike):
+            raise SettingsError(f"weights must be a bundle folder's path, a Bundle or None, got {weights!r}")
         else:
             self.bundle = load_weights(None if weights is None else Path(weights), backend=self.settings.backend)
         require_backend(self.bundle, self.settings.backend)

@@ -178,3 +178,11 @@ def test_segment_folder_arguments_of_the_wrong_kind_are_refused_at_once(segmente
         with pytest.raises(SettingsError, match=re.escape(message)):
             segmenter.segment_folder(tmp_path / "in", tmp_path / "out", **arguments)
     assert not (tmp_path / "out").exists() and segmenter._predictors is None
+
+
+@pytest.mark.parametrize("weights", [3, ["weights"], b"weights"], ids=["int", "list", "bytes"])
+def test_weights_of_the_wrong_kind_are_refused_naming_them(weights):
+    with pytest.raises(
+        SettingsError, match=re.escape(f"weights must be a bundle folder's path, a Bundle or None, got {weights!r}")
+    ):
+        Segmenter(weights)
