@@ -19,7 +19,7 @@ from builders import (  # noqa: F401  (re-exported for the tests)
     write_case,
 )
 
-from brats_cli.bundle import Bundle
+from brats_cli.bundle import Bundle, Stage
 
 # ../shared/data/real beside the checkout; a git worktree one level deeper (wt/<name>) finds it
 # one more level up.
@@ -48,6 +48,13 @@ def tiny_bundle(tmp_path_factory) -> Bundle:
 @pytest.fixture(scope="session")
 def flair_test_bundle(tmp_path_factory) -> Bundle:
     return flair_bundle(tmp_path_factory.mktemp("flair-bundle"))
+
+
+@pytest.fixture(scope="session")
+def background_bundle(tmp_path_factory) -> Bundle:
+    """Tiny hand-set networks whose base model finds nothing: the fastest real network path, for
+    tests of files, names and which cases run. Shared by every test: none may change it."""
+    return flair_bundle(tmp_path_factory.mktemp("background"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
-from conftest import flair_bundle, synthetic_image, write_case
+from conftest import synthetic_image, write_case
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from brats_cli import Segmenter
-from brats_cli.bundle import Stage
 from brats_cli.cli import console
 from brats_cli.cli.app import app
 from brats_cli.errors import SettingsError
@@ -26,12 +25,6 @@ from brats_cli.shards import Shard
 
 runner = CliRunner()
 IDS = [f"BraTS2021_{i:05d}" for i in (7, 2, 11, 5)]  # sorted: 00002, 00005, 00007, 00011
-
-
-@pytest.fixture(scope="module")
-def background_bundle(tmp_path_factory):
-    """Tiny networks whose base model finds nothing: fast, for tests of which cases run."""
-    return flair_bundle(tmp_path_factory.mktemp("bg"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
 
 
 @pytest.fixture(scope="module")

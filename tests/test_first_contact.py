@@ -8,10 +8,9 @@ import errno
 from pathlib import Path
 
 import pytest
-from conftest import flair_bundle, synthetic_image, write_case
+from conftest import synthetic_image, write_case
 from typer.testing import CliRunner
 
-from brats_cli.bundle import Stage
 from brats_cli.cli.app import app
 from brats_cli.errors import WeightsError, first_line, in_words
 
@@ -21,12 +20,6 @@ TOOLKIT = ("fla", "t1", "t1c", "t2")  # BraTS-Toolkit's modality words: <ID>_fla
 
 def one_line(output: str) -> str:
     return " ".join(output.split())
-
-
-@pytest.fixture(scope="module")
-def nothing_bundle(tmp_path_factory):
-    """Tiny networks whose base model finds nothing: fast, for file-handling tests."""
-    return flair_bundle(tmp_path_factory.mktemp("nothing"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
 
 
 def toolkit_case(root: Path, case_id: str) -> Path:
@@ -46,13 +39,13 @@ RENAMING = (
 )
 
 
-def test_a_toolkit_case_among_others_fails_with_its_renaming(tmp_path, nothing_bundle):
+def test_a_toolkit_case_among_others_fails_with_its_renaming(tmp_path, background_bundle):
     inp = tmp_path / "in"
     write_case(inp, "BraTS2021_00001", synthetic_image())
     toolkit_case(inp, "TK-1")
     (inp / "segmentations").mkdir()  # names without a modality: not a case, one note
     (inp / "segmentations" / "mav.nii.gz").write_bytes(b"")
-    result = runner.invoke(app, ["segment", str(inp), str(tmp_path / "out"), "--weights", str(nothing_bundle.root)])
+    result = runner.invoke(app, ["segment", str(inp), str(tmp_path / "out"), "--weights", str(background_bundle.root)])
     assert result.exit_code == 1, result.output
     text = one_line(result.output)
     assert f"error: {RENAMING}" in text
@@ -61,19 +54,21 @@ def test_a_toolkit_case_among_others_fails_with_its_renaming(tmp_path, nothing_b
     assert "│ TK-1 " in result.output  # a row of the summary, not a note
 
 
-def test_a_toolkit_case_given_alone_fails_the_same_way(tmp_path, nothing_bundle):
+def test_a_toolkit_case_given_alone_fails_the_same_way(tmp_path, background_bundle):
     folder = toolkit_case(tmp_path, "TK-1")
-    result = runner.invoke(app, ["segment", str(folder), str(tmp_path / "out"), "--weights", str(nothing_bundle.root)])
+    result = runner.invoke(
+        app, ["segment", str(folder), str(tmp_path / "out"), "--weights", str(background_bundle.root)]
+    )
     assert result.exit_code == 1, result.output
     assert f"error: {RENAMING}" in one_line(result.output)
     assert "note:" not in result.output
 
 
-def test_an_incomplete_unnamed_case_says_what_a_case_needs(tmp_path, nothing_bundle):
+def test_an_incomplete_unnamed_case_says_what_a_case_needs(tmp_path, background_bundle):
     folder = toolkit_case(tmp_path / "in", "TK-1")
     (folder / "TK-1_t2_bet.nii.gz").unlink()
     result = runner.invoke(
-        app, ["segment", str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(nothing_bundle.root)]
+        app, ["segment", str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(background_bundle.root)]
     )
     assert result.exit_code == 1, result.output
     assert (
@@ -82,11 +77,11 @@ def test_an_incomplete_unnamed_case_says_what_a_case_needs(tmp_path, nothing_bun
     ) in one_line(result.output)
 
 
-def test_the_shared_toolkit_case_is_a_failed_case(tmp_path, nothing_bundle):
+def test_the_shared_toolkit_case_is_a_failed_case(tmp_path, background_bundle):
     real = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "TCGA-DU-7294"
     if not real.is_dir():
         pytest.skip(f"{real} absent (the shared real cases)")
-    result = runner.invoke(app, ["segment", str(real), str(tmp_path / "out"), "--weights", str(nothing_bundle.root)])
+    result = runner.invoke(app, ["segment", str(real), str(tmp_path / "out"), "--weights", str(background_bundle.root)])
     assert result.exit_code == 1, result.output
     assert "TCGA-DU-7294_fla_bet.nii.gz -> TCGA-DU-7294_flair.nii.gz" in one_line(result.output)
 
@@ -95,7 +90,7 @@ def test_the_shared_toolkit_case_is_a_failed_case(tmp_path, nothing_bundle):
 # Exit 2: nothing written
 
 
-def test_device_cuda_without_cuda_refuses_before_the_output_folder(tmp_path, nothing_bundle, monkeypatch):
+def test_device_cuda_without_cuda_refuses_before_the_output_folder(tmp_path, background_bundle, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -107,7 +102,7 @@ def test_device_cuda_without_cuda_refuses_before_the_output_folder(tmp_path, not
             str(tmp_path / "in"),
             str(tmp_path / "out"),
             "--weights",
-            str(nothing_bundle.root),
+            str(background_bundle.root),
             "--device",
             "cuda",
         ],
@@ -117,7 +112,7 @@ def test_device_cuda_without_cuda_refuses_before_the_output_folder(tmp_path, not
     assert not (tmp_path / "out").exists()
 
 
-def test_networks_that_fail_to_load_leave_no_output_folder(tmp_path, nothing_bundle, monkeypatch):
+def test_networks_that_fail_to_load_leave_no_output_folder(tmp_path, background_bundle, monkeypatch):
     from brats_cli import segmenter
 
     def broken(bundle, settings):
@@ -126,7 +121,8 @@ def test_networks_that_fail_to_load_leave_no_output_folder(tmp_path, nothing_bun
     monkeypatch.setattr(segmenter, "stage_predictors", broken)
     write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
     result = runner.invoke(
-        app, ["segment", str(tmp_path / "in"), str(tmp_path / "out" / "deeper"), "--weights", str(nothing_bundle.root)]
+        app,
+        ["segment", str(tmp_path / "in"), str(tmp_path / "out" / "deeper"), "--weights", str(background_bundle.root)],
     )
     assert result.exit_code == 2, result.output
     assert "cannot load weights (a stand-in failure)" in one_line(result.output)
@@ -134,11 +130,11 @@ def test_networks_that_fail_to_load_leave_no_output_folder(tmp_path, nothing_bun
 
 
 @pytest.mark.parametrize("kind", ["file", "file above"])
-def test_an_output_that_cannot_be_a_folder_is_refused_in_words(tmp_path, nothing_bundle, kind):
+def test_an_output_that_cannot_be_a_folder_is_refused_in_words(tmp_path, background_bundle, kind):
     write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
     (tmp_path / "taken").write_text("a file")
     out = tmp_path / "taken" if kind == "file" else tmp_path / "taken" / "out"
-    result = runner.invoke(app, ["segment", str(tmp_path / "in"), str(out), "--weights", str(nothing_bundle.root)])
+    result = runner.invoke(app, ["segment", str(tmp_path / "in"), str(out), "--weights", str(background_bundle.root)])
     assert result.exit_code == 2, result.output
     text = one_line(result.output)
     assert "Errno" not in text

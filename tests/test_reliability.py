@@ -83,12 +83,6 @@ def _absurd_header(path: Path) -> None:
     path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
 
 
-@pytest.fixture(scope="module")
-def background_bundle(tmp_path_factory):
-    """Tiny hand-set networks whose base model finds nothing: the fastest real network path."""
-    return flair_bundle(tmp_path_factory.mktemp("bg"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
-
-
 # ---------------------------------------------------------------------------------------------
 # The segment table: every bad case in one input folder beside good ones.
 

@@ -33,12 +33,6 @@ def one_line(output: str) -> str:
     return " ".join(output.split())
 
 
-@pytest.fixture(scope="module")
-def nothing_bundle(tmp_path_factory):
-    """Tiny networks whose base model finds nothing: fast, for file-handling tests."""
-    return flair_bundle(tmp_path_factory.mktemp("nothing"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
-
-
 def segment(*args):
     return runner.invoke(app, ["segment", *map(str, args)])
 
@@ -74,25 +68,25 @@ def test_a_case_id_containing_the_temporary_marker_is_an_output_like_any_other(t
     os.remove("x.json")
 
 
-def test_things_at_an_output_name_that_are_not_label_maps_fail_their_case_alone(tmp_path, nothing_bundle):
+def test_things_at_an_output_name_that_are_not_label_maps_fail_their_case_alone(tmp_path, background_bundle):
     inp, out = tmp_path / "in", tmp_path / "out"
     for number in (1, 2, 3):
         write_case(inp, f"BraTS2021_0000{number}", synthetic_image())
     (out / "BraTS2021_00001.nii.gz").mkdir(parents=True)  # a folder at the output name
     (out / "BraTS2021_00002.nii.gz").write_bytes(b"")  # an empty file
-    result = segment(inp, out, "--weights", nothing_bundle.root)
+    result = segment(inp, out, "--weights", background_bundle.root)
     assert result.exit_code == 1, result.output
     text = one_line(result.output)
     assert f"error: BraTS2021_00001: {out / 'BraTS2021_00001.nii.gz'} is a folder, not a label map" in text
     assert f"error: BraTS2021_00002: {out / 'BraTS2021_00002.nii.gz'} is an empty file, not a label map" in text
     assert nib.load(out / "BraTS2021_00003.nii.gz").shape == (240, 240, 155)
-    again = segment(inp, out, "--weights", nothing_bundle.root, "--overwrite")  # the empty file is redone
+    again = segment(inp, out, "--weights", background_bundle.root, "--overwrite")  # the empty file is redone
     assert again.exit_code == 1 and "error: BraTS2021_00002" not in one_line(again.output)
     assert "error: BraTS2021_00001" in one_line(again.output)  # a folder is never overwritten
     assert nib.load(out / "BraTS2021_00002.nii.gz").shape == (240, 240, 155)
 
 
-def test_entries_named_like_images_that_are_not_files_are_said_as_such(tmp_path, nothing_bundle):
+def test_entries_named_like_images_that_are_not_files_are_said_as_such(tmp_path, background_bundle):
     inp = tmp_path / "in"
     folder_case = write_case(inp, "BraTS2021_00001", synthetic_image())
     (folder_case / "BraTS2021_00001_t2.nii.gz").unlink()
@@ -105,7 +99,7 @@ def test_entries_named_like_images_that_are_not_files_are_said_as_such(tmp_path,
     (inp / "BraTS2021_00003").rename(inp / "long")
     for path in (inp / "long").iterdir():
         path.rename(path.with_name(path.name.replace("BraTS2021_00003", long_id)))
-    result = segment(inp, tmp_path / "out", "--weights", nothing_bundle.root)
+    result = segment(inp, tmp_path / "out", "--weights", background_bundle.root)
     assert result.exit_code == 1, result.output
     text = one_line(result.output)
     assert f"{folder_case / 'BraTS2021_00001_t2.nii.gz'} is a folder, not an image file" in text
@@ -113,9 +107,9 @@ def test_entries_named_like_images_that_are_not_files_are_said_as_such(tmp_path,
     assert "case ID is 230 characters long; at most 200 make a usable file name" in text
 
 
-def test_folds_no_stage_has_are_refused_not_dropped(tmp_path, nothing_bundle):
+def test_folds_no_stage_has_are_refused_not_dropped(tmp_path, background_bundle):
     write_case(tmp_path / "in", "BraTS2021_00001", synthetic_image())
-    result = segment(tmp_path / "in", tmp_path / "out", "--weights", nothing_bundle.root, "--folds", "0,7")
+    result = segment(tmp_path / "in", tmp_path / "out", "--weights", background_bundle.root, "--folds", "0,7")
     assert result.exit_code == 2
     assert "--folds 7: no stage has such a fold (base has fold 0; wt has fold 0; tc has fold 0; et has fold 0)" in (
         one_line(result.output)
@@ -136,7 +130,7 @@ def test_folds_a_one_fold_stage_lacks_say_which_it_has(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_unreadable_case_folder_fails_alone_and_the_others_run(nothing_bundle):
+def test_an_unreadable_case_folder_fails_alone_and_the_others_run(background_bundle):
     """As `nobody` (root reads everything): one case folder mode 0700 owned by root."""
     import shutil
 
@@ -145,7 +139,7 @@ def test_an_unreadable_case_folder_fails_alone_and_the_others_run(nothing_bundle
         prefix = _unprivileged(root)
         if prefix is None:
             pytest.skip("running as root without setpriv: cannot drop privileges to test permissions")
-        shutil.copytree(nothing_bundle.root, root / "weights")
+        shutil.copytree(background_bundle.root, root / "weights")
         write_case(root / "in", "BraTS2021_00001", synthetic_image())
         write_case(root / "in", "BraTS2021_00002", synthetic_image())
         (root / "out").mkdir()
@@ -169,7 +163,7 @@ def test_an_unreadable_case_folder_fails_alone_and_the_others_run(nothing_bundle
         assert sorted(p.name for p in (root / "out").iterdir()) == ["BraTS2021_00001.nii.gz"]
 
 
-def test_bare_2023_names_in_the_working_folder_take_its_name(tmp_path, nothing_bundle, monkeypatch):
+def test_bare_2023_names_in_the_working_folder_take_its_name(tmp_path, background_bundle, monkeypatch):
     """`brats segment . OUT` inside a case folder of bare 2023 names (as BrainLesion's
     preprocessing writes them): the case is named for the folder, given as `.` or as `sub/..`."""
     case = write_case(tmp_path, "BraTS-GLI-00001-000", synthetic_image(), naming=Naming.BRATS2023)
@@ -182,12 +176,12 @@ def test_bare_2023_names_in_the_working_folder_take_its_name(tmp_path, nothing_b
         assert (found.case_id, found.problem) == ("BraTS-GLI-00001-000", None)
     files = [Path(f"{name}.nii.gz") for name in ("t2f", "t1n", "t1c", "t2w")]
     assert case_from_files(files).case_id == "BraTS-GLI-00001-000"
-    result = segment(".", tmp_path / "out", "--weights", nothing_bundle.root)
+    result = segment(".", tmp_path / "out", "--weights", background_bundle.root)
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS-GLI-00001-000.nii.gz"]
 
 
-def test_hidden_files_beside_cases_are_no_cases(tmp_path, nothing_bundle):
+def test_hidden_files_beside_cases_are_no_cases(tmp_path, background_bundle):
     """macOS leaves an AppleDouble `._<name>` beside every file it copies to a foreign disk; a
     hidden file is no one's scan, even named like one."""
     inp = tmp_path / "in"
@@ -200,7 +194,7 @@ def test_hidden_files_beside_cases_are_no_cases(tmp_path, nothing_bundle):
     for given in (inp, case):
         (found,) = discover_cases(given).cases
         assert (found.case_id, found.problem) == ("BraTS2021_00001", None)
-    result = segment(inp, tmp_path / "out", "--weights", nothing_bundle.root)
+    result = segment(inp, tmp_path / "out", "--weights", background_bundle.root)
     assert result.exit_code == 0, result.output
     assert "error" not in result.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["BraTS2021_00001.nii.gz"]

@@ -14,11 +14,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LPS_AFFINE, flair_bundle, synthetic_image, write_case
+from conftest import LPS_AFFINE, synthetic_image, write_case
 from typer.testing import CliRunner
 
 from brats_cli import files
-from brats_cli.bundle import Stage
 from brats_cli.cli.app import app
 from brats_cli.files import TEMP_MARKER
 from brats_cli.io import BRATS_SHAPE, Geometry, write_label_map
@@ -32,12 +31,6 @@ FIRST = ("--shard", "0/4")  # the first case alone: one case computed per run ke
 
 def one_line(output: str) -> str:
     return " ".join(output.split())
-
-
-@pytest.fixture(scope="module")
-def nothing_bundle(tmp_path_factory):
-    """Tiny networks whose base model finds nothing: fast, for file-handling tests."""
-    return flair_bundle(tmp_path_factory.mktemp("nothing"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +96,13 @@ def _log_places(tmp_path: Path, cohort: Path, out: Path) -> dict[str, Path]:
         "the output folder itself",
     ],
 )
-def test_a_log_that_would_alter_data_is_refused_before_anything_is_written(tmp_path, cohort, nothing_bundle, place):
+def test_a_log_that_would_alter_data_is_refused_before_anything_is_written(tmp_path, cohort, background_bundle, place):
     out = tmp_path / "out"
     log = _log_places(tmp_path, cohort, out)[place]
     if place != "the output folder itself":  # an earlier --report run's output folder
         (out / QA_FOLDER).mkdir(parents=True)
     before, outside = snapshot(cohort), sorted(p.name for p in tmp_path.iterdir())
-    result = segment(cohort, out, nothing_bundle, "--log", str(log))
+    result = segment(cohort, out, background_bundle, "--log", str(log))
     assert result.exit_code == 2, result.output
     assert f"error: {log}: " in one_line(result.output) and "Traceback" not in result.output
     assert "cannot write the log" not in result.output  # refused for what it is, not by chance
@@ -118,12 +111,12 @@ def test_a_log_that_would_alter_data_is_refused_before_anything_is_written(tmp_p
     assert not out.exists() or sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [QA_FOLDER]
 
 
-def test_a_log_on_a_full_disk_is_one_warning_and_the_cases_are_done(tmp_path, cohort, nothing_bundle):
+def test_a_log_on_a_full_disk_is_one_warning_and_the_cases_are_done(tmp_path, cohort, background_bundle):
     """/dev/full fails every write with ENOSPC, as a log on a full disk does at its first flush."""
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
     out = tmp_path / "out"
-    result = segment(cohort, out, nothing_bundle, *FIRST, "--log", "/dev/full")
+    result = segment(cohort, out, background_bundle, *FIRST, "--log", "/dev/full")
     assert result.exit_code == 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     text = one_line(result.output)
@@ -154,7 +147,7 @@ def _link_outside(path: Path, complete: Path) -> None:
     path.symlink_to(complete)  # a complete label map, but somewhere else
 
 
-def test_only_a_complete_label_map_counts_as_done(tmp_path, cohort, nothing_bundle):
+def test_only_a_complete_label_map_counts_as_done(tmp_path, cohort, background_bundle):
     """An interrupted copy, another tool's image, a text file and a link out of the folder at the
     cases' output names: each case fails saying so (never "skipped"); --overwrite redoes one,
     replacing the link without writing through it. Then that complete map, and a link to it
@@ -173,20 +166,20 @@ def test_only_a_complete_label_map_counts_as_done(tmp_path, cohort, nothing_bund
     }
     for case_id, make in zip(IDS, said, strict=True):
         make(out / f"{case_id}.nii.gz", complete)
-    result = segment(cohort, out, nothing_bundle)
+    result = segment(cohort, out, background_bundle)
     assert result.exit_code == 1, result.output
     text = one_line(result.output)
     for case_id, message in zip(IDS, said.values(), strict=True):
         assert f"error: {case_id}: {out / f'{case_id}.nii.gz'} {message}" in text
     assert text.count("rerun with --overwrite") == 4 and "skipped" not in text
-    again = segment(cohort, out, nothing_bundle, *FIRST, "--overwrite")  # the link's case
+    again = segment(cohort, out, background_bundle, *FIRST, "--overwrite")  # the link's case
     assert again.exit_code == 0, again.output
     target = out / f"{IDS[0]}.nii.gz"
     assert not target.is_symlink() and np.asarray(nib.load(target).dataobj).max() == 0  # this bundle finds nothing
     assert complete.read_bytes() == kept  # never written through
     (out / f"{IDS[1]}.nii.gz").unlink()
     (out / f"{IDS[1]}.nii.gz").symlink_to(target.name)
-    resumed = one_line(segment(cohort, out, nothing_bundle).output)
+    resumed = one_line(segment(cohort, out, background_bundle).output)
     assert resumed.count("skipped") == 2 and resumed.count("rerun with --overwrite") == 2
 
 
@@ -243,17 +236,17 @@ def test_a_dead_run_that_had_our_pid_is_swept_and_our_own_temporary_kept(tmp_pat
     assert mine.exists()
 
 
-def test_a_segment_run_keeps_another_containers_temporary_of_its_own_case(tmp_path, cohort, nothing_bundle):
+def test_a_segment_run_keeps_another_containers_temporary_of_its_own_case(tmp_path, cohort, background_bundle):
     out = tmp_path / "out"
     out.mkdir()
     theirs = _of_another_machine(out / f"{IDS[0]}.nii.gz", pid=os.getpid())
     theirs.write_bytes(b"another container, mid-write")
-    result = segment(cohort, out, nothing_bundle, *FIRST)
+    result = segment(cohort, out, background_bundle, *FIRST)
     assert result.exit_code == 0, result.output
     assert theirs.read_bytes() == b"another container, mid-write"
 
 
-def test_a_shard_sweeps_only_its_own_cases_qa_records(tmp_path, cohort, nothing_bundle):
+def test_a_shard_sweeps_only_its_own_cases_qa_records(tmp_path, cohort, background_bundle):
     """Shard 0/2 holds IDS[0] and IDS[2]: a dead run's record temporary of IDS[1] is shard 1's to sweep."""
     out = tmp_path / "out"
     (out / QA_FOLDER).mkdir(parents=True)
@@ -263,11 +256,11 @@ def test_a_shard_sweeps_only_its_own_cases_qa_records(tmp_path, cohort, nothing_
     others = out / QA_FOLDER / f".{IDS[1]}.json{TEMP_MARKER}{pid}.json"
     for path in (mine, others):
         path.write_text("{")
-    Segmenter(nothing_bundle).segment_folder(cohort, out, shard="0/2", quality=True)
+    Segmenter(background_bundle).segment_folder(cohort, out, shard="0/2", quality=True)
     assert others.exists() and not mine.exists()
 
 
-def test_a_linked_qa_folder_is_never_swept_through(tmp_path, cohort, nothing_bundle):
+def test_a_linked_qa_folder_is_never_swept_through(tmp_path, cohort, background_bundle):
     """OUTPUT/.brats-qa linking elsewhere: the report replaces the link; nothing there is deleted."""
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
@@ -276,7 +269,7 @@ def test_a_linked_qa_folder_is_never_swept_through(tmp_path, cohort, nothing_bun
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     theirs = elsewhere / f".{IDS[0]}.json{TEMP_MARKER}{int(dead.stdout)}.json"
     theirs.write_text("someone else's file")
-    Segmenter(nothing_bundle).segment_folder(cohort, out, quality=True)
+    Segmenter(background_bundle).segment_folder(cohort, out, quality=True)
     assert theirs.read_text() == "someone else's file"
 
 
@@ -284,7 +277,7 @@ def test_a_linked_qa_folder_is_never_swept_through(tmp_path, cohort, nothing_bun
 # The report alone hits a full disk
 
 
-def test_a_report_that_cannot_be_written_exits_1_and_keeps_the_cases(tmp_path, cohort, nothing_bundle, monkeypatch):
+def test_a_report_that_cannot_be_written_exits_1_and_keeps_the_cases(tmp_path, cohort, background_bundle, monkeypatch):
     import contextlib
 
     @contextlib.contextmanager
@@ -296,7 +289,7 @@ def test_a_report_that_cannot_be_written_exits_1_and_keeps_the_cases(tmp_path, c
     out = tmp_path / "out"
     out.mkdir()
     log = out / "run.log"  # beside the outputs, under a name no output takes: a fine log
-    result = segment(cohort, out, nothing_bundle, *FIRST, "--report", "--log", str(log))
+    result = segment(cohort, out, background_bundle, *FIRST, "--report", "--log", str(log))
     assert result.exit_code == 1, result.output
     text = one_line(result.output)
     said = f"error: {out / 'report'}: cannot write the report (No space left on device)"

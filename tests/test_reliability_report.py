@@ -16,10 +16,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from builders import nested_labels
-from conftest import LPS_AFFINE, flair_bundle, synthetic_image, write_case
+from conftest import LPS_AFFINE, synthetic_image, write_case
 from typer.testing import CliRunner
 
-from brats_cli.bundle import Stage
 from brats_cli.cli.app import app
 from brats_cli.files import sha256_file
 from brats_cli.quality import EnsembleQuality
@@ -147,13 +146,7 @@ def test_a_linked_qa_folder_is_replaced_never_written_through(tmp_path):
     assert list(read_records(out)[0]) == ["BraTS2021_00001"]
 
 
-@pytest.fixture(scope="module")
-def nothing_bundle(tmp_path_factory):
-    """Tiny networks whose base model finds nothing: fast, for file-handling tests."""
-    return flair_bundle(tmp_path_factory.mktemp("nothing"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
-
-
-def test_segment_report_with_a_linked_qa_folder_and_a_bad_record(tmp_path, nothing_bundle):
+def test_segment_report_with_a_linked_qa_folder_and_a_bad_record(tmp_path, background_bundle):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_case(inp, "BraTS2021_00001", synthetic_image())
     elsewhere = tmp_path / "elsewhere"
@@ -161,7 +154,7 @@ def test_segment_report_with_a_linked_qa_folder_and_a_bad_record(tmp_path, nothi
     (elsewhere / "BraTS2021_00001.json").write_text("precious")
     out.mkdir()
     (out / QA_FOLDER).symlink_to(elsewhere, target_is_directory=True)
-    command = ["segment", str(inp), str(out), "--weights", str(nothing_bundle.root), "--report"]
+    command = ["segment", str(inp), str(out), "--weights", str(background_bundle.root), "--report"]
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
     assert (elsewhere / "BraTS2021_00001.json").read_text() == "precious"

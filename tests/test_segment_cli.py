@@ -9,17 +9,10 @@ from conftest import LPS_AFFINE, flair_bundle, ras_affine, synthetic_image, writ
 from typer.testing import CliRunner
 
 from brats_cli import __version__
-from brats_cli.bundle import Stage
 from brats_cli.cli.app import app
 from brats_cli.io import TEMP_MARKER, Naming
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def background_bundle(tmp_path_factory):
-    """Tiny networks whose base model finds nothing: fast, for file-handling tests."""
-    return flair_bundle(tmp_path_factory.mktemp("bg"), window=(64, 64, 64), thresholds={Stage.BASE: 1e6})
 
 
 def segment(*args):
