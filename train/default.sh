@@ -2,16 +2,17 @@
 # How the default weights bundle in weights/ is made, from the real labelled pool, on 2 CPU cores:
 #
 #   bash ../shared/data/real-train/extract.sh POOL SNAPSHOTS    # once: the 88 cases (its README)
-#   POOL=POOL bash train/default.sh                             # everything below, about 3 hours
-#   (on 2 cores alone: rounds one to four 61, about 40, 30 and 20 minutes, the rest about 20)
+#   POOL=POOL bash train/default.sh                             # everything below, about 4.5 hours
+#   (on 2 cores alone: rounds one to five 61, about 40, 30, 20 and 65 minutes, the rest about 25)
 #
 # 1. split:  train/real/split.tsv (fixed before any training) -> WORK/split/{train,validation}
 # 2. cache:  every case preprocessed once (WORK/cache)
 # 3. train:  the rounds of train/rounds.tsv, in order (each: recipe, starting weights, lanes), each
 #            bundled as WORK/bundle<round> (its stages named in `keep` taken from the round before)
 # 4. bundle: the last round's bundle -> BUNDLE, with the split in its manifest and its post-processing
-#            (each region's probability threshold, the ET threshold) chosen on fold 0's held-out
-#            training cases (train/real/choose_thresholds.py)
+#            (each region's probability threshold, the ET threshold, the component rule) chosen out
+#            of fold: folds 0 and 1's models on their own held-out training cases
+#            (train/real/out_of_fold.sh, train/real/choose_thresholds.py)
 # 5. score:  BUNDLE on the 18 validation cases -> WORK/score/summary.md (train/real/score.sh)
 #
 # Stopped? Run the same command again: finished steps are kept and every model resumes after its
@@ -28,6 +29,7 @@ DEVICE=${DEVICE:-cpu}
 BUNDLE=${BUNDLE:-$WORK/bundle}
 STOP_AFTER=${STOP_AFTER:-}
 PYTHON=${PYTHON:-python3}
+OOF_FOLDS=${OOF_FOLDS:-0 1}
 ROUNDS=${ROUNDS:-$(grep -v '^#' "$SCHEDULE" | tail -n +2 | cut -f1 | tr '\n' ' ')}
 HERE=$(dirname "$0")
 
@@ -54,14 +56,16 @@ done
 wait
 [ "$STOP_AFTER" = cache ] && exit 0
 
-lane() {  # round recipe init job...: the stage:fold jobs of one lane, in turn
-  local round=$1 recipe=$2 init=$3 job
+lane() {  # round recipe init job...: the stage:fold[@initfold] jobs of one lane, in turn
+  local round=$1 recipe=$2 init=$3 job stage fold from
   shift 3
   for job in "$@"; do
-    stamp "round $round: train ${job%:*} fold ${job#*:}"
+    stage=${job%%:*} fold=${job#*:} from=()
+    if [[ $fold == *@* ]]; then from=(--init-fold "${fold#*@}") fold=${fold%@*}; fi
+    stamp "round $round: train $stage fold $fold${from[1]:+ from fold ${from[1]}}"
     OMP_NUM_THREADS=$THREADS brats train --recipe "$recipe" --data "$WORK/split/train" --out "$WORK/run$round" \
-      --cache "$WORK/cache" --stage "${job%:*}" --fold "${job#*:}" --device "$DEVICE" --resume \
-      --init-from "$init" >>"$WORK/logs/train$round-${job%:*}-${job#*:}.log" 2>&1
+      --cache "$WORK/cache" --stage "$stage" --fold "$fold" --device "$DEVICE" --resume \
+      --init-from "$init" "${from[@]}" >>"$WORK/logs/train$round-$stage-$fold.log" 2>&1
   done
 }
 
@@ -95,18 +99,17 @@ stamp "bundle: $BUNDLE (round $last)"
 rm -rf "$BUNDLE"
 cp -r "$WORK/bundle$last" "$BUNDLE"
 
-# Post-processing, chosen out of fold: the fold-0 models (base, WT, TC, ET, each trained on folds
-# 1-4) on fold 0's held-out training cases, written with their probabilities and no ET threshold;
-# never the validation split.
-stamp "post-processing: fold 0's held-out training cases"
-rm -rf "$WORK/oof" && mkdir -p "$WORK/oof/cases"
-"$PYTHON" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["folds"][0]))' "$WORK/run$last/folds.json" |
-  while read -r case; do ln -sfn "$(realpath "$WORK/split/train/$case")" "$WORK/oof/cases/$case"; done
-brats segment "$WORK/oof/cases" "$WORK/oof/pred" --weights "$BUNDLE" --folds 0 --et-threshold 0 \
-  --save-probabilities >"$WORK/logs/oof.log" 2>&1
-brats evaluate "$WORK/oof/pred" "$WORK/oof/cases" --csv "$WORK/oof/scores.csv" >/dev/null
+# Post-processing, chosen out of fold (never on the validation split): each of OOF_FOLDS' models
+# (WT, TC, ET of that fold, the one base model) on that fold's held-out training cases, written with
+# their probabilities and no ET threshold. Folds 2-4 are left out: their models started from folds
+# 0 and 1, which trained on their held-out cases (train/default_round5.toml).
+stamp "post-processing: folds ${OOF_FOLDS}' held-out training cases"
+# shellcheck disable=SC2086  # the folds as words
+PYTHON=$PYTHON bash "$HERE/real/out_of_fold.sh" "$BUNDLE" "$WORK/run$last/folds.json" "$WORK/split/train" \
+  "$WORK/oof" $OOF_FOLDS
 "$PYTHON" "$HERE/real/choose_thresholds.py" "$WORK/oof/pred" "$WORK/oof/cases" | tee "$WORK/oof/choice.md"
-"$PYTHON" "$HERE/real/record_split.py" "$BUNDLE" --chosen "$(tail -1 "$WORK/oof/choice.md")"
+# shellcheck disable=SC2086
+"$PYTHON" "$HERE/real/record_split.py" "$BUNDLE" --chosen "$(tail -1 "$WORK/oof/choice.md")" --folds $OOF_FOLDS
 [ "$STOP_AFTER" = bundle ] && exit 0
 
 WEIGHTS=$BUNDLE WORK=$WORK/score PYTHON=$PYTHON bash "$HERE/real/score.sh" "$WORK/split/validation"
