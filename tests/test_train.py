@@ -22,7 +22,9 @@ import torch
 from builders import random_bundle
 from typer.testing import CliRunner
 
+import brats_cli.host
 from brats_cli.bundle import Stage, load_bundle
+from brats_cli.choices import Precision
 from brats_cli.cli.app import app
 from brats_cli.errors import InputError
 from brats_cli.io import BRATS_SHAPE, discover_cases, load_case
@@ -33,7 +35,7 @@ from brats_cli.training.cache import prepare_cache, training_cases
 from brats_cli.training.data import centred_start
 from brats_cli.training.distributed import Context
 from brats_cli.training.folds import load_or_create_folds, make_folds, read_folds
-from brats_cli.training.loop import BlockMax3d, load_checkpoint
+from brats_cli.training.loop import BlockMax3d, autocast_dtype, load_checkpoint, training_memory_format
 from brats_cli.training.losses import compute_loss, hard_dice
 from brats_cli.training.recipe import Loss, load_recipe, recipe_from_dict
 from brats_cli.training.run import run_training
@@ -773,3 +775,36 @@ def test_init_from_weights_of_another_width_is_one_error_line(training_data, sha
     assert not (tmp_path / "run" / "wt" / "fold0" / "last.pt").exists()
     # A run that never trained records nothing that would refuse the corrected command.
     assert not (tmp_path / "run" / "recipe.json").exists() and not (tmp_path / "run" / "folds.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("precision", "native_bf16", "dtype", "layout"),
+    [
+        (Precision.AUTO, True, torch.bfloat16, torch.contiguous_format),
+        (Precision.AUTO, False, None, torch.channels_last_3d),
+        (Precision.FP32, True, None, torch.channels_last_3d),
+        (Precision.BF16, False, torch.bfloat16, torch.contiguous_format),
+    ],
+)
+def test_cpu_training_precision_follows_the_cpu_unless_set(monkeypatch, precision, native_bf16, dtype, layout):
+    monkeypatch.setattr(brats_cli.host, "cpu_has_native_bf16", lambda: native_bf16)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, precision) is dtype
+    assert training_memory_format(cpu, autocast_dtype(cpu, precision)) is layout
+
+
+def test_precision_option_reaches_the_forward_pass(training_data, shared_cache, tiny_recipe, tmp_path):
+    """`--precision fp32` and `--precision bf16` each train (the loss falls) and say so, and they
+    give different weights: the option is what the forward pass computes in."""
+    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--deterministic"]
+    states = {}
+    for word, name in (("fp32", "float32"), ("bf16", "bfloat16")):
+        result = _train(tiny_recipe, training_data, tmp_path / word, *options, "--precision", word)
+        assert result.exit_code == 0, result.output
+        assert f"{name} forward" in " ".join(result.output.split())
+        rows = _log(tmp_path / word, "wt")
+        assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]), (word, rows)
+        states[word] = load_checkpoint(tmp_path / word / "wt" / "fold0" / "last.pt")["model"]
+    assert any(not torch.equal(states["fp32"][key], states["bf16"][key]) for key in states["fp32"])
+    refused = _train(tiny_recipe, training_data, tmp_path / "fp16", *options, "--precision", "fp16")
+    assert refused.exit_code == 2 and "--precision" in refused.output

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from brats_cli.choices import Device, Stage
+from brats_cli.choices import Device, Precision, Stage
 from brats_cli.cli import console
 from brats_cli.cli.options import StageWord, stage_of
 
@@ -29,6 +29,7 @@ class TrainOptions:
     fold: int | None = None
     resume: bool = False
     deterministic: bool = False
+    precision: Precision = Precision.AUTO
     device: Device = Device.AUTO
     cache: Path | None = None
     init_from: Path | None = None
@@ -46,6 +47,8 @@ class TrainOptions:
             raise TypeError(f"stage must be a Stage or None (got {self.stage!r})")
         if not isinstance(self.device, Device):
             raise TypeError(f"device must be a Device (got {self.device!r})")
+        if not isinstance(self.precision, Precision):
+            raise TypeError(f"precision must be a Precision (got {self.precision!r})")
 
 
 def _parse_fold(text: str) -> int | None:
@@ -75,6 +78,13 @@ def train(
     device: Annotated[Device, typer.Option(help="Where to train; under torchrun each rank takes one GPU.")] = (
         Device.AUTO
     ),
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            help="What the forward pass computes in (weights and optimiser stay fp32): auto = bf16 where the "
+            "GPU or CPU computes it natively (fp16 on older GPUs), fp32 elsewhere."
+        ),
+    ] = Precision.AUTO,
     cache: Annotated[
         Path | None, typer.Option(help="Folder for preprocessed cases, shareable between runs (default RUN/cache).")
     ] = None,
@@ -120,6 +130,7 @@ def train(
         fold=chosen_fold,
         resume=resume,
         deterministic=deterministic,
+        precision=precision,
         device=device,
         cache=cache,
         init_from=init_from,
@@ -170,11 +181,13 @@ def _print_case(case, reused: bool) -> None:
 def run_train(options: TrainOptions) -> int:
     import signal
 
+    import torch
+
     from brats_cli.errors import BratsError, first_line
     from brats_cli.interrupts import Interrupted, interruptible
     from brats_cli.predictors.torch_backend import resolve_device
     from brats_cli.training import distributed
-    from brats_cli.training.loop import STAGE_ORDER
+    from brats_cli.training.loop import STAGE_ORDER, autocast_dtype
     from brats_cli.training.recipe import load_recipe
     from brats_cli.training.run import run_training
 
@@ -185,12 +198,14 @@ def run_train(options: TrainOptions) -> int:
         console.error(str(error))
         return console.EXIT_UNUSABLE
     stages = list(STAGE_ORDER) if options.stage is None else [options.stage]
+    amp_dtype = autocast_dtype(context.device, options.precision)
     reporter = RichReporter() if context.is_main else None
 
     if context.is_main:
         console.stderr.print(
             f"brats train: recipe {recipe.name}, {len(stages)} stage(s), device {context.device}, "
-            f"{context.world} rank(s), global batch {recipe.batch_size}"
+            f"{context.world} rank(s), global batch {recipe.batch_size}, "
+            f"{str(amp_dtype or torch.float32).removeprefix('torch.')} forward"
             + (", deterministic" if options.deterministic else "")
             + (f", starting from {options.init_from}" if options.init_from else "")
             + (f" fold {options.init_fold}" if options.init_fold is not None else "")
@@ -207,6 +222,7 @@ def run_train(options: TrainOptions) -> int:
                 fold=options.fold,
                 resume=options.resume,
                 deterministic=options.deterministic,
+                precision=options.precision,
                 cache=options.cache,
                 on_case=_print_case,
                 reporter=reporter,

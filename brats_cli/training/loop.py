@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from brats_cli import host
 from brats_cli.bundle import Stage
+from brats_cli.choices import Precision
 from brats_cli.errors import InputError, first_line
 from brats_cli.files import atomic_path, remove_stale_temporaries, write_text_atomically
 from brats_cli.interrupts import in_worker
@@ -116,11 +118,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU."""
-    if device.type != "cuda":
+def autocast_dtype(device: torch.device, precision: Precision = Precision.AUTO) -> torch.dtype | None:
+    """The dtype training autocasts to, None for fp32. `auto`: bf16 on GPUs that have it, fp16 (with
+    loss scaling) on older GPUs; on a CPU bf16 where it computes bf16 natively (AVX-512 BF16 or AMX:
+    a training step takes less than half the fp32 time there, bench/RESULTS.md), fp32 elsewhere.
+    Either way the weights, the optimiser and the loss stay fp32."""
+    if precision is Precision.FP32:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision is Precision.BF16:
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if host.cpu_has_native_bf16() else None
+
+
+def training_memory_format(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
+    """Channels-last 3D, except for bf16 on a CPU, where oneDNN's backward runs faster on the plain
+    layout (bench/RESULTS.md, "Training precision on the CPU")."""
+    if device.type == "cpu" and amp_dtype is torch.bfloat16:
+        return torch.contiguous_format
+    return torch.channels_last_3d
 
 
 class BlockMax3d(nn.Module):
@@ -261,6 +278,7 @@ class _Optimisation:
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
 
 
 @dataclass
@@ -287,16 +305,18 @@ def train_fold(
     context: Context,
     *,
     deterministic: bool = False,
+    precision: Precision = Precision.AUTO,
     resume: bool = False,
     reporter: Reporter | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     initial: InitialWeights | None = None,
 ) -> FoldResult:
     """Train one stage and fold to the recipe's epoch count, continuing from `last.pt` if `resume`;
-    a fresh start begins from `initial`'s weights where given (a resumed one from its checkpoint)."""
+    a fresh start begins from `initial`'s weights where given (a resumed one from its checkpoint).
+    `precision` is what the forward pass autocasts to (`autocast_dtype`)."""
     spec = recipe.stages[job.stage]
     _check_and_open(job, recipe, context, resume)
-    optimisation = _build_optimisation(job, recipe, context.device, deterministic)
+    optimisation = _build_optimisation(job, recipe, context.device, deterministic, precision)
     progress = _restore(job, recipe, optimisation, context, resume, initial)
     if progress.epochs_done >= spec.epochs:
         return _result(job, spec, progress)
@@ -353,15 +373,19 @@ def _check_and_open(job: FoldJob, recipe: Recipe, context: Context, resume: bool
         remove_stale_temporaries(job.folder)  # a checkpoint half-written when a run was killed
 
 
-def _build_optimisation(job: FoldJob, recipe: Recipe, device: torch.device, deterministic: bool) -> _Optimisation:
+def _build_optimisation(
+    job: FoldJob, recipe: Recipe, device: torch.device, deterministic: bool, precision: Precision
+) -> _Optimisation:
     """The randomly initialised network on `device`, its optimiser, scheduler and gradient scaler."""
     spec = recipe.stages[job.stage]
     seed_everything(_fold_seed(recipe, job))
     model = build_model(recipe, job.stage)
     if deterministic and device.type == "cuda":
         use_block_max(model)
+    amp_dtype = autocast_dtype(device, precision)
+    memory_format = training_memory_format(device, amp_dtype)
     # nn.Module.to takes memory_format; its type stubs do not say so.
-    model = model.to(device=device, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    model = model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
@@ -370,9 +394,8 @@ def _build_optimisation(job: FoldJob, recipe: Recipe, device: torch.device, dete
         patience=recipe.plateau.patience,
         cooldown=recipe.plateau.cooldown,
     )
-    amp_dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    return _Optimisation(model, optimizer, scheduler, scaler, amp_dtype)
+    return _Optimisation(model, optimizer, scheduler, scaler, amp_dtype, memory_format)
 
 
 def _parallel(model: nn.Module, context: Context) -> nn.Module:
@@ -484,7 +507,9 @@ def _run_epoch(
     started = time.perf_counter()
     data.sampler.set_epoch(epoch)
     train_loss, data_seconds, steps = _train_steps(epoch, spec, context, optimisation, network, data.loader, reporter)
-    val_loss, val_dice = validate(optimisation.model, data.validation, spec.loss, context, optimisation.amp_dtype)
+    val_loss, val_dice = validate(
+        optimisation.model, data.validation, spec.loss, context, optimisation.amp_dtype, optimisation.memory_format
+    )
     optimisation.scheduler.step(val_loss)
     improved = val_dice > progress.best_dice
     if improved:
@@ -523,7 +548,7 @@ def _train_steps(
     waited = time.perf_counter()
     for image, target in loader:
         data_seconds += time.perf_counter() - waited
-        image = image.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+        image = image.to(device, non_blocking=True).contiguous(memory_format=optimisation.memory_format)
         target = target.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = network(image)
@@ -630,6 +655,7 @@ def validate(
     loss_kind: Any,
     context: Context,
     amp_dtype: torch.dtype | None,
+    memory_format: torch.memory_format = torch.channels_last_3d,
 ) -> tuple[float, float]:
     """Mean loss and mean hard Dice over the held-out cases, each rank taking every world-th case."""
     model.eval()
@@ -638,7 +664,7 @@ def validate(
     with torch.no_grad():
         for index in range(context.rank, len(dataset), context.world):
             image, target = dataset[(0, index)]
-            image = image[None].to(device).contiguous(memory_format=torch.channels_last_3d)
+            image = image[None].to(device).contiguous(memory_format=memory_format)
             target = target[None].to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(image)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from brats_cli.bundle import Stage
+from brats_cli.choices import Precision
 from brats_cli.errors import BratsError, InputError, first_line
 from brats_cli.files import write_text_atomically
 from brats_cli.io import Case, check_output_folder
@@ -192,6 +193,7 @@ def run_training(
     fold: int | None = None,
     resume: bool = False,
     deterministic: bool = False,
+    precision: Precision = Precision.AUTO,
     cache: Path | None = None,
     on_case: Callable[[Case, bool], None] | None = None,
     reporter: Reporter | None = None,
@@ -240,6 +242,7 @@ def run_training(
                     recipe,
                     context,
                     deterministic=deterministic,
+                    precision=precision,
                     resume=resume,
                     reporter=reporter,
                     on_epoch_end=on_epoch_end,
