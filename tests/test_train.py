@@ -757,6 +757,23 @@ def test_init_from_a_bundle_takes_the_same_split_fold(tmp_path):
         initial_weights(tmp_path, Stage.WT, 0)
 
 
+@pytest.mark.parametrize("extra", [["--fold", "3"], ["--fold", "0", "--init-fold", "3"]], ids=["--fold", "--init-fold"])
+def test_a_source_fold_that_is_not_there_is_refused_before_any_case_is_read(
+    smoke_run, training_data, tiny_recipe, tmp_path, extra
+):
+    """The smoke run trained fold 0 only: starting from its fold 3 fails at once, with nothing cached
+    and no run folder made, not after the data has been read."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    options = ["--stage", "wt", "--cache", str(cache), "--init-from", str(smoke_run), *extra]
+    result = _train(tiny_recipe, training_data, run, *options)
+    assert result.exit_code == 2, result.output
+    assert f"no wt fold 3 to start from ({smoke_run / 'wt' / 'fold3' / 'best.pt'} not found)" in "".join(
+        result.output.split("\n")
+    )
+    assert "cache:" not in result.output
+    assert not cache.exists() and not run.exists()
+
+
 def test_init_fold_without_init_from_is_refused(training_data, tiny_recipe, tmp_path):
     result = _train(tiny_recipe, training_data, tmp_path / "run", "--init-fold", "0")
     assert result.exit_code == 2

@@ -160,26 +160,35 @@ def check_fold(recipe: Recipe, fold: int | None) -> None:
         raise InputError(f"--fold {fold}: the recipe has folds 0..{recipe.folds - 1}")
 
 
+def selected_folds(recipe: Recipe, stages: Sequence[Stage], fold: int | None) -> list[tuple[Stage, int]]:
+    """The (stage, fold) pairs a command trains, base first: `fold` None means the folds each
+    stage's recipe lists."""
+    check_fold(recipe, fold)
+    return [
+        (stage, k)
+        for stage in sorted(stages, key=STAGE_ORDER.index)
+        for k in ([fold] if fold is not None else recipe.stages[stage].train_folds)
+    ]
+
+
 def plan_jobs(
     recipe: Recipe, run: Path, cached: Sequence[CachedCase], folds: Folds, stages: Sequence[Stage], fold: int | None
 ) -> list[FoldJob]:
-    """One job per selected stage and fold: `fold` None means the folds each stage's recipe lists."""
-    check_fold(recipe, fold)
+    """One job per selected stage and fold (`selected_folds`)."""
     by_id = {c.case_id: c for c in cached}
     jobs = []
-    for stage in sorted(stages, key=STAGE_ORDER.index):
-        for k in [fold] if fold is not None else recipe.stages[stage].train_folds:
-            train_ids, validation_ids = folds.split(k)
-            jobs.append(
-                FoldJob(
-                    stage,
-                    k,
-                    [by_id[i] for i in train_ids],
-                    [by_id[i] for i in validation_ids],
-                    fold_folder(run, stage, k),
-                    training_only=len(folds.training_only),
-                )
+    for stage, k in selected_folds(recipe, stages, fold):
+        train_ids, validation_ids = folds.split(k)
+        jobs.append(
+            FoldJob(
+                stage,
+                k,
+                [by_id[i] for i in train_ids],
+                [by_id[i] for i in validation_ids],
+                fold_folder(run, stage, k),
+                training_only=len(folds.training_only),
             )
+        )
     return jobs
 
 
@@ -207,10 +216,16 @@ def run_training(
     `init_fold` when given (new folds of an ensemble started from a trained one)."""
     configure(deterministic)
     run = Path(run)
-    # What can be refused from the arguments alone, before any case is read or the run folder made.
+    # What can be refused from the arguments alone, before any case is read or the run folder made:
+    # a fold the recipe lacks, and starting weights that are not there. A fold that resumes
+    # continues from its own last.pt and needs none.
     check_fold(recipe, fold)
+    initial: dict[tuple[Stage, int], InitialWeights] = {}
     if init_from is not None:
         check_init_source(init_from)
+        for stage, k in selected_folds(recipe, stages, fold):
+            if not (resume and (fold_folder(run, stage, k) / LAST).exists()):
+                initial[stage, k] = initial_weights(init_from, stage, k if init_fold is None else init_fold)
     # The records this call makes, if the run is new: removed again if no epoch of any fold ever
     # completes, so that a corrected recipe is not refused as "a different recipe" of a run that
     # never trained.
@@ -226,16 +241,8 @@ def run_training(
     jobs: list[FoldJob] = []
     try:
         jobs = plan_jobs(recipe, run, cached, folds, stages, fold)
-        # All of them before any training, so that a missing fold fails the command at once; a fold
-        # that resumes continues from its own last.pt and needs none.
-        initial = [
-            initial_weights(init_from, job.stage, job.fold if init_fold is None else init_fold)
-            if init_from and not (resume and (job.folder / LAST).exists())
-            else None
-            for job in jobs
-        ]
         results = []
-        for job, start in zip(jobs, initial, strict=True):
+        for job in jobs:
             results.append(
                 train_fold(
                     job,
@@ -246,7 +253,7 @@ def run_training(
                     resume=resume,
                     reporter=reporter,
                     on_epoch_end=on_epoch_end,
-                    initial=start,
+                    initial=initial.get((job.stage, job.fold)),
                 )
             )
     except BaseException:
