@@ -242,75 +242,18 @@ def export_bundle(
     The bundle is built in a hidden sibling folder and renamed to `out` only when every model has
     passed, so `out` is either a complete verified bundle or untouched. `out` must not exist or be an
     empty folder. A model beyond tolerance raises ExportError naming it and its difference."""
-    from brats_cli.predictors.torch_backend import load_torch_models
-
     if source.manifest.backend is not Backend.TORCH:
         kind = source.manifest.backend.value
         raise ExportError(f"{source.root}: is already an {kind} bundle; export needs a torch one")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out}: already exists and is not an empty folder; choose a new --out")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExportError(f"{out.parent}: cannot create ({first_line(error)})") from error
-    remove_stale_staging(out)  # what killed exports left, never a live one's
-    staging = staging_folder(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-    except OSError as error:
-        raise ExportError(f"{staging.parent}: cannot write ({first_line(error)})") from error
+    staging = _staging_for(out)
     verifications: list[Verification] = []
     try:
-        stages: dict[Stage, StageSpec] = {}
-        for stage in Stage:
-            spec = source.manifest.stages[stage]
-            folds: list[FoldFile] = []
-            for index, model in enumerate(load_torch_models(source, stage)):
-                file = f"{stage.value}_fold{index}{WEIGHT_SUFFIX[Backend.ONNX]}"
-                if on_model:
-                    on_model(file)
-                path = staging / file
-                export_model([model], spec.input_size, path, precision=precision, opset=opset)
-                difference, provider = verify_model(path, [model], spec.input_size, precision)
-                check = Verification(stage, index, file, difference, TOLERANCE[precision], provider)
-                verifications.append(check)
-                if not check.passed:
-                    raise ExportError(
-                        f"{stage.value} fold {index} ({file}): ONNX Runtime differs from PyTorch by "
-                        f"{difference:.3g} in probability, more than the {precision.value} tolerance "
-                        f"{check.tolerance:g}; nothing was written to {out}"
-                    )
-                # A graph too large for one protobuf keeps tensors in files beside it: checksum them too.
-                data = tuple(FoldFile(name, sha256_file(staging / name)) for name in external_data_files(path))
-                folds.append(FoldFile(file, sha256_file(path), data))
-            stages[stage] = StageSpec(
-                spec.width, spec.input_size, tuple(folds), spec.levels, spec.norm_groups, spec.threshold
-            )
-        metadata: dict[str, Any] = dict(source.manifest.metadata)
-        metadata["onnx"] = {
-            "source": source.manifest.name or str(source.root),
-            "opset": opset,
-            "precision": precision.value,
-            "input": f"{INPUT_NAME}: (1, 4, X, Y, Z) float32 at the stage's input_size",
-            "output": f"{OUTPUT_NAME}: (1, 1, X, Y, Z) float32, sigmoid included",
-            "tolerance": TOLERANCE[precision],
-            "max_abs_difference": {
-                stage.value: [v.max_abs_difference for v in verifications if v.stage is stage] for stage in Stage
-            },
+        stages = {
+            stage: _export_stage(source, stage, staging, out, precision, opset, on_model, verifications)
+            for stage in Stage
         }
-        manifest = Manifest(
-            backend=Backend.ONNX,
-            labels=source.manifest.labels,
-            stages=stages,
-            et_threshold=source.manifest.et_threshold,
-            min_component=source.manifest.min_component,
-            name=source.manifest.name,
-            description=source.manifest.description,
-            metadata=metadata,
-        )
-        write_manifest(staging, manifest)
+        write_manifest(staging, _onnx_manifest(source, stages, verifications, precision, opset))
         load_bundle(staging)
         try:
             os.replace(staging, out)
@@ -328,3 +271,92 @@ def export_bundle(
     except WeightsError as error:
         raise ExportError(f"{out}: exported bundle does not load back ({error})") from error
     return ExportResult(bundle, verifications)
+
+
+def _staging_for(out: Path) -> Path:
+    """A fresh, empty hidden sibling of `out` to build the bundle in; refuses an `out` that is not
+    new or an empty folder, and removes what killed exports left beside it (never a live one's)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"{out.parent}: cannot create ({first_line(error)})") from error
+    remove_stale_staging(out)
+    staging = staging_folder(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+    except OSError as error:
+        raise ExportError(f"{staging.parent}: cannot write ({first_line(error)})") from error
+    return staging
+
+
+def _export_stage(
+    source: Bundle,
+    stage: Stage,
+    staging: Path,
+    out: Path,
+    precision: ExportPrecision,
+    opset: int,
+    on_model: Callable[[str], None] | None,
+    verifications: list[Verification],
+) -> StageSpec:
+    """Every fold model of one stage exported into `staging` and verified against PyTorch (each
+    check appended to `verifications`); the stage's manifest entry for the ONNX files."""
+    from brats_cli.predictors.torch_backend import load_torch_models
+
+    spec = source.manifest.stages[stage]
+    folds: list[FoldFile] = []
+    for index, model in enumerate(load_torch_models(source, stage)):
+        file = f"{stage.value}_fold{index}{WEIGHT_SUFFIX[Backend.ONNX]}"
+        if on_model:
+            on_model(file)
+        path = staging / file
+        export_model([model], spec.input_size, path, precision=precision, opset=opset)
+        difference, provider = verify_model(path, [model], spec.input_size, precision)
+        check = Verification(stage, index, file, difference, TOLERANCE[precision], provider)
+        verifications.append(check)
+        if not check.passed:
+            raise ExportError(
+                f"{stage.value} fold {index} ({file}): ONNX Runtime differs from PyTorch by "
+                f"{difference:.3g} in probability, more than the {precision.value} tolerance "
+                f"{check.tolerance:g}; nothing was written to {out}"
+            )
+        # A graph too large for one protobuf keeps tensors in files beside it: checksum them too.
+        data = tuple(FoldFile(name, sha256_file(staging / name)) for name in external_data_files(path))
+        folds.append(FoldFile(file, sha256_file(path), data))
+    return StageSpec(spec.width, spec.input_size, tuple(folds), spec.levels, spec.norm_groups, spec.threshold)
+
+
+def _onnx_manifest(
+    source: Bundle,
+    stages: dict[Stage, StageSpec],
+    verifications: list[Verification],
+    precision: ExportPrecision,
+    opset: int,
+) -> Manifest:
+    """The exported bundle's manifest: the source's settings and metadata, the ONNX files, and
+    what the export was and how far each stage's models differ from PyTorch."""
+    metadata: dict[str, Any] = dict(source.manifest.metadata)
+    metadata["onnx"] = {
+        "source": source.manifest.name or str(source.root),
+        "opset": opset,
+        "precision": precision.value,
+        "input": f"{INPUT_NAME}: (1, 4, X, Y, Z) float32 at the stage's input_size",
+        "output": f"{OUTPUT_NAME}: (1, 1, X, Y, Z) float32, sigmoid included",
+        "tolerance": TOLERANCE[precision],
+        "max_abs_difference": {
+            stage.value: [v.max_abs_difference for v in verifications if v.stage is stage] for stage in Stage
+        },
+    }
+    return Manifest(
+        backend=Backend.ONNX,
+        labels=source.manifest.labels,
+        stages=stages,
+        et_threshold=source.manifest.et_threshold,
+        min_component=source.manifest.min_component,
+        name=source.manifest.name,
+        description=source.manifest.description,
+        metadata=metadata,
+    )
