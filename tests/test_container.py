@@ -299,9 +299,9 @@ def test_default_weights_segment_with_both_backends_without_arguments(
     assert (labels["torch"][tumour] == labels["torch-fp32"][tumour]).mean() > 0.995
     # The ONNX bundle is fp32: PyTorch's fp32 function but for float rounding, checked to 1e-4 at
     # export. This case is an uncertain one for the default weights, so rounding flips labels near
-    # the thresholds, scattered over the tumour: 97.24% of tumour voxels agree with round five's
-    # weights (97.95% with round four's), 99.98% and 99.99% on the two scored real cases (host
-    # runs, 2026-12-07; weights/README.md).
+    # the thresholds, scattered over the tumour: 97.00% of tumour voxels agree with round six's
+    # weights (97.24% with round five's, 97.95% with round four's), 99.98% and 99.99% on the two
+    # scored real cases (host runs, 2026-12-07; weights/README.md).
     tumour = (labels["torch-fp32"] > 0) | (labels["onnx"] > 0)
     assert (labels["torch-fp32"][tumour] == labels["onnx"][tumour]).mean() > 0.96
 

@@ -21,15 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 # What the shipped bundle scored when it was made (bf16, `brats segment` defaults; the model card).
-MEASURED_PHANTOM = {Region.WT: 0.849, Region.TC: 0.599, Region.ET: 0.706}
+MEASURED_PHANTOM = {Region.WT: 0.849, Region.TC: 0.670, Region.ET: 0.702}
 MEASURED_REAL = {
-    "brainlesion-demo": {Region.WT: 0.951, Region.TC: 0.846},
-    # The model card: this bundle labels the reference's non-enhancing core edema (TC 0.066).
-    "TCGA-DU-7294": {Region.WT: 0.911, Region.TC: 0.066},
+    "brainlesion-demo": {Region.WT: 0.950, Region.TC: 0.844},
+    # The model card: this bundle labels the reference's non-enhancing core edema (TC 0.065).
+    "TCGA-DU-7294": {Region.WT: 0.911, Region.TC: 0.065},
 }
 MEASURED_POOL = {
-    "BraTS20_Training_001": {Region.WT: 0.927, Region.TC: 0.797, Region.ET: 0.867},
-    "Brats18_TCIA01_499_1": {Region.WT: 0.944, Region.TC: 0.915, Region.ET: 0.891},
+    "BraTS20_Training_001": {Region.WT: 0.927, Region.TC: 0.790, Region.ET: 0.868},
+    "Brats18_TCIA01_499_1": {Region.WT: 0.945, Region.TC: 0.921, Region.ET: 0.892},
 }
 # The real pool as ../shared/data/real-train/extract.sh lays it out (case folders), if extracted.
 POOL_VARIABLE = "BRATS_REAL_POOL"
