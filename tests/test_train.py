@@ -811,8 +811,8 @@ def test_cpu_training_precision_follows_the_cpu_unless_set(monkeypatch, precisio
 
 
 def test_precision_option_reaches_the_forward_pass(training_data, shared_cache, tiny_recipe, tmp_path):
-    """`--precision fp32` and `--precision bf16` each train (the loss falls) and say so, and they
-    give different weights: the option is what the forward pass computes in."""
+    """`--precision fp32` and `--precision bf16` each train (the loss falls), say so and record it in
+    log.csv, and they give different weights: the option is what the forward pass computes in."""
     options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--deterministic"]
     states = {}
     for word, name in (("fp32", "float32"), ("bf16", "bfloat16")):
@@ -821,6 +821,7 @@ def test_precision_option_reaches_the_forward_pass(training_data, shared_cache, 
         assert f"{name} forward" in " ".join(result.output.split())
         rows = _log(tmp_path / word, "wt")
         assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]), (word, rows)
+        assert [row["forward"] for row in rows] == [name] * len(rows)  # log.csv records it per epoch
         states[word] = load_checkpoint(tmp_path / word / "wt" / "fold0" / "last.pt")["model"]
     assert any(not torch.equal(states["fp32"][key], states["bf16"][key]) for key in states["fp32"])
     refused = _train(tiny_recipe, training_data, tmp_path / "fp16", *options, "--precision", "fp16")

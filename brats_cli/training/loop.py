@@ -74,6 +74,9 @@ class EpochRecord:
     data_seconds: float  # time the loop waited for the data loader
     steps: int
     best: bool
+    # What the forward pass computed in ("bfloat16", "float16", "float32"; `--precision`), so that a
+    # run resumed on other hardware shows where it changed; "" in runs from before it was recorded.
+    forward: str = ""
 
 
 @dataclass
@@ -524,6 +527,7 @@ def _run_epoch(
         data_seconds=data_seconds,
         steps=steps,
         best=improved,
+        forward=str(optimisation.amp_dtype or torch.float32).removeprefix("torch."),
     )
     progress.history.append(record)
     progress.epochs_done = epoch + 1
