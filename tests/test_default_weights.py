@@ -91,6 +91,7 @@ def test_the_default_weights_on_a_held_out_phantom(tmp_path):
         assert scores[region] > measured - 0.05, (region, scores)
 
 
+@pytest.mark.slow  # two real cases, about 35 s alone: the default run keeps one (above) under its 15 minutes
 def test_the_default_weights_on_the_real_cases_with_a_reference(real_data, tmp_path):
     """The model card's real-case table, as a user reproduces it: both cases in one `segment` run
     (laid out by train/link_real_cases.sh: TCGA-DU-7294 under BraTS 2021 names), scored against
