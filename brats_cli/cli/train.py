@@ -181,13 +181,11 @@ def _print_case(case, reused: bool) -> None:
 def run_train(options: TrainOptions) -> int:
     import signal
 
-    import torch
-
     from brats_cli.errors import BratsError, first_line
     from brats_cli.interrupts import Interrupted, interruptible
     from brats_cli.predictors.torch_backend import resolve_device
     from brats_cli.training import distributed
-    from brats_cli.training.loop import STAGE_ORDER, autocast_dtype
+    from brats_cli.training.loop import STAGE_ORDER, autocast_dtype, forward_name
     from brats_cli.training.recipe import load_recipe
     from brats_cli.training.run import run_training
 
@@ -205,7 +203,7 @@ def run_train(options: TrainOptions) -> int:
         console.stderr.print(
             f"brats train: recipe {recipe.name}, {len(stages)} stage(s), device {context.device}, "
             f"{context.world} rank(s), global batch {recipe.batch_size}, "
-            f"{str(amp_dtype or torch.float32).removeprefix('torch.')} forward"
+            f"{forward_name(amp_dtype)} forward"
             + (", deterministic" if options.deterministic else "")
             + (f", starting from {options.init_from}" if options.init_from else "")
             + (f" fold {options.init_fold}" if options.init_fold is not None else "")

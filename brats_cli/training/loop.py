@@ -28,13 +28,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from brats_cli import host
 from brats_cli.bundle import Stage
 from brats_cli.choices import Precision
 from brats_cli.errors import InputError, first_line
 from brats_cli.files import atomic_path, remove_stale_temporaries, write_text_atomically
 from brats_cli.interrupts import in_worker
 from brats_cli.model import ResUNet3D
+from brats_cli.predictors.torch_backend import resolve_precision
 from brats_cli.training.cache import CachedCase
 from brats_cli.training.data import CropDataset, EpochSampler
 from brats_cli.training.distributed import Context, barrier, sum_across_ranks
@@ -132,7 +132,13 @@ def autocast_dtype(device: torch.device, precision: Precision = Precision.AUTO) 
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if host.cpu_has_native_bf16() else None
+    # The CPU rule is inference's `--precision auto`, so both commands choose alike on one machine.
+    return torch.bfloat16 if resolve_precision(precision, "cpu") is Precision.BF16 else None
+
+
+def forward_name(amp_dtype: torch.dtype | None) -> str:
+    """What the forward pass computes in, as the log and `brats train`'s first line name it."""
+    return str(amp_dtype or torch.float32).removeprefix("torch.")
 
 
 def training_memory_format(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
@@ -527,7 +533,7 @@ def _run_epoch(
         data_seconds=data_seconds,
         steps=steps,
         best=improved,
-        forward=str(optimisation.amp_dtype or torch.float32).removeprefix("torch."),
+        forward=forward_name(optimisation.amp_dtype),
     )
     progress.history.append(record)
     progress.epochs_done = epoch + 1
