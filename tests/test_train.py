@@ -29,6 +29,7 @@ from brats_cli.cli.app import app
 from brats_cli.errors import InputError
 from brats_cli.io import BRATS_SHAPE, discover_cases, load_case
 from brats_cli.labels import LabelConvention, unexpected_labels
+from brats_cli.model import ResUNet3D
 from brats_cli.preprocess import MODEL_GRID, crop_to_model_grid, preprocess
 from brats_cli.synth import make_phantom
 from brats_cli.training.cache import prepare_cache, training_cases
@@ -829,3 +830,28 @@ def test_precision_option_reaches_the_forward_pass(smoke_run, training_data, sha
     assert any(not torch.equal(fp32[key], smoke[key]) for key in fp32) is native
     refused = _train(tiny_recipe, training_data, tmp_path / "fp16", *options, "--precision", "fp16")
     assert refused.exit_code == 2 and "--precision" in refused.output
+
+
+def test_init_from_narrower_weights_widens_them(training_data, shared_cache, tmp_path):
+    """The default bundle's width-8 WT fold 0 into a width-16 recipe: the fold starts from the
+    widened weights (learning rate 1e-12 keeps them), which compute what the bundle's model does,
+    and its record says it was widened."""
+    from safetensors.torch import load_file
+
+    weights = ROOT / "weights"
+    recipe = smoke_recipe_file(
+        tmp_path, epochs="epochs = 1", learning_rate="learning_rate = 1e-12", width="width = 16", **CROPS_32
+    )
+    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(weights)]
+    result = _train(recipe, training_data, tmp_path / "run", *options)
+    assert result.exit_code == 0, result.output
+    trained = load_checkpoint(tmp_path / "run" / "wt" / "fold0" / "last.pt")
+    assert trained["init_from"].endswith(", widened 2x (Net2WiderNet)")
+    narrow = ResUNet3D(width=8, levels=4).eval()
+    narrow.load_state_dict(load_file(str(weights / "wt_fold0.safetensors")))
+    wide = ResUNet3D(width=16, levels=4).eval()
+    wide.load_state_dict(trained["model"])
+    assert wide.stem.conv1.weight.shape[0] == 16
+    x = torch.randn(1, 4, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), narrow(x), rtol=1e-3, atol=1e-3)

@@ -40,6 +40,7 @@ from brats_cli.training.data import CropDataset, EpochSampler
 from brats_cli.training.distributed import Context, barrier, sum_across_ranks
 from brats_cli.training.losses import compute_loss, hard_dice
 from brats_cli.training.recipe import Recipe, StageRecipe
+from brats_cli.training.widen import WideningError, widen_state, widening_factor
 
 CHECKPOINT_FORMAT = 1
 LAST = "last.pt"
@@ -451,22 +452,30 @@ def _restore(
     `initial`'s weights, or from the random initialisation without them."""
     progress = _Progress()
     if initial is not None:
-        _load_initial(optimisation.model, initial, job.stage, recipe.stages[job.stage])
-        progress.init_from = initial.source
+        widened = _load_initial(
+            optimisation.model, initial, job.stage, recipe.stages[job.stage], seed=_fold_seed(recipe, job)
+        )
+        progress.init_from = initial.source + (f", widened {widened}x (Net2WiderNet)" if widened > 1 else "")
     if resume and (job.folder / LAST).exists():
         progress = _resume(job, recipe, optimisation, context)
     return progress
 
 
-def _load_initial(model: nn.Module, initial: InitialWeights, stage: Stage, spec: StageRecipe) -> None:
+def _load_initial(model: nn.Module, initial: InitialWeights, stage: Stage, spec: StageRecipe, *, seed: int) -> int:
+    """`initial`'s weights into `model`; weights of the same network at an integer fraction of the
+    recipe's width are widened to it first, computing the same function (`widen.py`). Returns the
+    widening factor (1: loaded as they are)."""
     try:
-        model.load_state_dict(initial.state)
-    except RuntimeError as error:
+        factor = widening_factor(initial.state, model.state_dict())
+        state = widen_state(model, initial.state, generator=torch.Generator().manual_seed(seed)) if factor > 1 else None
+        model.load_state_dict(initial.state if state is None else state)
+    except (RuntimeError, WideningError) as error:
         first = first_line(error)
         raise InputError(
             f"{initial.path}: does not fit the recipe's {stage.value} network "
             f"(width {spec.width}, {spec.levels} levels): {first}"
         ) from error
+    return factor
 
 
 def _resume(job: FoldJob, recipe: Recipe, optimisation: _Optimisation, context: Context) -> _Progress:
