@@ -25,6 +25,13 @@ class Precision(str, Enum):
     AUTO = "auto"
 
 
+class Checkpoint(str, Enum):
+    """Which checkpoint of each fold `brats bundle` takes."""
+
+    BEST = "best"  # the epoch of the best validation Dice (best.pt)
+    LAST = "last"  # the last complete epoch (last.pt): where validation was not clean enough to choose on
+
+
 class Ensemble(str, Enum):
     MEAN = "mean"  # the paper's regression voting ensemble (RVE): mean probability, then threshold
     VOTE = "vote"  # classification voting ensemble: binarise each fold, then strict majority

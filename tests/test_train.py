@@ -36,7 +36,7 @@ from brats_cli.training.cache import prepare_cache, training_cases
 from brats_cli.training.data import centred_start
 from brats_cli.training.distributed import Context
 from brats_cli.training.folds import load_or_create_folds, make_folds, read_folds
-from brats_cli.training.loop import BlockMax3d, autocast_dtype, load_checkpoint, training_memory_format
+from brats_cli.training.loop import BlockMax3d, autocast_dtype, forward_name, load_checkpoint, training_memory_format
 from brats_cli.training.losses import compute_loss, hard_dice
 from brats_cli.training.recipe import Loss, load_recipe, recipe_from_dict
 from brats_cli.training.run import run_training
@@ -507,6 +507,9 @@ def test_bundle_from_the_run_segments_a_case(smoke_run, training_data, tmp_path)
     assert manifest.metadata["folds"] == json.loads((smoke_run / "folds.json").read_text())
     best = load_checkpoint(smoke_run / "tc" / "fold0" / "best.pt")
     assert manifest.metadata["validation"]["tc"]["fold0"]["val_dice"] == pytest.approx(best["val_dice"])
+    # What the forward computed in on this machine (`--precision auto`), as each epoch recorded it.
+    forward = forward_name(autocast_dtype(torch.device("cpu"), Precision.AUTO))
+    assert manifest.metadata["validation"]["tc"]["fold0"]["forward"] == forward
 
     case = training_data / "BraTS2021_00000"
     segmented = runner.invoke(app, ["segment", str(case), str(tmp_path / "out"), "--weights", str(tmp_path / "bundle")])
@@ -523,6 +526,29 @@ def test_bundle_needs_every_stage(smoke_run, tmp_path):
     result = runner.invoke(app, ["bundle", str(partial), "--out", str(tmp_path / "bundle")])
     assert result.exit_code == 2
     assert "stage et has no trained fold" in result.output
+
+
+def test_bundle_of_the_last_epochs(smoke_run, tmp_path):
+    """--checkpoint last takes each fold's last complete epoch (last.pt), not its best, and says so
+    in the bundle's validation record; a fold without last.pt is refused on one line."""
+    from safetensors.torch import load_file
+
+    result = runner.invoke(app, ["bundle", str(smoke_run), "--out", str(tmp_path / "bundle"), "--checkpoint", "last"])
+    assert result.exit_code == 0, result.output
+    last = load_checkpoint(smoke_run / "tc" / "fold0" / "last.pt")
+    written = load_file(str(tmp_path / "bundle" / "tc_fold0.safetensors"))
+    assert all(torch.equal(written[key], value) for key, value in last["model"].items())
+    record = load_bundle(tmp_path / "bundle").manifest.metadata["validation"]["tc"]["fold0"]
+    assert record["checkpoint"] == "last" and record["epoch"] == last["epoch"] and "best_epoch" not in record
+    assert record["val_dice"] == pytest.approx(last["history"][-1]["val_dice"])
+
+    damaged = tmp_path / "run"
+    shutil.copytree(smoke_run, damaged)
+    (damaged / "et" / "fold0" / "last.pt").unlink()
+    refused = runner.invoke(app, ["bundle", str(damaged), "--out", str(tmp_path / "b2"), "--checkpoint", "last"])
+    assert refused.exit_code == 2
+    assert f"{damaged / 'et' / 'fold0'}: no last.pt to take (--checkpoint last)" in " ".join(refused.output.split())
+    assert not (tmp_path / "b2").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,6 +821,31 @@ def test_init_from_weights_of_another_width_is_one_error_line(training_data, sha
     assert not (tmp_path / "run" / "recipe.json").exists() and not (tmp_path / "run" / "folds.json").exists()
 
 
+def test_init_from_narrower_weights_widens_them(training_data, shared_cache, tmp_path):
+    """The default bundle's width-8 WT fold 0 into a width-16 recipe: the fold starts from the
+    widened weights (learning rate 1e-12 keeps them), which compute what the bundle's model does,
+    and its record says it was widened."""
+    from safetensors.torch import load_file
+
+    weights = ROOT / "weights"
+    recipe = smoke_recipe_file(
+        tmp_path, epochs="epochs = 1", learning_rate="learning_rate = 1e-12", width="width = 16", **CROPS_32
+    )
+    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(weights)]
+    result = _train(recipe, training_data, tmp_path / "run", *options)
+    assert result.exit_code == 0, result.output
+    trained = load_checkpoint(tmp_path / "run" / "wt" / "fold0" / "last.pt")
+    assert trained["init_from"].endswith(", widened 2x (Net2WiderNet)")
+    narrow = ResUNet3D(width=8, levels=4).eval()
+    narrow.load_state_dict(load_file(str(weights / "wt_fold0.safetensors")))
+    wide = ResUNet3D(width=16, levels=4).eval()
+    wide.load_state_dict(trained["model"])
+    assert wide.stem.conv1.weight.shape[0] == 16
+    x = torch.randn(1, 4, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), narrow(x), rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("precision", "native_bf16", "dtype", "layout"),
     [
@@ -830,28 +881,3 @@ def test_precision_option_reaches_the_forward_pass(smoke_run, training_data, sha
     assert any(not torch.equal(fp32[key], smoke[key]) for key in fp32) is native
     refused = _train(tiny_recipe, training_data, tmp_path / "fp16", *options, "--precision", "fp16")
     assert refused.exit_code == 2 and "--precision" in refused.output
-
-
-def test_init_from_narrower_weights_widens_them(training_data, shared_cache, tmp_path):
-    """The default bundle's width-8 WT fold 0 into a width-16 recipe: the fold starts from the
-    widened weights (learning rate 1e-12 keeps them), which compute what the bundle's model does,
-    and its record says it was widened."""
-    from safetensors.torch import load_file
-
-    weights = ROOT / "weights"
-    recipe = smoke_recipe_file(
-        tmp_path, epochs="epochs = 1", learning_rate="learning_rate = 1e-12", width="width = 16", **CROPS_32
-    )
-    options = ["--stage", "wt", "--fold", "0", "--cache", str(shared_cache), "--init-from", str(weights)]
-    result = _train(recipe, training_data, tmp_path / "run", *options)
-    assert result.exit_code == 0, result.output
-    trained = load_checkpoint(tmp_path / "run" / "wt" / "fold0" / "last.pt")
-    assert trained["init_from"].endswith(", widened 2x (Net2WiderNet)")
-    narrow = ResUNet3D(width=8, levels=4).eval()
-    narrow.load_state_dict(load_file(str(weights / "wt_fold0.safetensors")))
-    wide = ResUNet3D(width=16, levels=4).eval()
-    wide.load_state_dict(trained["model"])
-    assert wide.stem.conv1.weight.shape[0] == 16
-    x = torch.randn(1, 4, 32, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(wide(x), narrow(x), rtol=1e-3, atol=1e-3)

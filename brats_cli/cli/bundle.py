@@ -1,4 +1,4 @@
-"""`brats bundle RUN --out DIR`: a weights bundle from a training run's best checkpoints."""
+"""`brats bundle RUN --out DIR`: a weights bundle from a training run's best (or last) checkpoints."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from brats_cli.choices import Checkpoint
 from brats_cli.cli import console
 
 
@@ -25,8 +26,15 @@ def bundle(
         str | None,
         typer.Option(help="With --stages-from: the stages to take from it, comma-separated (e.g. tc,et)."),
     ] = None,
+    checkpoint: Annotated[
+        Checkpoint,
+        typer.Option(
+            help="Each fold's best epoch by validation Dice (best.pt), or its last complete epoch (last.pt): for "
+            "folds whose validation cases their starting weights trained on, where choosing on them is optimistic."
+        ),
+    ] = Checkpoint.BEST,
 ) -> None:
-    """Assemble the best checkpoint of every trained stage and fold into a weights bundle."""
+    """Assemble the best (or last) checkpoint of every trained stage and fold into a weights bundle."""
     from rich.table import Table
 
     from brats_cli.bundle import Stage
@@ -44,9 +52,9 @@ def bundle(
             raise typer.Exit(console.EXIT_UNUSABLE)
         borrowed = Borrowed(stages_from, frozenset(Stage(name) for name in names))
     with console.writing(out):
-        written, trained = assemble_bundle(run, out, borrowed)
+        written, trained = assemble_bundle(run, out, borrowed, checkpoint)
     table = Table(title=f"bundle {written.root}")
-    for column in ("stage", "fold", "val Dice", "val loss", "best epoch", "epochs"):
+    for column in ("stage", "fold", "val Dice", "val loss", f"{checkpoint.value} epoch", "epochs"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for item in trained:
         table.add_row(

@@ -102,8 +102,10 @@ def train(
         Path | None,
         typer.Option(
             help="Start each fold from the same stage and fold of a weights bundle (weights/) or a run folder "
-            "instead of random weights: to fine-tune, or to train on from a finished run. Validation stays "
-            "clean only if those weights never trained on this run's validation cases."
+            "instead of random weights: to fine-tune, or to train on from a finished run. Weights of a network "
+            "an integer factor narrower than the recipe's are widened first, computing the same function "
+            "(Net2WiderNet). Validation stays clean only if those weights never trained on this run's "
+            "validation cases."
         ),
     ] = None,
     init_fold: Annotated[

@@ -13,6 +13,7 @@ from typing import Any
 
 from brats_cli import __version__
 from brats_cli.bundle import Architecture, Bundle, Stage, check_bundle_target, state_problem, write_torch_bundle
+from brats_cli.choices import Checkpoint
 from brats_cli.errors import InputError, first_line
 from brats_cli.preprocess import MODEL_GRID
 from brats_cli.training.folds import FOLDS_FILE, read_folds
@@ -32,6 +33,9 @@ class TrainedFold:
     epochs_planned: int
     init_from: str | None = None  # the weights the fold started from (brats train --init-from)
     training_only: int = 0  # training-only cases it trained on (brats train --extra)
+    # What its epochs' forward passes computed in, in the order first used ("bfloat16"; "float32,
+    # bfloat16" for a run resumed on other hardware); "" for checkpoints older than the record.
+    forward: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,10 @@ class Borrowed:
     stages: frozenset[Stage]
 
 
-def assemble_bundle(run: Path, out: Path, borrowed: Borrowed | None = None) -> tuple[Bundle, list[TrainedFold]]:
-    """Write a torch bundle to `out` from `run`'s best checkpoints; every stage needs one fold,
+def assemble_bundle(
+    run: Path, out: Path, borrowed: Borrowed | None = None, checkpoint: Checkpoint = Checkpoint.BEST
+) -> tuple[Bundle, list[TrainedFold]]:
+    """Write a torch bundle to `out` from `run`'s best (or last) checkpoints; every stage needs one fold,
     except the stages `borrowed` takes from another bundle (its files verified, its architecture,
     threshold and validation record kept, and where they came from recorded)."""
     run = Path(run)
@@ -76,19 +82,25 @@ def assemble_bundle(run: Path, out: Path, borrowed: Borrowed | None = None) -> t
             best = load_checkpoint(folder / BEST)
             if best.get("recipe") != recipe.fingerprint():
                 raise InputError(f"{folder / BEST}: written with a different recipe than {recipe_path}")
+            if checkpoint is Checkpoint.LAST and not (folder / LAST).is_file():
+                raise InputError(f"{folder}: no {LAST} to take (--checkpoint last)")
             last = load_checkpoint(folder / LAST) if (folder / LAST).is_file() else best
+            if last.get("recipe") != recipe.fingerprint():
+                raise InputError(f"{folder / LAST}: written with a different recipe than {recipe_path}")
             try:
-                states.append(dict(best["model"]))
+                chosen = best if checkpoint is Checkpoint.BEST else {**last, **_last_scores(last["history"])}
+                states.append(dict(chosen["model"]))
                 item = TrainedFold(
                     stage,
                     k,
-                    float(best["val_dice"]),
-                    float(best["val_loss"]),
-                    int(best["epoch"]),
+                    float(chosen["val_dice"]),
+                    float(chosen["val_loss"]),
+                    int(chosen["epoch"]),
                     int(last["epoch"]),
                     recipe.stages[stage].epochs,
                     best.get("init_from"),
                     int(best.get("training_only", 0)),
+                    _forwards(last.get("history", [])),
                 )
             except (KeyError, TypeError, ValueError) as error:  # a checkpoint edited or made by hand
                 what = f"no {error}" if isinstance(error, KeyError) else first_line(error)
@@ -114,7 +126,7 @@ def assemble_bundle(run: Path, out: Path, borrowed: Borrowed | None = None) -> t
         validation.setdefault(item.stage.value, {})[f"fold{item.fold}"] = {
             "val_dice": item.val_dice,
             "val_loss": item.val_loss,
-            "best_epoch": item.epoch,
+            ("best_epoch" if checkpoint is Checkpoint.BEST else "epoch"): item.epoch,
             "epochs_done": item.epochs_done,
             "epochs_planned": item.epochs_planned,
         }
@@ -122,6 +134,10 @@ def assemble_bundle(run: Path, out: Path, borrowed: Borrowed | None = None) -> t
             validation[item.stage.value][f"fold{item.fold}"]["init_from"] = item.init_from
         if item.training_only:
             validation[item.stage.value][f"fold{item.fold}"]["training_only"] = item.training_only
+        if item.forward:
+            validation[item.stage.value][f"fold{item.fold}"]["forward"] = item.forward
+        if checkpoint is Checkpoint.LAST:
+            validation[item.stage.value][f"fold{item.fold}"]["checkpoint"] = checkpoint.value
     fold_numbers = {s.value: [t.fold for t in trained if t.stage is s] for s in Stage}
     if source is not None:
         validation.update(source.validation)
@@ -153,6 +169,21 @@ class _Source:
     architectures: dict[Stage, Architecture]
     validation: dict[str, Any]
     fold_numbers: dict[str, list[int]]
+
+
+def _last_scores(history: Any) -> dict[str, Any]:
+    """The validation scores of `last.pt`'s epoch, from its history's last record."""
+    if not isinstance(history, list) or not history or not isinstance(history[-1], dict):
+        raise TypeError("its history has no epoch record")
+    return {key: history[-1][key] for key in ("val_dice", "val_loss")}
+
+
+def _forwards(history: Any) -> str:
+    """The distinct forward precisions of a checkpoint's epoch records, in the order first used."""
+    if not isinstance(history, list):
+        return ""
+    names = [row.get("forward") for row in history if isinstance(row, dict)]
+    return ", ".join(dict.fromkeys(name for name in names if isinstance(name, str) and name))
 
 
 def _borrow(borrowed: Borrowed, recipe: Recipe) -> _Source:
