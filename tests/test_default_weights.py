@@ -21,15 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 # What the shipped bundle scored when it was made (bf16, `brats segment` defaults; the model card).
-MEASURED_PHANTOM = {Region.WT: 0.849, Region.TC: 0.670, Region.ET: 0.702}
+MEASURED_PHANTOM = {Region.WT: 0.849, Region.TC: 0.678, Region.ET: 0.702}
 MEASURED_REAL = {
-    "brainlesion-demo": {Region.WT: 0.950, Region.TC: 0.844},
-    # The model card: this bundle labels the reference's non-enhancing core edema (TC 0.065).
-    "TCGA-DU-7294": {Region.WT: 0.911, Region.TC: 0.065},
+    "brainlesion-demo": {Region.WT: 0.951, Region.TC: 0.859},
+    # The model card: this bundle labels the reference's whole non-enhancing core edema (TC 0.000),
+    # so only its whole tumour has a floor.
+    "TCGA-DU-7294": {Region.WT: 0.911},
 }
 MEASURED_POOL = {
-    "BraTS20_Training_001": {Region.WT: 0.927, Region.TC: 0.790, Region.ET: 0.868},
-    "Brats18_TCIA01_499_1": {Region.WT: 0.945, Region.TC: 0.921, Region.ET: 0.892},
+    "BraTS20_Training_001": {Region.WT: 0.927, Region.TC: 0.802, Region.ET: 0.868},
+    "Brats18_TCIA01_499_1": {Region.WT: 0.945, Region.TC: 0.925, Region.ET: 0.892},
 }
 # The real pool as ../shared/data/real-train/extract.sh lays it out (case folders), if extracted.
 POOL_VARIABLE = "BRATS_REAL_POOL"
@@ -43,7 +44,7 @@ def test_the_default_bundle_is_verified_small_and_shaped_as_its_card_says():
     assert {stage: (spec.width, len(spec.folds)) for stage, spec in manifest.stages.items()} == {
         Stage.BASE: (8, 1),
         Stage.WT: (8, 5),
-        Stage.TC: (8, 5),
+        Stage.TC: (16, 5),
         Stage.ET: (8, 5),
     }
     assert manifest.region_window == (96, 96, 96)

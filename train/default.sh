@@ -2,10 +2,10 @@
 # How the default weights bundle in weights/ is made, from the real labelled pool, on 2 CPU cores:
 #
 #   bash ../shared/data/real-train/extract.sh POOL SNAPSHOTS    # once: the 88 cases (its README)
-#   POOL=POOL bash train/default.sh                             # everything below, about 5 hours
+#   POOL=POOL bash train/default.sh                             # everything below, about 6 hours
 #   (on 2 cores alone: rounds one to five 61, about 40, 30, 20 and 65 minutes with an fp32 forward,
-#   round six 53 with bf16, which `brats train` picks on CPUs with AMX or AVX-512 BF16; rounds one
-#   to five take about half as long there now; the rest about 25)
+#   rounds six and seven 53 and 75 with bf16, which `brats train` picks on CPUs with AMX or AVX-512
+#   BF16; rounds one to five take about half as long there now; the rest about 25)
 #
 # 1. split:  train/real/split.tsv (fixed before any training) -> WORK/split/{train,validation}
 # 2. cache:  every case preprocessed once (WORK/cache)
