@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 
-def _groups(channels: int, norm_groups: int) -> int:
+def group_count(channels: int, norm_groups: int) -> int:
+    """GroupNorm's groups for a layer of `channels`: `norm_groups`, or 1 where they do not divide it."""
     return norm_groups if channels >= norm_groups and channels % norm_groups == 0 else 1
 
 
@@ -79,11 +80,11 @@ class ResidualBlock(nn.Module):
     ) -> None:
         super().__init__()
         reduce = reduce_norm_on_cuda
-        self.norm1 = GroupNorm(_groups(in_channels, norm_groups), in_channels, reduce_on_cuda=reduce)
+        self.norm1 = GroupNorm(group_count(in_channels, norm_groups), in_channels, reduce_on_cuda=reduce)
         self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = GroupNorm(_groups(out_channels, norm_groups), out_channels, reduce_on_cuda=reduce)
+        self.norm2 = GroupNorm(group_count(out_channels, norm_groups), out_channels, reduce_on_cuda=reduce)
         self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
-        self.norm3 = GroupNorm(_groups(out_channels, norm_groups), out_channels, reduce_on_cuda=reduce)
+        self.norm3 = GroupNorm(group_count(out_channels, norm_groups), out_channels, reduce_on_cuda=reduce)
         self.conv3 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from brats_cli.model import GroupNorm
+from brats_cli.model import GroupNorm, group_count
 
 
 class WideningError(ValueError):
@@ -71,9 +71,11 @@ def widen_state(
     for name, module in model.named_modules():
         if isinstance(module, GroupNorm):
             channels = narrow[f"{name}.weight"].shape[0]
-            if channels != module.num_channels and module.num_groups != _narrow_groups(channels, module):
+            # The narrow layer's groups by the model's own rule, with the wide layer's group count.
+            groups = group_count(channels, module.num_groups)
+            if channels != module.num_channels and module.num_groups != groups:
                 raise WideningError(
-                    f"{name}: {channels} channels in {_narrow_groups(channels, module)} group(s) cannot become "
+                    f"{name}: {channels} channels in {groups} group(s) cannot become "
                     f"{module.num_channels} in {module.num_groups} groups with the same statistics"
                 )
     input_dims = {f"{name}.weight": _input_dim(module) for name, module in model.named_modules()}
@@ -87,12 +89,6 @@ def widen_state(
                     tensor = tensor * _random_split(tensor.shape, dim, factor, generator)
         result[key] = tensor.to(target.dtype)
     return result
-
-
-def _narrow_groups(channels: int, module: GroupNorm) -> int:
-    # The model's rule (model._groups) for the narrow layer, with the wide layer's group count.
-    groups = module.num_groups
-    return groups if channels >= groups and channels % groups == 0 else 1
 
 
 def _random_split(shape: torch.Size, dim: int, factor: int, generator: torch.Generator) -> torch.Tensor:
