@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from brats_cli.choices import REGION_STAGES, Backend, Stage
+from brats_cli.choices import REGION_STAGES, Backend, Stage, Storage
 from brats_cli.errors import OutputError, WeightsError, first_line
 from brats_cli.files import atomic_folder, atomic_path, is_temporary, sha256_file, write_text_atomically
 from brats_cli.labels import LabelConvention
@@ -73,6 +73,8 @@ class Manifest:
     name: str = ""
     description: str = ""
     format_version: int = FORMAT_VERSION
+    # The precision a torch bundle's weight files hold (an ONNX model carries its own).
+    storage: Storage = Storage.FLOAT32
     # Free-form provenance: the recipe, the data, validation scores reached.
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -97,12 +99,14 @@ class Manifest:
         return list(range(count))
 
     def to_dict(self) -> dict[str, Any]:
+        storage = {"storage": self.storage.value} if self.backend is Backend.TORCH else {}
         return {
             "format_version": self.format_version,
             "name": self.name,
             "description": self.description,
             "backend": self.backend.value,
             "labels": self.labels.value,
+            **storage,
             "et_threshold": self.et_threshold,
             "min_component": self.min_component,
             "stages": {
@@ -224,6 +228,13 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
         labels = LabelConvention(str(_require(data, "labels", str, source)))
     except ValueError as error:
         raise WeightsError(f"{source}: {first_line(error)}") from error
+    try:
+        storage = Storage(_typed(data.get("storage", Storage.FLOAT32.value), "storage", str, source))
+    except ValueError:
+        choices = ", ".join(s.value for s in Storage)
+        raise WeightsError(f"{source}: 'storage' must be one of {choices} (got {data['storage']!r})") from None
+    if backend is Backend.ONNX and storage is not Storage.FLOAT32:
+        raise WeightsError(f"{source}: 'storage' is for torch bundles; an ONNX model holds its own precision")
     stages_data = _require(data, "stages", dict, source)
     unknown = sorted(set(stages_data) - {s.value for s in Stage})
     if unknown:
@@ -254,6 +265,7 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
         name=_typed(data.get("name", ""), "name", str, source),
         description=_typed(data.get("description", ""), "description", str, source),
         format_version=version,
+        storage=storage,
         metadata=_typed(data.get("metadata", {}), "metadata", dict, source),
     )
 
@@ -388,8 +400,10 @@ def write_torch_bundle(
     name: str = "",
     description: str = "",
     metadata: dict[str, Any] | None = None,
+    storage: Storage = Storage.FLOAT32,
 ) -> Bundle:
-    """Write a torch bundle: one `<stage>_fold<k>.safetensors` per state dict, and the manifest.
+    """Write a torch bundle: one `<stage>_fold<k>.safetensors` per state dict, its floating-point
+    tensors in `storage`'s precision, and the manifest.
 
     The bundle is built in a hidden sibling folder and renamed to `root` once its manifest loads
     back, so `root` is a whole bundle or untouched, whatever stops the write (a signal, a full
@@ -399,9 +413,13 @@ def write_torch_bundle(
 
     root = Path(root)
     check_bundle_target(root)
+    stored: dict[Stage, list[dict[str, Any]]] = {stage: [] for stage in Stage}
     for stage in Stage:  # before anything is written: a bundle that `segment` cannot load is no bundle
         for index, state in enumerate(weights[stage]):
-            problem = state_problem(state, architectures[stage])
+            stored[stage].append(stored_tensors(state, storage))
+            problem = state_problem(state, architectures[stage]) or stored_range_problem(
+                state, stored[stage][-1], storage
+            )
             if problem:
                 raise WeightsError(f"{root}: stage {stage.value} fold {index}: {problem}; nothing was written")
     try:
@@ -410,9 +428,8 @@ def write_torch_bundle(
             stages = {}
             for stage in Stage:
                 folds = []
-                for index, state in enumerate(weights[stage]):
+                for index, tensors in enumerate(stored[stage]):
                     file = f"{stage.value}_fold{index}{WEIGHT_SUFFIX[Backend.TORCH]}"
-                    tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
                     with atomic_path(staging / file) as temporary:
                         save_file(tensors, str(temporary))
                     folds.append(FoldFile(file, sha256_file(staging / file)))
@@ -427,6 +444,7 @@ def write_torch_bundle(
                 et_threshold=et_threshold,
                 name=name,
                 description=description,
+                storage=storage,
                 metadata=metadata or {},
             )
             manifest_from_dict(manifest.to_dict())
@@ -435,6 +453,41 @@ def write_torch_bundle(
     except OSError as error:
         raise OutputError(f"{root}: cannot write the bundle ({first_line(error)}); nothing was written") from error
     return load_bundle(root)
+
+
+def stored_tensors(state: dict[str, Any], storage: Storage) -> dict[str, Any]:
+    """A state dict's tensors as a bundle stores them: contiguous, on the CPU, the floating-point
+    ones in `storage`'s precision (`load_state_dict` casts them back to the model's float32)."""
+    import torch
+
+    dtype = getattr(torch, storage.value)
+    tensors = {}
+    for key, value in state.items():
+        tensor = value.detach().contiguous().cpu()
+        tensors[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return tensors
+
+
+def stored_range_problem(state: dict[str, Any], stored: dict[str, Any], storage: Storage) -> str | None:
+    """Why `stored` (from `stored_tensors`) does not hold `state`'s weights: a finite weight beyond
+    the storage precision's range became infinite. None when every finite weight stayed finite."""
+    import torch
+
+    for key, tensor in stored.items():
+        original = state[key].detach().cpu()
+        if tensor.is_floating_point() and not torch.equal(torch.isfinite(tensor), torch.isfinite(original)):
+            largest = float(original[torch.isfinite(original)].abs().max())
+            return f"{key} holds weights up to {largest:.4g}, beyond {storage.value}'s range; store them in float32"
+    return None
+
+
+def stored_dtype_problem(state: dict[str, Any], storage: Storage) -> str | None:
+    """Why a weight file's tensors are not what its manifest says it stores, or None."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and str(tensor.dtype) != f"torch.{storage.value}":
+            stored = str(tensor.dtype).removeprefix("torch.")
+            return f"{key} is stored in {stored}, but the manifest says the weights are {storage.value}"
+    return None
 
 
 def state_problem(state: dict[str, Any], architecture: Architecture) -> str | None:

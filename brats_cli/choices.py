@@ -25,6 +25,14 @@ class Precision(str, Enum):
     AUTO = "auto"
 
 
+class Storage(str, Enum):
+    """The precision a torch bundle stores its weights in; they are upcast to float32 when loaded,
+    so the forward pass runs in `Precision` either way."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"  # half the bytes; rounding to float16 moves a weight by at most 2**-11 of itself
+
+
 class Checkpoint(str, Enum):
     """Which checkpoint of each fold `brats bundle` takes."""
 

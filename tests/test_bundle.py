@@ -6,9 +6,20 @@ import pytest
 import torch
 from conftest import random_bundle
 
-from brats_cli.bundle import FORMAT_VERSION, MANIFEST, Stage, load_bundle
+from brats_cli.bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Architecture,
+    Stage,
+    load_bundle,
+    manifest_from_dict,
+    write_torch_bundle,
+)
+from brats_cli.choices import Storage
 from brats_cli.errors import WeightsError
+from brats_cli.model import ResUNet3D
 from brats_cli.predictors.torch_backend import load_torch_models
+from brats_cli.preprocess import MODEL_GRID
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +187,58 @@ def test_bundle_files_are_readable_by_others_as_the_umask_allows(tmp_path):
     os.umask(umask)
     for path in bundle.root.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~umask, path
+
+
+def _states(seed: int) -> tuple[dict[Stage, list[dict]], dict[Stage, Architecture]]:
+    torch.manual_seed(seed)
+    architectures = {s: Architecture(4, MODEL_GRID if s is Stage.BASE else (32, 32, 32)) for s in Stage}
+    return {s: [ResUNet3D(width=4).state_dict()] for s in Stage}, architectures
+
+
+def test_a_float16_bundle_is_half_the_bytes_and_predicts_what_float32_does(tmp_path):
+    """Stored in float16, each weight file is about half as large; the weights come back as float32
+    tensors holding the float16-rounded values, and the models predict what the float32 ones do."""
+    weights, architectures = _states(5)
+    single = write_torch_bundle(tmp_path / "fp32", weights, architectures)
+    half = write_torch_bundle(tmp_path / "fp16", weights, architectures, storage=Storage.FLOAT16)
+    assert single.manifest.storage is Storage.FLOAT32 and half.manifest.storage is Storage.FLOAT16
+    assert json.loads((half.root / MANIFEST).read_text())["storage"] == "float16"
+    for a, b in zip(single.fold_paths(Stage.TC), half.fold_paths(Stage.TC), strict=True):
+        assert 0.45 < b.stat().st_size / a.stat().st_size < 0.55
+    (reference,) = load_torch_models(single, Stage.TC)
+    (model,) = load_torch_models(half, Stage.TC)
+    for key, value in model.state_dict().items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, weights[Stage.TC][0][key].half().float(), rtol=0, atol=0)
+    torch.manual_seed(0)
+    image = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        expected, got = torch.sigmoid(reference(image)), torch.sigmoid(model(image))
+    assert 0 < (got - expected).abs().max() < 1e-2
+
+
+def test_weights_beyond_float16_are_refused_before_anything_is_written(tmp_path):
+    weights, architectures = _states(6)
+    weights[Stage.ET][0]["head.bias"] = torch.tensor([1e6])
+    with pytest.raises(WeightsError, match=r"stage et fold 0: head.bias holds weights up to 1e\+06, beyond float16"):
+        write_torch_bundle(tmp_path / "b", weights, architectures, storage=Storage.FLOAT16)
+    assert not (tmp_path / "b").exists()
+
+
+def test_storage_the_files_do_not_hold_is_refused(tmp_path):
+    """The manifest's `storage` must be a known precision, only torch bundles have one, and the
+    weight files must hold what it says (a file swapped in with its checksum updated)."""
+    weights, architectures = _states(7)
+    root = write_torch_bundle(tmp_path / "b", weights, architectures, storage=Storage.FLOAT16).root
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["storage"] = "float32"
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match=r"wt_fold0.safetensors: .* is stored in float16, but the manifest says"):
+        load_torch_models(load_bundle(root), Stage.WT)
+    manifest["storage"] = "int8"
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match=r"'storage' must be one of float32, float16 \(got 'int8'\)"):
+        load_bundle(root)
+    onnx = {**manifest, "backend": "onnx", "storage": "float16"}
+    with pytest.raises(WeightsError, match=r"'storage' is for torch bundles"):
+        manifest_from_dict(onnx)

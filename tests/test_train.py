@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 import brats_cli.host
 from brats_cli.bundle import Stage, load_bundle
-from brats_cli.choices import Precision
+from brats_cli.choices import Precision, Storage
 from brats_cli.cli.app import app
 from brats_cli.errors import InputError
 from brats_cli.io import BRATS_SHAPE, discover_cases, load_case
@@ -518,6 +518,34 @@ def test_bundle_from_the_run_segments_a_case(smoke_run, training_data, tmp_path)
     assert output.shape == BRATS_SHAPE and output.get_data_dtype() == np.uint8
     np.testing.assert_allclose(output.affine, LPS_AFFINE)
     assert unexpected_labels(np.asarray(output.dataobj), LabelConvention.BRATS2021) == []
+
+
+def test_bundle_stored_in_float16(smoke_run, training_data, tmp_path):
+    """`--storage float16`: the run's weights and the borrowed stages' are written rounded to float16,
+    the manifest says so, and the bundle segments a case."""
+    from safetensors.torch import load_file
+
+    earlier = random_bundle(tmp_path / "earlier", window=(32, 32, 32), seed=4)
+    out = tmp_path / "bundle"
+    command = ["bundle", str(smoke_run), "--out", str(out), "--stages-from", str(earlier.root), "--stages", "et"]
+    result = runner.invoke(app, [*command, "--storage", "float16"])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(out)
+    assert bundle.manifest.storage is Storage.FLOAT16
+    best = load_checkpoint(smoke_run / "wt" / "fold0" / "best.pt")
+    (wt,) = bundle.fold_paths(Stage.WT)
+    assert all(torch.equal(value, best["model"][key].half()) for key, value in load_file(str(wt)).items())
+    (et,), (theirs,) = bundle.fold_paths(Stage.ET), earlier.fold_paths(Stage.ET)
+    borrowed = load_file(str(theirs))
+    assert all(torch.equal(value, borrowed[key].half()) for key, value in load_file(str(et)).items())
+
+    # What the weights predict, against float32, is test_bundle's; here: the bundle segments a case.
+    segmented = runner.invoke(
+        app, ["segment", str(training_data / "BraTS2021_00000"), str(tmp_path / "out"), "--weights", str(out)]
+    )
+    assert segmented.exit_code == 0, segmented.output
+    labels = np.asarray(nib.load(tmp_path / "out" / "BraTS2021_00000.nii.gz").dataobj)
+    assert labels.shape == BRATS_SHAPE and unexpected_labels(labels, LabelConvention.BRATS2021) == []
 
 
 def test_bundle_needs_every_stage(smoke_run, tmp_path):

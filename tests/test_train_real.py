@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from brats_cli.bundle import Stage
+from brats_cli.choices import Storage
 from brats_cli.errors import InputError
 from brats_cli.labels import LabelConvention
 from brats_cli.preprocess import MODEL_GRID
@@ -99,6 +100,25 @@ def test_link_split_lays_out_the_pool_and_names_what_is_missing(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # The recipe
+
+
+def test_the_schedule_names_recipes_stages_and_storage_that_exist():
+    """train/default.sh reads each row of train/rounds.tsv as round, recipe, init, keep, storage and
+    lanes: a row that does not parse would stop a retraining hours in, at that round's bundle."""
+    lines = [line for line in (ROOT / "train" / "rounds.tsv").read_text().splitlines() if not line.startswith("#")]
+    header, *rows = (line.split("\t") for line in lines)
+    assert header == ["round", "recipe", "init", "keep", "storage", "lanes"]
+    stages = {stage.value for stage in Stage}
+    for number, (round_, recipe, init, keep, storage, lanes) in enumerate(rows, start=1):
+        assert round_ == str(number)
+        schedule = load_recipe(ROOT / recipe)
+        assert init == ("phantoms" if number == 1 else f"round{number - 1}")
+        assert keep == "-" or set(keep.split(",")) <= stages
+        Storage(storage)  # ValueError on a precision `brats bundle --storage` does not take
+        for job in lanes.replace("|", " ").split():
+            stage, fold = job.split(":")
+            assert stage in stages and stage not in keep.split(",")
+            assert int(fold.split("@")[0]) < schedule.folds and Stage(stage) in schedule.stages
 
 
 def test_the_default_recipe_reads_back_from_its_record():

@@ -10,7 +10,8 @@
 # 1. split:  train/real/split.tsv (fixed before any training) -> WORK/split/{train,validation}
 # 2. cache:  every case preprocessed once (WORK/cache)
 # 3. train:  the rounds of train/rounds.tsv, in order (each: recipe, starting weights, lanes), each
-#            bundled as WORK/bundle<round> (its stages named in `keep` taken from the round before)
+#            bundled as WORK/bundle<round> (its stages named in `keep` taken from the round before,
+#            its weights stored in `storage`)
 # 4. bundle: the last round's bundle -> BUNDLE, with the split in its manifest and its post-processing
 #            (each region's probability threshold, the ET threshold, the component rule) chosen out
 #            of fold: folds 0 and 1's models on their own held-out training cases
@@ -72,7 +73,7 @@ lane() {  # round recipe init job...: the stage:fold[@initfold] jobs of one lane
 }
 
 last=
-while IFS=$'\t' read -r round recipe init keep lanes; do
+while IFS=$'\t' read -r round recipe init keep storage lanes; do
   last=$round
   [[ " $ROUNDS " == *" $round "* ]] || continue
   case $init in
@@ -93,7 +94,7 @@ while IFS=$'\t' read -r round recipe init keep lanes; do
   borrow=()
   [ "$keep" = - ] || borrow=(--stages-from "$WORK/bundle$((round - 1))" --stages "$keep")
   rm -rf "$WORK/bundle$round"
-  brats bundle "$WORK/run$round" --out "$WORK/bundle$round" "${borrow[@]}"
+  brats bundle "$WORK/run$round" --out "$WORK/bundle$round" --storage "$storage" "${borrow[@]}"
 done < <(grep -v '^#' "$SCHEDULE" | tail -n +2)
 [ "$STOP_AFTER" = train ] && exit 0
 

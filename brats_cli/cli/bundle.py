@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from brats_cli.choices import Checkpoint
+from brats_cli.choices import Checkpoint, Storage
 from brats_cli.cli import console
 
 
@@ -33,6 +33,13 @@ def bundle(
             "folds whose validation cases their starting weights trained on, where choosing on them is optimistic."
         ),
     ] = Checkpoint.BEST,
+    storage: Annotated[
+        Storage,
+        typer.Option(
+            help="The precision the weight files hold: float16 halves the bundle; the weights are cast back to "
+            "float32 when loaded, so --precision still decides what inference computes in.",
+        ),
+    ] = Storage.FLOAT32,
 ) -> None:
     """Assemble the best (or last) checkpoint of every trained stage and fold into a weights bundle."""
     from rich.table import Table
@@ -52,7 +59,7 @@ def bundle(
             raise typer.Exit(console.EXIT_UNUSABLE)
         borrowed = Borrowed(stages_from, frozenset(Stage(name) for name in names))
     with console.writing(out):
-        written, trained = assemble_bundle(run, out, borrowed, checkpoint)
+        written, trained = assemble_bundle(run, out, borrowed, checkpoint, storage)
     table = Table(title=f"bundle {written.root}")
     for column in ("stage", "fold", "val Dice", "val loss", f"{checkpoint.value} epoch", "epochs"):
         table.add_column(column, justify="left" if column == "stage" else "right")

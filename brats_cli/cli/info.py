@@ -43,7 +43,8 @@ def info() -> None:
         stages = ", ".join(
             f"{stage.value} w{spec.width} x{len(spec.folds)}" for stage, spec in bundle.manifest.stages.items()
         )
-        table.add_row("default weights", f"{path} (checksums ok; {stages})")
+        stored = bundle.manifest.storage.value
+        table.add_row("default weights", f"{path} (checksums ok; {stages}; stored in {stored})")
     except WeightsError as error:
         table.add_row("default weights", f"not usable: {error}")
     onnx_path = default_bundle_path(Backend.ONNX)

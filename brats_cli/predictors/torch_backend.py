@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from brats_cli import host
-from brats_cli.bundle import Bundle
+from brats_cli.bundle import Bundle, stored_dtype_problem
 from brats_cli.choices import Backend, Device, Precision, Stage
 from brats_cli.errors import BratsError, WeightsError, first_line
 from brats_cli.predictors import StagePredictor, require_backend, select_folds
@@ -163,9 +163,12 @@ def load_torch_models(bundle: Bundle, stage: Stage, folds: Sequence[int] | None 
         model = ResUNet3D(**spec.model_kwargs())
         try:
             state = load_file(str(paths[index]))
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=True)  # float16-stored weights are cast to float32 here
         except (SafetensorError, RuntimeError, OSError) as error:
             raise WeightsError(f"{paths[index]}: cannot load weights ({first_line(error)})") from error
+        problem = stored_dtype_problem(state, bundle.manifest.storage)
+        if problem:
+            raise WeightsError(f"{paths[index]}: {problem}")
         models.append(model)
     return models
 

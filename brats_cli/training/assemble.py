@@ -12,8 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from brats_cli import __version__
-from brats_cli.bundle import Architecture, Bundle, Stage, check_bundle_target, state_problem, write_torch_bundle
-from brats_cli.choices import Checkpoint
+from brats_cli.bundle import (
+    Architecture,
+    Bundle,
+    Stage,
+    check_bundle_target,
+    state_problem,
+    stored_dtype_problem,
+    write_torch_bundle,
+)
+from brats_cli.choices import Checkpoint, Storage
 from brats_cli.errors import InputError, first_line
 from brats_cli.preprocess import MODEL_GRID
 from brats_cli.training.folds import FOLDS_FILE, read_folds
@@ -48,11 +56,16 @@ class Borrowed:
 
 
 def assemble_bundle(
-    run: Path, out: Path, borrowed: Borrowed | None = None, checkpoint: Checkpoint = Checkpoint.BEST
+    run: Path,
+    out: Path,
+    borrowed: Borrowed | None = None,
+    checkpoint: Checkpoint = Checkpoint.BEST,
+    storage: Storage = Storage.FLOAT32,
 ) -> tuple[Bundle, list[TrainedFold]]:
-    """Write a torch bundle to `out` from `run`'s best (or last) checkpoints; every stage needs one fold,
-    except the stages `borrowed` takes from another bundle (its files verified, its architecture,
-    threshold and validation record kept, and where they came from recorded)."""
+    """Write a torch bundle to `out` from `run`'s best (or last) checkpoints, its weights stored in
+    `storage`'s precision; every stage needs one fold, except the stages `borrowed` takes from
+    another bundle (its files verified, its architecture, threshold and validation record kept, and
+    where they came from recorded)."""
     run = Path(run)
     check_bundle_target(Path(out))
     recipe_path = run / RECIPE_FILE
@@ -159,6 +172,7 @@ def assemble_bundle(
         name=recipe.name,
         description=recipe.description or f"trained with recipe {recipe.name}",
         metadata=metadata,
+        storage=storage,
     )
     return bundle, trained
 
@@ -218,15 +232,17 @@ def _borrow(borrowed: Borrowed, recipe: Recipe) -> _Source:
     for stage in sorted(borrowed.stages, key=list(Stage).index):
         spec = manifest.stages[stage]
         architectures[stage] = Architecture(spec.width, spec.input_size, spec.levels, spec.norm_groups, spec.threshold)
-        states[stage] = [_borrowed_state(path, architectures[stage]) for path in other.fold_paths(stage)]
+        states[stage] = [
+            _borrowed_state(path, architectures[stage], manifest.storage) for path in other.fold_paths(stage)
+        ]
         validation[stage.value] = {"from_bundle": where, **_table(records.get(stage.value))}
         fold_numbers[stage.value] = manifest.fold_numbers(stage)
     return _Source(states, architectures, validation, fold_numbers)
 
 
-def _borrowed_state(path: Path, architecture: Architecture) -> dict[str, Any]:
-    """A borrowed fold's tensors, refused here, naming the file, unless they load into the model
-    its manifest describes (as `segment` would load them)."""
+def _borrowed_state(path: Path, architecture: Architecture, storage: Storage) -> dict[str, Any]:
+    """A borrowed fold's tensors, refused here, naming the file, unless they are stored as its
+    manifest says and load into the model it describes (as `segment` would load them)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -234,7 +250,7 @@ def _borrowed_state(path: Path, architecture: Architecture) -> dict[str, Any]:
         state = dict(load_file(str(path)))
     except (SafetensorError, OSError) as error:
         raise InputError(f"{path}: cannot load weights ({first_line(error)})") from error
-    problem = state_problem(state, architecture)
+    problem = stored_dtype_problem(state, storage) or state_problem(state, architecture)
     if problem:
         raise InputError(f"{path}: {problem}")
     return state
