@@ -307,6 +307,28 @@ def test_record_split_reads_the_choosers_last_line_and_refuses_another():
         recorder.parse_choice("chosen: 600")
 
 
+def test_record_split_writes_the_split_and_the_choice_into_the_manifest(tmp_path):
+    from conftest import random_bundle
+
+    from brats_cli.bundle import MANIFEST, load_bundle
+    from brats_cli.errors import WeightsError
+
+    recorder = _script("record_split")
+    root = random_bundle(tmp_path / "bundle", window=(32, 32, 32)).root
+    recorder.main(root, "chosen: wt=0.5 tc=0.4 et=0.6 et_threshold=300 min_component=3000", [0, 1])
+    manifest = load_bundle(root).manifest
+    assert [manifest.stages[s].threshold for s in Stage] == [0.5, 0.5, 0.4, 0.6]
+    assert (manifest.et_threshold, manifest.min_component) == (300, 3000)
+    split = manifest.metadata["split"]
+    roles = [row["role"] for row in split_rows()]
+    assert (len(split["train"]), len(split["validation"])) == (roles.count("train"), roles.count("validation"))
+    assert "folds 0, 1" in manifest.metadata["thresholds_chosen_on"]
+    before = (root / MANIFEST).read_bytes()
+    with pytest.raises(WeightsError, match="'threshold' must lie strictly between 0 and 1"):
+        recorder.main(root, "chosen: wt=1.5 tc=0.4 et=0.6 et_threshold=300", [0, 1])
+    assert (root / MANIFEST).read_bytes() == before
+
+
 def test_a_component_rule_is_named_only_when_it_gains_the_margin(capsys):
     """A 1x20x20 case of 144 tumour voxels with a separate 20-voxel false positive: removing
     components below 100 voxels takes the false positive away, a gain on WT far above the margin;

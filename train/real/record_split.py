@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
+from dataclasses import replace
 from pathlib import Path
 
-from brats_cli.bundle import MANIFEST
-from brats_cli.files import write_text_atomically
+from brats_cli.bundle import Stage, load_bundle, manifest_from_dict, write_manifest
 
 SPLIT = Path(__file__).with_name("split.tsv")
 
@@ -35,29 +34,41 @@ def parse_choice(line: str) -> dict[str, float]:
 
 
 def main(bundle: Path, chosen: str | None, folds: list[int]) -> None:
-    manifest_path = bundle / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
+    """Record the split (and the choice) through the validated manifest: a choice the manifest
+    cannot hold (a threshold outside (0, 1)) is refused before anything is written."""
+    manifest = load_bundle(bundle).manifest
     with SPLIT.open() as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    manifest.setdefault("metadata", {})["split"] = {
+    metadata = dict(manifest.metadata)
+    metadata["split"] = {
         "file": "train/real/split.tsv",
         "sha256": hashlib.sha256(SPLIT.read_bytes()).hexdigest(),
         "source": "../shared/data/real-train/cases.tsv (public BraTS 2018, 2020 and BraTS-Africa 2023 cases)",
         "train": sorted(r["case"] for r in rows if r["role"] == "train"),
         "validation": sorted(r["case"] for r in rows if r["role"] == "validation"),
     }
+    manifest = replace(manifest, metadata=metadata)
     if chosen is not None:
         choice = parse_choice(chosen)
-        manifest["et_threshold"] = int(choice.pop("et_threshold"))
-        manifest["min_component"] = int(choice.pop("min_component", 0))
-        for stage, threshold in choice.items():
-            manifest["stages"][stage]["threshold"] = threshold
         where = f"the held-out training cases of folds {', '.join(map(str, folds))}, each by its own fold's models"
-        manifest["metadata"]["et_threshold_chosen_on"] = where
-        manifest["metadata"]["thresholds_chosen_on"] = where
-        manifest["metadata"]["min_component_chosen_on"] = where
-    write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    print(f"{manifest_path}: split recorded ({len(rows)} cases)")
+        stages = dict(manifest.stages)
+        for region in ("wt", "tc", "et"):
+            stages[Stage(region)] = replace(stages[Stage(region)], threshold=choice[region])
+        manifest = replace(
+            manifest,
+            stages=stages,
+            et_threshold=int(choice["et_threshold"]),
+            min_component=int(choice.get("min_component", 0)),
+            metadata={
+                **metadata,
+                "et_threshold_chosen_on": where,
+                "thresholds_chosen_on": where,
+                "min_component_chosen_on": where,
+            },
+        )
+    manifest_from_dict(manifest.to_dict(), str(bundle))  # refused here, before the manifest is replaced
+    path = write_manifest(bundle, manifest)
+    print(f"{path}: split recorded ({len(rows)} cases)")
 
 
 if __name__ == "__main__":
