@@ -70,6 +70,8 @@ class Manifest:
     et_threshold: int = 600
     # Tumour components smaller than this many voxels are removed, all but the largest; 0: none.
     min_component: int = 0
+    # The tumour core's holes in 2D slices become necrosis (labels.fill_core_holes).
+    fill_core_holes: bool = False
     name: str = ""
     description: str = ""
     format_version: int = FORMAT_VERSION
@@ -109,6 +111,7 @@ class Manifest:
             **storage,
             "et_threshold": self.et_threshold,
             "min_component": self.min_component,
+            "fill_core_holes": self.fill_core_holes,
             "stages": {
                 stage.value: {
                     "model": "resunet3d",
@@ -256,12 +259,14 @@ def manifest_from_dict(data: Any, source: str = MANIFEST) -> Manifest:
     min_component = _typed(data.get("min_component", 0), "min_component", int, source)
     if min_component < 0:
         raise WeightsError(f"{source}: 'min_component' must be a non-negative integer (got {min_component})")
+    fill = _typed(data.get("fill_core_holes", False), "fill_core_holes", bool, source)
     return Manifest(
         backend=backend,
         labels=labels,
         stages=stages,
         et_threshold=et_threshold,
         min_component=min_component,
+        fill_core_holes=fill,
         name=_typed(data.get("name", ""), "name", str, source),
         description=_typed(data.get("description", ""), "description", str, source),
         format_version=version,

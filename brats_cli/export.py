@@ -356,6 +356,7 @@ def _onnx_manifest(
         stages=stages,
         et_threshold=source.manifest.et_threshold,
         min_component=source.manifest.min_component,
+        fill_core_holes=source.manifest.fill_core_holes,
         name=source.manifest.name,
         description=source.manifest.description,
         metadata=metadata,

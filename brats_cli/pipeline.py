@@ -15,7 +15,7 @@ import numpy as np
 from brats_cli.bundle import Manifest
 from brats_cli.choices import REGION_STAGES, Ensemble, LabelConvention, Stage
 from brats_cli.io import BRATS_SHAPE
-from brats_cli.labels import apply_et_threshold, compose_labels, remove_small_components
+from brats_cli.labels import apply_et_threshold, compose_labels, fill_core_holes, remove_small_components
 from brats_cli.localise import Window, localise_windows, tumour_box
 from brats_cli.predictors import StagePredictor
 from brats_cli.preprocess import MODEL_GRID, preprocess, uncrop_from_model_grid
@@ -36,6 +36,8 @@ class PipelineConfig:
     et_threshold: int = 600
     # Tumour components smaller than this many voxels are removed, all but the largest; 0: none.
     min_component: int = 0
+    # The tumour core's holes in 2D slices become necrosis (labels.fill_core_holes).
+    fill_core_holes: bool = False
     # Per stage, the probability above which a voxel is in the stage's region (the manifest's
     # `threshold`; 0.5 unless a bundle was calibrated otherwise).
     thresholds: Mapping[Stage, float] = field(default_factory=lambda: _every_stage(0.5))
@@ -76,6 +78,9 @@ class PipelineConfig:
             ensemble=settings.ensemble,
             et_threshold=manifest.et_threshold if settings.et_threshold is None else settings.et_threshold,
             min_component=manifest.min_component if settings.min_component is None else settings.min_component,
+            fill_core_holes=(
+                manifest.fill_core_holes if settings.fill_core_holes is None else settings.fill_core_holes
+            ),
             thresholds={stage: spec.threshold for stage, spec in manifest.stages.items()},
             region_window=manifest.region_window,
             mirrors=settings.mirrors,
@@ -265,6 +270,8 @@ def segment_preprocessed(
     labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
     # Before the ET threshold, which counts the ET voxels that remain.
     labels = remove_small_components(labels, config.min_component)
+    if config.fill_core_holes:
+        labels = fill_core_holes(labels, config.convention)
     composed_et = int(np.count_nonzero(labels == config.convention.enhancing)) if meter is not None else 0
     labels = apply_et_threshold(labels, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)

@@ -45,6 +45,8 @@ class Settings:
     # Tumour components smaller than this many voxels are removed, all but the largest; None: the
     # bundle's value, 0: none.
     min_component: int | None = None
+    # Fill the tumour core's holes in 2D slices as necrosis; None: the bundle's choice.
+    fill_core_holes: bool | None = None
     # Output labels; None: by the input's file names (ET = 3 for 2023 names, 4 otherwise).
     labels: LabelConvention | None = None
     # Test-time augmentation: the axis flips whose probabilities are averaged in every stage.
@@ -77,6 +79,8 @@ class Settings:
         for name in ("fuse_folds", "compile", "probabilities"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.fill_core_holes is not None and not isinstance(self.fill_core_holes, bool):
+            raise SettingsError(f"fill_core_holes must be True, False or None, got {self.fill_core_holes!r}")
         if self.backend is Backend.TORCH and self.compile and self.fuse_folds:
             raise SettingsError("--compile and --fuse-folds do not go together: choose one")
 

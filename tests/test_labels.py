@@ -8,6 +8,7 @@ from brats_cli.labels import (
     Region,
     apply_et_threshold,
     compose_labels,
+    fill_core_holes,
     region_masks,
     unexpected_labels,
 )
@@ -84,3 +85,36 @@ def test_remove_small_components_joins_diagonal_neighbours_and_keeps_a_small_tum
     cleaned = remove_small_components(labels, 600)
     assert cleaned[1, 1, 1] == 4 and cleaned[2, 2, 2] == 1 and cleaned[4, 4, 0] == 0
     assert cleaned.dtype == labels.dtype
+
+
+@pytest.mark.parametrize("convention", list(LabelConvention))
+def test_fill_core_holes_relabels_what_a_rim_encloses_and_nothing_else(convention):
+    """A cavity inside an enhancing shell becomes necrosis (edema and background alike); edema
+    outside the shell, the shell itself and a cavity that opens to the outside stay as they were."""
+    grid = np.indices((60, 60, 60))
+    radius = np.sqrt(((grid - 20) ** 2).sum(axis=0))
+    labels = np.zeros((60, 60, 60), dtype=np.uint8)
+    labels[radius < 12] = EDEMA
+    labels[radius < 9] = convention.enhancing
+    labels[radius < 6] = EDEMA  # the cystic cavity the models read as edema
+    labels[20, 20, 20] = 0  # and a background voxel inside it
+    # A second lesion: a tube of necrosis along x, slit open along its whole length, with edema inside.
+    tube = np.hypot(grid[1] - 45, grid[2] - 45)
+    labels[(tube < 5) & (grid[0] > 30) & (grid[0] < 58)] = NECROSIS
+    labels[(tube < 3) & (grid[0] > 30) & (grid[0] < 58)] = EDEMA
+    labels[(grid[1] >= 45) & (np.abs(grid[2] - 45) < 2) & (tube < 5) & (grid[0] > 30)] = EDEMA  # the slit
+    filled = fill_core_holes(labels, convention)
+    assert filled.dtype == labels.dtype
+    assert np.all(filled[radius < 6] == NECROSIS)
+    unchanged = radius >= 6
+    assert np.array_equal(filled[unchanged], labels[unchanged])
+    tube_alone = labels[:, 35:, 35:]  # open at both ends and along the slit: no slice encloses anything
+    assert np.array_equal(fill_core_holes(tube_alone, convention), tube_alone)
+
+
+def test_fill_core_holes_leaves_a_map_without_core_alone():
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    assert fill_core_holes(labels, LabelConvention.BRATS2021) is labels
+    labels[5:15, 5:15, 5:15] = EDEMA
+    labels[9:11, 9:11, 9:11] = 0
+    assert fill_core_holes(labels, LabelConvention.BRATS2021) is labels

@@ -172,6 +172,7 @@ def test_settings_are_validated_once_and_accept_strings():
         ({"et_threshold": True}, "et_threshold must be a non-negative integer"),
         ({"min_component": -1}, "min_component must be a non-negative integer"),
         ({"min_component": 3.0}, "min_component must be a non-negative integer"),
+        ({"fill_core_holes": 1}, "fill_core_holes must be True, False or None"),
         ({"mirrors": [(3,)]}, "mirrors must be a non-empty list"),
         ({"compile": True, "fuse_folds": True}, "do not go together"),
     ):

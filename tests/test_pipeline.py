@@ -199,3 +199,38 @@ def test_each_stage_uses_the_probability_threshold_its_bundle_gives(tmp_path):
     (bundle.root / MANIFEST).write_text(manifest)
     config = PipelineConfig.from_manifest(load_bundle(bundle.root).manifest)
     assert config.thresholds == strict
+
+
+def test_core_holes_are_filled_when_the_bundle_or_the_user_asks(tmp_path):
+    """A core whose centre the TC and ET models miss (a cystic cavity): with `fill_core_holes`
+    the enclosed edema becomes necrosis; the bundle's choice holds unless the settings override it."""
+    from dataclasses import replace
+
+    from conftest import random_bundle
+
+    from brats_cli.bundle import load_bundle
+    from brats_cli.settings import Settings
+
+    image = synthetic_image()  # tumour centred (120, 110, 80), radii (18, 14, 12): about 10 once normalised
+    grid = np.indices(image.shape[1:])
+    centre = sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip((120, 110, 80), (9, 7, 6), strict=True)))
+    image[:, centre <= 1] += 400  # its middle twice as bright: about 20
+
+    class Rim(Oracle):
+        """Core where the tumour is, but not its bright middle, which WT alone takes (edema)."""
+
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            return np.where(image[0] > 15, 0.0, super().__call__(image)).astype(np.float32)
+
+    rim = oracles(**{Stage.TC: Rim(1.0), Stage.ET: Rim(1.0)})
+    plain = segment_image(image, rim, PipelineConfig(et_threshold=0)).labels
+    filled = segment_image(image, rim, PipelineConfig(et_threshold=0, fill_core_holes=True)).labels
+    cavity = (plain == 2) & (filled != 2)
+    assert cavity.sum() > 0.9 * (centre <= 1).sum() and np.all(filled[cavity] == 1)
+    assert np.array_equal(filled[~cavity], plain[~cavity])
+
+    manifest = load_bundle(random_bundle(tmp_path / "b", window=(32, 32, 32)).root).manifest
+    chosen = replace(manifest, fill_core_holes=True)
+    assert PipelineConfig.from_manifest(chosen).fill_core_holes
+    assert not PipelineConfig.from_manifest(chosen, Settings(fill_core_holes=False)).fill_core_holes
+    assert PipelineConfig.from_manifest(manifest, Settings(fill_core_holes=True)).fill_core_holes

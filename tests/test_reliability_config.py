@@ -62,6 +62,7 @@ BAD_MANIFESTS = [
     (lambda d: d.update(et_threshold="600"), "'et_threshold' has the wrong type (str)"),
     (lambda d: d.update(min_component=-1), "'min_component' must be a non-negative integer (got -1)"),
     (lambda d: d.update(min_component=1.5), "'min_component' has the wrong type (float)"),
+    (lambda d: d.update(fill_core_holes="yes"), "'fill_core_holes' has the wrong type (str)"),
     (lambda d: d.update(metadata=[1, 2]), "'metadata' has the wrong type (list)"),
     (lambda d: d.update(name=3), "'name' has the wrong type (int)"),
     (lambda d: d["stages"].update(extra={}), "unknown stage 'extra'"),

@@ -301,6 +301,9 @@ def test_record_split_reads_the_choosers_last_line_and_refuses_another():
     assert recorder.parse_choice(line) == {"wt": 0.5, "tc": 0.4, "et": 0.6, "et_threshold": 300.0}
     line += " min_component=3000"
     assert recorder.parse_choice(line)["min_component"] == 3000
+    assert recorder.parse_choice(line + " fill_core_holes=1")["fill_core_holes"] == 1
+    with pytest.raises(SystemExit, match="not a choice line"):
+        recorder.parse_choice(line + " fill_core_holes=2")
     with pytest.raises(SystemExit, match="not a choice line"):
         recorder.parse_choice(line + " extra=1")
     with pytest.raises(SystemExit, match="not a choice line"):
@@ -315,8 +318,9 @@ def test_record_split_writes_the_split_and_the_choice_into_the_manifest(tmp_path
 
     recorder = _script("record_split")
     root = random_bundle(tmp_path / "bundle", window=(32, 32, 32)).root
-    recorder.main(root, "chosen: wt=0.5 tc=0.4 et=0.6 et_threshold=300 min_component=3000", [0, 1])
+    recorder.main(root, "chosen: wt=0.5 tc=0.4 et=0.6 et_threshold=300 min_component=3000 fill_core_holes=1", [0, 1])
     manifest = load_bundle(root).manifest
+    assert manifest.fill_core_holes and "folds 0, 1" in manifest.metadata["fill_core_holes_chosen_on"]
     assert [manifest.stages[s].threshold for s in Stage] == [0.5, 0.5, 0.4, 0.6]
     assert (manifest.et_threshold, manifest.min_component) == (300, 3000)
     split = manifest.metadata["split"]
@@ -352,6 +356,31 @@ def test_a_component_rule_is_named_only_when_it_gains_the_margin(capsys):
     probabilities[0, 18:, 10:, 0] = 0  # without the false positive nothing is gained
     clean = chooser.Case("c", LabelConvention.BRATS2021, probabilities, reference)
     assert chooser.measure_components([clean], dict.fromkeys(chooser.REGIONS, 0.5), 0) == 0
+
+
+def test_hole_filling_is_chosen_only_when_the_core_gains_the_margin(capsys):
+    """A core predicted as a rim around a 9-voxel cavity (edema): filled when the reference's core
+    includes the cavity, kept when the reference's cavity is edema."""
+    chooser = _script("choose_thresholds")
+    from brats_cli.labels import Region
+
+    shape = (5, 9, 9)
+    probabilities = np.zeros((*shape, 3), np.float32)
+    probabilities[1:4, 1:8, 1:8, 0] = 0.9
+    probabilities[1:4, 2:7, 2:7, 1] = 0.9
+    probabilities[2, 3:6, 3:6, 1] = 0.1  # the cavity
+    wt = probabilities[..., 0] > 0.5
+    block = np.zeros(shape, bool)
+    block[1:4, 2:7, 2:7] = True
+    rim = probabilities[..., 1] > 0.5
+    at = dict.fromkeys(chooser.REGIONS, 0.5)
+    for core, chosen in ((block, True), (rim, False)):
+        reference = {Region.WT: wt, Region.TC: core, Region.ET: np.zeros(shape, bool)}
+        case = chooser.Case("c", LabelConvention.BRATS2021, probabilities, reference)
+        assert chooser.measure_filling([case], at, 0, 0) is chosen
+    table = capsys.readouterr().out
+    assert "| kept | 1.0000 | 0.9362 | 1.0000 |" in table  # 2 * 66 / (66 + 75)
+    assert "| filled | 1.0000 | 1.0000 | 1.0000 |" in table
 
 
 def test_fold_bundle_keeps_one_fold_of_each_stage_and_the_single_base(tmp_path):

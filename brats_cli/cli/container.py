@@ -39,6 +39,7 @@ PARAMETERS = (
     "ensemble",
     "et_threshold",
     "min_component",
+    "fill_core_holes",
     "labels",
 )
 

@@ -103,6 +103,15 @@ def segment(
             "(default: the bundle's).",
         ),
     ] = None,
+    fill_core_holes: Annotated[
+        bool | None,
+        typer.Option(
+            "--fill-core-holes/--no-fill-core-holes",
+            help="Relabel what the tumour core encloses in a 2D slice (a cystic cavity read as edema) as necrosis "
+            "(default: the bundle's choice).",
+            show_default=False,
+        ),
+    ] = None,
     labels: Annotated[
         LabelWord,
         typer.Option(help="Output label convention: ET = 4 (2021) or 3 (2023); auto by input names."),
@@ -159,6 +168,7 @@ def segment(
             ensemble=ensemble,
             et_threshold=et_threshold,
             min_component=min_component,
+            fill_core_holes=fill_core_holes,
             labels=label_convention(labels),
             mirrors=mirrors,
             probabilities=save_probabilities,

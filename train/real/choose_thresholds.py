@@ -16,8 +16,14 @@ training cases; GT the cases' folders. The rules, fixed before any measurement:
    candidate N: the mean Dice of each region and of the three, and the false-positive whole-tumour
    voxels left. N = 0 (none) stays unless another N beats it on the three regions' mean by at least
    COMPONENT_MARGIN.
+4. With all three applied, the tumour core's holes are filled as necrosis slice by slice along the
+   three axes (the manifest's `fill_core_holes`, after the component rule, before the ET threshold).
+   It is chosen if it raises the mean TC Dice by at least FILL_MARGIN and lowers neither WT's nor
+   ET's mean. (Written after the hole filling was tried on round seven's out-of-fold cases, where it
+   raised TC 0.7197 -> 0.7315; fixed before round eight's were predicted.)
 
-Prints the tables and, last, the choice: `chosen: wt=W tc=C et=E et_threshold=T min_component=N`.
+Prints the tables and, last, the choice:
+`chosen: wt=W tc=C et=E et_threshold=T min_component=N fill_core_holes=0|1`.
 
     python train/real/choose_thresholds.py PRED GT
 """
@@ -37,6 +43,7 @@ from brats_cli.labels import (
     Region,
     apply_et_threshold,
     compose_labels,
+    fill_core_holes,
     region_masks,
     remove_small_components,
 )
@@ -50,6 +57,7 @@ ET_MARGIN = 0.005
 REGIONS = (Region.WT, Region.TC, Region.ET)
 COMPONENT_CANDIDATES = (0, 100, 300, 1000, 3000)
 COMPONENT_MARGIN = 0.005
+FILL_MARGIN = 0.005
 
 
 @dataclass
@@ -145,6 +153,26 @@ def measure_components(cases: list[Case], thresholds: dict[Region, float], et_th
     return best if means[best] >= means[0] + COMPONENT_MARGIN else 0
 
 
+def measure_filling(cases: list[Case], thresholds: dict[Region, float], et_threshold: int, components: int) -> bool:
+    """Rule 4: its table, and whether it fills the core's holes."""
+    print("| tumour core's holes | WT | TC | ET | mean |")
+    print("|---|---|---|---|---|")
+    means = {}
+    for fill in (False, True):
+        scores = []
+        for case in cases:
+            labels = remove_small_components(labels_at(case, thresholds), components)
+            if fill:
+                labels = fill_core_holes(labels, case.convention)
+            masks = region_masks(apply_et_threshold(labels, case.convention, et_threshold), case.convention)
+            scores.append([dice(masks[region], case.reference[region]) for region in REGIONS])
+        means[fill] = np.mean(scores, axis=0)
+        cells = " | ".join(f"{value:.4f}" for value in means[fill])
+        print(f"| {'filled' if fill else 'kept'} | {cells} | {means[fill].mean():.4f} |")
+    gain = dict(zip(REGIONS, means[True] - means[False], strict=True))
+    return bool(gain[Region.TC] >= FILL_MARGIN and gain[Region.WT] >= 0 and gain[Region.ET] >= 0)
+
+
 def main(pred: Path, gt: Path) -> None:
     cases = load_cases(pred, gt)
     check_reproduces_written_labels(cases, pred)
@@ -154,8 +182,10 @@ def main(pred: Path, gt: Path) -> None:
     print()
     components = measure_components(cases, thresholds, et_threshold)
     print()
+    fill = measure_filling(cases, thresholds, et_threshold, components)
+    print()
     words = " ".join(f"{region.value.lower()}={thresholds[region]}" for region in REGIONS)
-    print(f"chosen: {words} et_threshold={et_threshold} min_component={components}")
+    print(f"chosen: {words} et_threshold={et_threshold} min_component={components} fill_core_holes={int(fill)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Write the fixed split (train/real/split.tsv) into a bundle's manifest metadata, so the bundle
 itself says which real cases trained it and which were only scored; with --chosen, also the
 post-processing chosen out of fold (the last line of train/real/choose_thresholds.py: each region's
-probability threshold, the ET threshold and the component rule).
+probability threshold, the ET threshold, the component rule and the hole filling).
 
     python train/real/record_split.py BUNDLE [--folds 0 1] \
         [--chosen "chosen: wt=0.5 tc=0.5 et=0.5 et_threshold=600 min_component=0"]
@@ -21,14 +21,16 @@ SPLIT = Path(__file__).with_name("split.tsv")
 
 
 def parse_choice(line: str) -> dict[str, float]:
-    """`chosen: wt=0.5 tc=0.4 et=0.5 et_threshold=600 min_component=3000` -> {"wt": 0.5, ...}; lines
-    of the chooser before it measured components lack `min_component`."""
+    """`chosen: wt=0.5 tc=0.4 et=0.5 et_threshold=600 min_component=3000 fill_core_holes=1` ->
+    {"wt": 0.5, ...}; lines of the chooser before it measured components lack `min_component`, and
+    before it measured the hole filling `fill_core_holes`."""
     pairs = [word.split("=", 1) for word in line.removeprefix("chosen:").split()]
     try:
         choice = {key: float(value) for key, value in pairs}
     except ValueError:  # a word without "=", or a value that is not a number
         choice = {}
-    if not {"wt", "tc", "et", "et_threshold"} <= set(choice) <= {"wt", "tc", "et", "et_threshold", "min_component"}:
+    known = {"wt", "tc", "et", "et_threshold", "min_component", "fill_core_holes"}
+    if not {"wt", "tc", "et", "et_threshold"} <= set(choice) <= known or choice.get("fill_core_holes", 0) not in (0, 1):
         raise SystemExit(f"not a choice line of choose_thresholds.py: {line!r}")
     return choice
 
@@ -59,11 +61,13 @@ def main(bundle: Path, chosen: str | None, folds: list[int]) -> None:
             stages=stages,
             et_threshold=int(choice["et_threshold"]),
             min_component=int(choice.get("min_component", 0)),
+            fill_core_holes=bool(choice.get("fill_core_holes", 0)),
             metadata={
                 **metadata,
                 "et_threshold_chosen_on": where,
                 "thresholds_chosen_on": where,
                 "min_component_chosen_on": where,
+                **({"fill_core_holes_chosen_on": where} if "fill_core_holes" in choice else {}),
             },
         )
     manifest_from_dict(manifest.to_dict(), str(bundle))  # refused here, before the manifest is replaced
