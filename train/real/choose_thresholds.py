@@ -157,16 +157,14 @@ def measure_filling(cases: list[Case], thresholds: dict[Region, float], et_thres
     """Rule 4: its table, and whether it fills the core's holes."""
     print("| tumour core's holes | WT | TC | ET | mean |")
     print("|---|---|---|---|---|")
-    means = {}
-    for fill in (False, True):
-        scores = []
-        for case in cases:
-            labels = remove_small_components(labels_at(case, thresholds), components)
-            if fill:
-                labels = fill_core_holes(labels, case.convention)
+    scores: dict[bool, list[list[float]]] = {False: [], True: []}
+    for case in cases:
+        kept = remove_small_components(labels_at(case, thresholds), components)
+        for fill, labels in ((False, kept), (True, fill_core_holes(kept, case.convention))):
             masks = region_masks(apply_et_threshold(labels, case.convention, et_threshold), case.convention)
-            scores.append([dice(masks[region], case.reference[region]) for region in REGIONS])
-        means[fill] = np.mean(scores, axis=0)
+            scores[fill].append([dice(masks[region], case.reference[region]) for region in REGIONS])
+    means = {fill: np.mean(rows, axis=0) for fill, rows in scores.items()}
+    for fill in (False, True):
         cells = " | ".join(f"{value:.4f}" for value in means[fill])
         print(f"| {'filled' if fill else 'kept'} | {cells} | {means[fill].mean():.4f} |")
     gain = dict(zip(REGIONS, means[True] - means[False], strict=True))
