@@ -268,10 +268,16 @@ def segment_preprocessed(
 
     started = time.perf_counter()
     labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
+    composed_tumour = np.count_nonzero(labels) if meter is not None else 0
     # Before the ET threshold, which counts the ET voxels that remain.
     labels = remove_small_components(labels, config.min_component)
+    components_removed = composed_tumour - np.count_nonzero(labels) if meter is not None else 0
+    core_filled = 0
     if config.fill_core_holes:
+        unfilled = labels
         labels = fill_core_holes(labels, config.convention)
+        # Filling only relabels edema and background as necrosis: every changed voxel is a filled one.
+        core_filled = int(np.count_nonzero(labels != unfilled)) if meter is not None else 0
     composed_et = int(np.count_nonzero(labels == config.convention.enhancing)) if meter is not None else 0
     labels = apply_et_threshold(labels, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)
@@ -280,7 +286,11 @@ def segment_preprocessed(
     quality = None
     if meter is not None:
         removed = composed_et if not np.any(labels == config.convention.enhancing) else 0
-        quality = meter.result(et_removed_voxels=removed)
+        quality = meter.result(
+            et_removed_voxels=removed,
+            components_removed_voxels=int(components_removed),
+            core_filled_voxels=core_filled,
+        )
     # Several windows are how a large tumour is covered (localise.py), not a problem with the case.
     notes = []
     if len(windows) > 1:

@@ -49,6 +49,10 @@ class EnsembleQuality:
     region_entropy: dict[str, float | None] = field(default_factory=dict)
     touches_window_border: bool = False
     et_removed_voxels: int = 0  # ET voxels the ET threshold relabelled necrosis (0: none removed)
+    # What the rest of the post-processing changed: tumour voxels in the small components it removed
+    # (the bundle's `min_component`), and voxels of the core's holes it labelled necrosis.
+    components_removed_voxels: int = 0
+    core_filled_voxels: int = 0
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -75,9 +79,13 @@ class EnsembleQuality:
         folds = data.get("folds", {})
         if not isinstance(folds, dict) or not all(isinstance(v, int) for v in folds.values()):
             raise TypeError(f"folds must map stages to counts, got {folds!r}")
-        removed = data.get("et_removed_voxels", 0)
-        if not isinstance(removed, int) or isinstance(removed, bool) or removed < 0:
-            raise ValueError(f"et_removed_voxels must be a non-negative integer, got {removed!r}")
+
+        def count(name: str) -> int:
+            value = data.get(name, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            return value
+
         return cls(
             windows=windows,
             folds={str(k): int(v) for k, v in folds.items()},
@@ -86,7 +94,9 @@ class EnsembleQuality:
             entropy=optional_float(data.get("entropy")),
             region_entropy=per_region(data.get("region_entropy", {})),
             touches_window_border=bool(data.get("touches_window_border", False)),
-            et_removed_voxels=removed,
+            et_removed_voxels=count("et_removed_voxels"),
+            components_removed_voxels=count("components_removed_voxels"),
+            core_filled_voxels=count("core_filled_voxels"),
         )
 
 
@@ -207,7 +217,9 @@ class QualityMeter:
             return
         self.region_entropy[stage.value] = float(binary_entropy(probability[near]).mean())
 
-    def result(self, et_removed_voxels: int = 0) -> EnsembleQuality:
+    def result(
+        self, et_removed_voxels: int = 0, components_removed_voxels: int = 0, core_filled_voxels: int = 0
+    ) -> EnsembleQuality:
         self._close_stage()
         several = [count for count in self.folds.values() if count >= 2]
         disagreement = disagreement_share(self._tumour, self._disputed) if several else None
@@ -222,4 +234,6 @@ class QualityMeter:
             region_entropy=dict(self.region_entropy),
             touches_window_border=self.touches_window_border,
             et_removed_voxels=et_removed_voxels,
+            components_removed_voxels=components_removed_voxels,
+            core_filled_voxels=core_filled_voxels,
         )

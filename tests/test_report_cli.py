@@ -100,6 +100,9 @@ def test_segment_report_writes_the_page_pictures_and_numbers_of_every_case(segme
         # Measured while segmenting: two folds at different thresholds disagree somewhere.
         assert 0 < case["disagreement"] < 1 and 0 < case["entropy"] < 1
         assert float(rows[case_id]["disagreement"]) == pytest.approx(case["disagreement"])
+        # The bundle removes no components and fills no holes: recorded as nothing changed.
+        assert case["components_removed_voxels"] == case["core_filled_voxels"] == 0
+        assert rows[case_id]["components_removed_voxels"] == rows[case_id]["core_filled_voxels"] == "0"
         assert case["seconds"] > 0
         assert (report / case["figure"]).is_file()
     small, large = cases[IDS[0]]["volumes_ml"]["WT"], cases[IDS[1]]["volumes_ml"]["WT"]
@@ -118,6 +121,10 @@ def test_report_afterwards_flags_as_segment_report_did(tmp_path, segmented):
         (c["case"], c["flags"], c["measured"]) for c in during["cases"]
     ]
     assert all(c["measured"] for c in after["cases"] if c["status"] == "done")
+    recorded = ("et_removed_voxels", "components_removed_voxels", "core_filled_voxels")
+    assert [[c.get(k) for k in recorded] for c in after["cases"]] == [
+        [c.get(k) for k in recorded] for c in during["cases"]
+    ]
     assert after["summary"]["unmeasured"] == 0 and "no QA record" not in result.output
 
 

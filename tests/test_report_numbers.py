@@ -145,6 +145,36 @@ def test_et_removed_and_a_single_fold_are_recorded():
     assert result.quality.disagreement is None and result.quality.region_disagreement["wt"] is None
 
 
+def test_the_component_rule_and_the_core_filling_are_recorded_as_what_they_changed():
+    """The QA record says how many voxels the component rule removed and the core filling
+    relabelled: the same counts as the label maps of runs without each step."""
+    image = synthetic_image()  # tumour centred (120, 110, 80), radii (18, 14, 12)
+    grid = np.indices(image.shape[1:])
+    middle = sum(((grid[a] - c) / r) ** 2 for a, (c, r) in enumerate(zip((120, 110, 80), (9, 7, 6), strict=True)))
+    image[:, middle <= 1] += 400  # a cavity the core models miss (FLAIR about 20 once normalised)
+    blob = sum(((grid[a] - c) / 3) ** 2 for a, c in enumerate((120, 110, 100))) <= 1
+    image[:, blob] += 400  # a small bright component 8 voxels from the tumour, in the same window
+
+    class Rim:
+        def __call__(self, crop):
+            p = 1 / (1 + np.exp(np.clip(-8 * (crop[0] - 1.0), -50, 50)))
+            return np.where(crop[0] > 15, 0.0, p)[None].astype(np.float32)
+
+    predictors = {Stage.BASE: FoldOracle([1.0]), Stage.WT: FoldOracle([1.0]), Stage.TC: Rim(), Stage.ET: Rim()}
+    composed = segment_image(image, predictors, PipelineConfig(et_threshold=0)).labels
+    kept = segment_image(image, predictors, PipelineConfig(et_threshold=0, min_component=500)).labels
+    result = segment_image(
+        image, predictors, PipelineConfig(et_threshold=0, min_component=500, fill_core_holes=True, quality=True)
+    )
+    quality = result.quality
+    assert quality.components_removed_voxels == np.count_nonzero(composed) - np.count_nonzero(kept)
+    assert 0.9 * blob.sum() < quality.components_removed_voxels < 1.5 * blob.sum()
+    assert quality.core_filled_voxels == np.count_nonzero(result.labels != kept)
+    assert quality.core_filled_voxels > 0.9 * (middle <= 1).sum()
+    plain = segment_image(image, predictors, PipelineConfig(et_threshold=0, quality=True)).quality
+    assert plain.components_removed_voxels == 0 and plain.core_filled_voxels == 0
+
+
 def test_a_tumour_at_the_window_edge_is_flagged_by_the_meter():
     shape = (20, 20, 20)
     windows = [(slice(0, 10), slice(0, 10), slice(0, 10)), (slice(8, 18), slice(0, 10), slice(0, 10))]

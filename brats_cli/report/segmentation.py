@@ -111,6 +111,8 @@ def _apply_record(report: CaseReport, record: CaseRecord) -> None:
     report.measured = True
     report.windows = quality.windows
     report.et_removed_voxels = quality.et_removed_voxels
+    report.components_removed_voxels = quality.components_removed_voxels
+    report.core_filled_voxels = quality.core_filled_voxels
     report.disagreement = quality.disagreement
     report.region_disagreement = dict(quality.region_disagreement)
     report.entropy = quality.entropy

@@ -26,6 +26,8 @@ COLUMNS = [
     ("components", "26-connected components of the whole tumour", False),
     ("windows", "region windows the tumour needed", False),
     ("ET removed", "ET voxels the ET threshold relabelled necrosis", False),
+    ("components removed", "tumour voxels in the small components the component rule removed", False),
+    ("core filled", "voxels of the tumour core's holes labelled necrosis", False),
     ("disagreement", "share of tumour voxels on which the fold models disagree", False),
     ("entropy", "mean entropy (bits) of the ensemble probability near the tumour", False),
     ("seconds", "", False),
@@ -35,7 +37,10 @@ MEASURES = (
     '<p class="small muted">Fold disagreement: of the voxels at least one fold model puts in the tumour, the '
     "share on which the folds do not all agree (any region stage). Entropy: binary entropy of each region "
     "stage's ensemble probability, averaged within 3 voxels of the tumour and over the stages (0: certain, "
-    "1: p = 0.5). Both are measured while segmenting (<code>brats segment --report</code>); blank where not. "
+    "1: p = 0.5). ET removed, components removed, core filled: voxels (1 mm<sup>3</sup> each) the post-"
+    "processing relabelled: ET as necrosis under the ET threshold, tumour as background in components under "
+    "the bundle's <code>min_component</code>, the tumour core's holes as necrosis. All are measured while "
+    "segmenting (<code>brats segment --report</code>); blank where not. "
     "report.csv and report.json hold these numbers.</p>"
 )
 
@@ -84,8 +89,11 @@ def _row(case: CaseReport) -> tuple[list[Cell], str]:
         blank = [Cell("")] * (len(COLUMNS) - 4)
         return [image_link(None, None, case.case_id), case_cell, flag_cell, *blank, number(case.seconds)], "failed"
     volumes = [number(case.volumes_ml.get(name)) for name in numbers.VOLUMES]
-    # 0 where the run recorded its ET threshold and removed nothing; blank where it did not record.
-    removed = number(case.et_removed_voxels) if case.et_removed_voxels is not None else Cell("")
+    # 0 where the run recorded its post-processing and it changed nothing; blank where it did not record.
+    recorded = [
+        number(count) if count is not None else Cell("")
+        for count in (case.et_removed_voxels, case.components_removed_voxels, case.core_filled_voxels)
+    ]
     cells = [
         image_link(case.figure, case.thumbnail, case.case_id),
         case_cell,
@@ -93,7 +101,7 @@ def _row(case: CaseReport) -> tuple[list[Cell], str]:
         *volumes,
         number(case.components),
         number(case.windows),
-        removed,
+        *recorded,
         percent(case.disagreement),
         number(case.entropy, 3),
         number(case.seconds),

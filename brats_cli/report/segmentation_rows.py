@@ -29,6 +29,8 @@ class CaseReport:
     region_components: dict[str, int] = field(default_factory=dict)
     windows: int | None = None
     et_removed_voxels: int | None = None
+    components_removed_voxels: int | None = None
+    core_filled_voxels: int | None = None
     seconds: float | None = None
     disagreement: float | None = None
     region_disagreement: dict[str, float | None] = field(default_factory=dict)
@@ -53,6 +55,8 @@ class CaseReport:
             "region_components": self.region_components,
             "windows": self.windows,
             "et_removed_voxels": self.et_removed_voxels,
+            "components_removed_voxels": self.components_removed_voxels,
+            "core_filled_voxels": self.core_filled_voxels,
             "seconds": self.seconds,
             "disagreement": self.disagreement,
             "region_disagreement": self.region_disagreement,
@@ -77,6 +81,8 @@ class CaseReport:
             components=self.components,
             windows=self.windows,
             et_removed_voxels=self.et_removed_voxels,
+            components_removed_voxels=self.components_removed_voxels,
+            core_filled_voxels=self.core_filled_voxels,
             seconds=self.seconds,
             disagreement=self.disagreement,
             entropy=self.entropy,
@@ -95,6 +101,8 @@ CSV_COLUMNS = (
     "components",
     "windows",
     "et_removed_voxels",
+    "components_removed_voxels",
+    "core_filled_voxels",
     "seconds",
     "disagreement",
     "entropy",
