@@ -48,6 +48,34 @@ def group_norm_by_reductions(
     return out.to(x.dtype)
 
 
+def group_norm_channels_last(
+    x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """GroupNorm of a float32 (N, C, X, Y, Z) tensor in the channels-last 3D layout, kept in that
+    layout: each channel's mean, then the mean squared deviation from its group's mean, both as
+    PyTorch's own (pairwise-summed) reductions over the contiguous (N, X, Y, Z, C) view, then one
+    multiply-add per voxel.
+
+    PyTorch's CPU kernel for this layout accumulates a group's moments in a way that loses digits
+    over millions of voxels: on the default base model's 192x192x160 grid of a real case its
+    probabilities were off by up to 0.05 against float64 (1460 voxels on the other side of 0.5);
+    this is off by under 1e-5, at 1.1-1.2x the kernel's time in the whole forward (bench/RESULTS.md,
+    'GroupNorm on the CPU in channels-last')."""
+    n, channels = x.shape[0], x.shape[1]
+    per_group = channels // groups
+    voxels = x.permute(0, 2, 3, 4, 1)  # a view: channels-last memory is (N, X, Y, Z, C)
+    mean = voxels.mean(dim=(1, 2, 3)).view(n, groups, per_group).mean(-1, keepdim=True)
+    centred = voxels - mean.expand(n, groups, per_group).reshape(n, 1, 1, 1, channels)
+    variance = centred.square_().mean(dim=(1, 2, 3)).view(n, groups, per_group).mean(-1, keepdim=True)
+    scale = torch.rsqrt(variance + eps) * weight.view(1, groups, per_group)
+    shift = bias.view(1, groups, per_group) - mean * scale
+    return torch.addcmul(shift.view(n, channels, 1, 1, 1), x, scale.view(n, channels, 1, 1, 1))
+
+
+def _channels_last_3d(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+
+
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters, same state-dict keys) that runs as `group_norm_by_reductions`
     on CUDA tensors without gradients. PyTorch's CUDA kernel gives each (sample, group) pair one
@@ -57,6 +85,12 @@ class GroupNorm(nn.GroupNorm):
     is the faster one, so it stays (bench/ARCHIVE.md, 'After these measurements'). Training
     (gradients on) keeps the native kernel too: its backward is fused and keeps no float32 copies of
     the activations, and the reductions' effect on a training step has not been measured.
+
+    On the CPU, float32 inference in the channels-last layout (`--precision fp32`, the default on
+    CPUs without bf16) runs as `group_norm_channels_last`, whose statistics keep float32's digits
+    where the native kernel's do not. Under bf16 autocast the native kernel stays for now, with the
+    same loss: there this function cost 1.3-2x a forward, and which cure to take (it, or the plain
+    layout) is measured in bench/RESULTS.md, not yet chosen.
 
     `reduce_on_cuda=False` keeps the native kernel on CUDA as well, to time one against the other
     (bench/gpu_profile.py). Other keywords are nn.GroupNorm's."""
@@ -71,6 +105,14 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and self.reduce_on_cuda and not torch.is_grad_enabled():
             return group_norm_by_reductions(x, self.num_groups, self.weight, self.bias, self.eps)
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and _channels_last_3d(x)
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
 

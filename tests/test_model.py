@@ -47,6 +47,36 @@ def test_group_norm_by_reductions_is_group_norm(channels, groups, channels_last)
     assert float((half.double() - reference).norm() / reference.norm()) < 2e-2
 
 
+def test_cpu_float32_group_norm_in_channels_last_keeps_its_digits():
+    """`--precision fp32` on the CPU runs channels-last, where PyTorch's GroupNorm kernel loses
+    digits over a large group (about 5e-4 relative on this input): the network's GroupNorm must
+    match float64 there and keep the layout; bf16 autocast and training (gradients on) keep the
+    native kernel."""
+    from brats_cli.model import GroupNorm
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 96, 96, 96, generator=generator) * 3 + 5
+    x[:, :, :24] = 40.0  # background
+    norm = GroupNorm(4, 8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=generator)
+        norm.bias.uniform_(-0.5, 0.5, generator=generator)
+    weight, bias = norm.weight.detach().double(), norm.bias.detach().double()
+    reference = torch.nn.functional.group_norm(x.double(), 4, weight, bias, norm.eps)
+    channels_last = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        out = norm(channels_last)
+        native = torch.nn.functional.group_norm(channels_last, 4, norm.weight, norm.bias, norm.eps)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = norm(channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) and out.dtype == torch.float32
+    assert float((out.double() - reference).norm() / reference.norm()) < 1e-6
+    assert float((native.double() - reference).norm() / reference.norm()) > 1e-5  # the kernel's loss
+    assert torch.equal(autocast, native)
+    trained = norm(channels_last)  # gradients on: the native kernel and its fused backward
+    assert trained.requires_grad and torch.equal(trained.detach(), native)
+
+
 def test_the_network_group_norm_keeps_torch_state_dict_keys():
     """Bundles written before GroupNorm had its own class load unchanged."""
     from brats_cli.model import GroupNorm
