@@ -11,14 +11,17 @@ inherits another's heap):
 - plain-heap: the same with freed memory kept in the heap (`brats_cli.allocator`), alone;
 - channels-last: fp32, channels-last 3D (the layout oneDNN's fastest 3D kernels use), heap kept
   (`brats segment --precision fp32`);
-- fast-mmap: channels-last and bf16 autocast with glibc's default allocator;
-- fast: channels-last, bf16 autocast, heap kept: `brats segment`'s default on a CPU with
-  AVX-512 BF16 or AMX;
+- fast-mmap: bf16 autocast with glibc's default allocator;
+- fast: bf16 autocast, heap kept, the layout `brats segment` gives it (contiguous: under bf16
+  autocast, channels-last's GroupNorm kernel loses digits): its default on a CPU with AVX-512 BF16
+  or AMX;
+- fast-channels-last: the same in channels-last 3D (the default before that was found);
 - fused: fast with each stage's folds as one batched call (`--fuse-folds`);
 - compiled: fast with torch.compile (`--compile`), timed after one untimed case that compiles
   (its seconds are printed apart).
 It prints per-stage seconds and each variant's time as a ratio of plain (`--variants` picks some;
-plain always runs).
+plain always runs). `--trained` times the trained bundle of `--weights` (default: the bundled one)
+instead, whose localisation, and so its windows, may differ between variants.
 
 Agreement (`--weights`, `--cases`): a trained bundle run in fp32 and with the fast path on every
 case of a folder (phantoms), and the fraction of tumour voxels (labelled tumour by either) that get
@@ -53,7 +56,7 @@ DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" 
 STAGES = ("preprocess", "base", "localise", "wt", "tc", "et", "compose")
 
 
-VARIANTS = ("plain", "plain-heap", "channels-last", "fast-mmap", "fast", "fused", "compiled")
+VARIANTS = ("plain", "plain-heap", "channels-last", "fast-mmap", "fast", "fast-channels-last", "fused", "compiled")
 
 
 def variants(fast: Precision, chosen: tuple[str, ...] = VARIANTS) -> dict[str, dict]:
@@ -61,18 +64,18 @@ def variants(fast: Precision, chosen: tuple[str, ...] = VARIANTS) -> dict[str, d
         "plain": ("plain fp32", {"precision": Precision.FP32, "channels_last": False, "keep_freed": False}),
         "plain-heap": ("plain fp32, heap kept", {"precision": Precision.FP32, "channels_last": False}),
         "channels-last": ("channels-last fp32", {"precision": Precision.FP32, "channels_last": True}),
-        "fast-mmap": (
-            f"{fast.value}, channels-last, glibc default",
-            {"precision": fast, "channels_last": True, "keep_freed": False},
-        ),
-        "fast": (f"fast ({fast.value}, channels-last, heap)", {"precision": fast, "channels_last": True}),
-        "fused": ("fast, folds fused", {"precision": fast, "channels_last": True, "fuse_folds": True}),
-        "compiled": ("fast, compiled", {"precision": fast, "channels_last": True, "compile": True}),
+        "fast-mmap": (f"{fast.value}, glibc default", {"precision": fast, "keep_freed": False}),
+        "fast": (f"fast ({fast.value}, heap)", {"precision": fast}),
+        "fast-channels-last": (f"{fast.value}, channels-last, heap", {"precision": fast, "channels_last": True}),
+        "fused": ("fast, folds fused", {"precision": fast, "fuse_folds": True}),
+        "compiled": ("fast, compiled", {"precision": fast, "compile": True}),
     }
     return dict(every[key] for key in VARIANTS if key == "plain" or key in chosen)
 
 
-def predictors_for(bundle, precision: Precision, channels_last: bool, fuse_folds: bool = False, compile: bool = False):
+def predictors_for(
+    bundle, precision: Precision, channels_last: bool | None = None, fuse_folds: bool = False, compile: bool = False
+):
     return {
         stage: TorchStagePredictor(
             load_torch_models(bundle, stage),
@@ -124,13 +127,14 @@ def timing(
     fast: Precision,
     warmup: bool,
     chosen: tuple[str, ...] = VARIANTS,
+    trained: Path | None = None,
 ) -> None:
     (case,) = discover_cases(case_dir).cases
     results: dict[str, dict[str, float]] = {}
     labels: dict[str, np.ndarray] = {}
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        root = flair_bundle(Path(tmp) / "bundle", widths=widths, folds=folds).root
+        root = trained or flair_bundle(Path(tmp) / "bundle", widths=widths, folds=folds).root
         for name, options in variants(fast, chosen).items():
             with spawn.Pool(1) as pool:
                 results[name], labels[name], windows = pool.apply(
@@ -138,9 +142,11 @@ def timing(
                 )
 
     plain = next(iter(results))
+    network = (
+        f"bundle {trained}" if trained else f"widths {widths[Stage.BASE]}/{widths[Stage.WT]}, {folds} fold(s) per stage"
+    )
     print(
-        f"\nbrats segment on {case.case_id}, widths {widths[Stage.BASE]}/{widths[Stage.WT]}, "
-        f"{folds} fold(s) per stage, {windows} window(s), "
+        f"\nbrats segment on {case.case_id}, {network}, {windows} window(s) (last variant), "
         f"CPU {usable_cpus()} threads, torch {torch.__version__}; best of {repeats}"
         + (" after one warm-up case" if warmup else ", no warm-up")
         + "; one process per variant"
@@ -174,8 +180,8 @@ def label_agreement(weights: Path | None, cases_dir: Path, fast: Precision) -> N
     keep_freed_memory()
     bundle = load_weights(weights)
     config = PipelineConfig.from_manifest(bundle.manifest)
-    reference = predictors_for(bundle, Precision.FP32, channels_last=True)
-    candidate = predictors_for(bundle, fast, channels_last=True)
+    reference = predictors_for(bundle, Precision.FP32)
+    candidate = predictors_for(bundle, fast)
     same = total = 0
     seconds = {"fp32": 0.0, fast.value: 0.0}
     worst = (1.0, "")
@@ -209,6 +215,7 @@ def main() -> None:
     parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--weights", type=Path, default=None, help="trained bundle (default: the bundled one)")
     parser.add_argument("--cases", type=Path, default=None, help="folder of cases for the label agreement")
+    parser.add_argument("--trained", action="store_true", help="time the bundle of --weights, not random networks")
     parser.add_argument("--fast", choices=["auto", "bf16", "fp32"], default="auto", help="the fast path's precision")
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)} (plain always runs)"
@@ -222,7 +229,8 @@ def main() -> None:
     fast = resolve_precision(Precision(args.fast), "cpu")
     if args.timing:
         widths = {stage: args.widths[0] if stage is Stage.BASE else args.widths[1] for stage in Stage}
-        timing(args.case, widths, args.folds, args.repeats, fast, args.warmup, chosen)
+        trained = load_weights(args.weights).root if args.trained else None
+        timing(args.case, widths, args.folds, args.repeats, fast, args.warmup, chosen, trained)
     if args.cases:
         label_agreement(args.weights, args.cases, fast)
 

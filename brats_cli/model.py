@@ -59,7 +59,7 @@ def group_norm_channels_last(
     PyTorch's CPU kernel for this layout accumulates a group's moments in a way that loses digits
     over millions of voxels: on the default base model's 192x192x160 grid of a real case its
     probabilities were off by up to 0.05 against float64 (1460 voxels on the other side of 0.5);
-    this is off by under 1e-5, at 1.1-1.2x the kernel's time in the whole forward (bench/RESULTS.md,
+    this is off by under 1e-5, at 1.2-1.3x the kernel's time in the whole forward (bench/RESULTS.md,
     'GroupNorm on the CPU in channels-last')."""
     n, channels = x.shape[0], x.shape[1]
     per_group = channels // groups
@@ -91,9 +91,9 @@ class GroupNorm(nn.GroupNorm):
 
     On the CPU, float32 inference in the channels-last layout (`--precision fp32`, the default on
     CPUs without bf16) runs as `group_norm_channels_last`, whose statistics keep float32's digits
-    where the native kernel's do not. Under bf16 autocast the native kernel stays for now, with the
-    same loss: there this function cost 1.3-2x a forward, and which cure to take (it, or the plain
-    layout) is measured in bench/RESULTS.md, not yet chosen.
+    where the native kernel's do not. Under bf16 autocast the native kernel stays: CPU bf16
+    inference runs in the contiguous layout instead (`TorchStagePredictor`), where the kernel is
+    accurate and which cost less there than this function (bench/RESULTS.md).
 
     `reduce_on_cuda=False` keeps the native kernel on CUDA as well, to time one against the other
     (bench/gpu_profile.py). Other keywords are nn.GroupNorm's."""

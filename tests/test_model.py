@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -50,8 +51,8 @@ def test_group_norm_by_reductions_is_group_norm(channels, groups, channels_last)
 def test_cpu_float32_group_norm_in_channels_last_keeps_its_digits():
     """`--precision fp32` on the CPU runs channels-last, where PyTorch's GroupNorm kernel loses
     digits over a large group (about 5e-4 relative on this input): the network's GroupNorm must
-    match float64 there and keep the layout; bf16 autocast and training (gradients on) keep the
-    native kernel."""
+    match float64 there and keep the layout; bf16 autocast (whose inference runs contiguous, where
+    the kernel is accurate) and training (gradients on) keep the native kernel."""
     from brats_cli.model import GroupNorm
 
     generator = torch.Generator().manual_seed(0)
@@ -75,6 +76,31 @@ def test_cpu_float32_group_norm_in_channels_last_keeps_its_digits():
     assert torch.equal(autocast, native)
     trained = norm(channels_last)  # gradients on: the native kernel and its fused backward
     assert trained.requires_grad and torch.equal(trained.detach(), native)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_inference_keeps_group_norm_digits_in_either_precision(precision):
+    """`brats segment` on the CPU, fp32 or bf16 (the default where the CPU has it): a group of
+    millions of voxels is normalised as float64 would to 1e-6. Under bf16 autocast GroupNorm runs
+    PyTorch's float32 kernel, which loses digits in the channels-last layout (1e-4 in probability
+    here), so the bf16 predictor must run contiguous."""
+    from brats_cli.choices import Precision
+    from brats_cli.model import GroupNorm
+    from brats_cli.predictors.torch_backend import TorchStagePredictor
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(8, 96, 96, 96, generator=generator) * 3 + 5
+    image[:, :24] = 40.0  # background
+    norm = GroupNorm(4, 8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=generator)
+        norm.bias.uniform_(-0.5, 0.5, generator=generator)
+    weight, bias = norm.weight.detach().double(), norm.bias.detach().double()
+    reference = torch.sigmoid(torch.nn.functional.group_norm(image[None].double(), 4, weight, bias, norm.eps))
+    predictor = TorchStagePredictor([torch.nn.Sequential(norm)], "cpu", Precision(precision))
+    probability = predictor(image.numpy())[0]
+    assert probability.shape == (96, 96, 96)
+    assert float(np.abs(probability - reference[0, 0].numpy()).max()) < 1e-6
 
 
 def test_the_network_group_norm_keeps_torch_state_dict_keys():

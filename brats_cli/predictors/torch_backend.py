@@ -89,12 +89,15 @@ class TorchStagePredictor:
             # PyTorch starts one thread per physical core of the machine, whatever the container
             # or taskset allows; more threads than granted cores makes every convolution wait.
             torch.set_num_threads(host.usable_cpus())
-        # Activation layout, by what measured faster (None: per device; bench/RESULTS.md): channels-
-        # last 3D on the CPU, where oneDNN's convolutions want it; contiguous on CUDA, where the
-        # network's GroupNorm reshapes need it and channels-last's layout copies cost more than
-        # cuDNN's conversions. Contiguous on the CPU is the plain baseline of bench/cpu_pipeline.py.
+        # Activation layout (None: by device and precision; bench/RESULTS.md): channels-last 3D for
+        # float32 on the CPU, where oneDNN's convolutions want it and the network's GroupNorm keeps
+        # its digits in that layout. Contiguous under CPU bf16 autocast, whose GroupNorm runs
+        # PyTorch's float32 kernel: in channels-last that kernel loses digits (1494 voxels across
+        # 0.5 on a real case's base model), and the contiguous layout cured it at less cost than
+        # the network's own function ('GroupNorm on the CPU in channels-last'). Contiguous on CUDA,
+        # where the GroupNorm reshapes need it and channels-last's copies cost more than cuDNN's.
         if channels_last is None:
-            channels_last = self.device.type == "cpu"
+            channels_last = self.device.type == "cpu" and precision is Precision.FP32
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         # nn.Module.to takes memory_format; its type stubs do not say so.
         self.models = [m.to(self.device).eval().to(memory_format=self.memory_format) for m in models]  # type: ignore[call-overload]
