@@ -267,29 +267,25 @@ def segment_preprocessed(
         seconds[stage.value] = time.perf_counter() - started
 
     started = time.perf_counter()
-    labels = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
-    composed_tumour = np.count_nonzero(labels) if meter is not None else 0
+    composed = compose_labels(masks[Stage.WT], masks[Stage.TC], masks[Stage.ET], config.convention)
     # Before the ET threshold, which counts the ET voxels that remain.
-    labels = remove_small_components(labels, config.min_component)
-    components_removed = composed_tumour - np.count_nonzero(labels) if meter is not None else 0
-    core_filled = 0
-    if config.fill_core_holes:
-        unfilled = labels
-        labels = fill_core_holes(labels, config.convention)
-        # Filling only relabels edema and background as necrosis: every changed voxel is a filled one.
-        core_filled = int(np.count_nonzero(labels != unfilled)) if meter is not None else 0
-    composed_et = int(np.count_nonzero(labels == config.convention.enhancing)) if meter is not None else 0
-    labels = apply_et_threshold(labels, config.convention, config.et_threshold)
+    components_kept = remove_small_components(composed, config.min_component)
+    filled = fill_core_holes(components_kept, config.convention) if config.fill_core_holes else components_kept
+    labels = apply_et_threshold(filled, config.convention, config.et_threshold)
     full = uncrop_from_model_grid(labels)
     probability_maps = uncrop_from_model_grid(np.stack(kept)) if kept else None
     seconds["compose"] = time.perf_counter() - started
     quality = None
     if meter is not None:
-        removed = composed_et if not np.any(labels == config.convention.enhancing) else 0
+        # Each post-processing step returns a new array where it changes anything, so the steps'
+        # inputs and outputs say what each did.
+        enhancing = config.convention.enhancing
+        et_removed = 0 if np.any(labels == enhancing) else int(np.count_nonzero(filled == enhancing))
         quality = meter.result(
-            et_removed_voxels=removed,
-            components_removed_voxels=int(components_removed),
-            core_filled_voxels=core_filled,
+            et_removed_voxels=et_removed,
+            components_removed_voxels=int(np.count_nonzero(composed) - np.count_nonzero(components_kept)),
+            # Filling only relabels edema and background as necrosis: every changed voxel is a filled one.
+            core_filled_voxels=int(np.count_nonzero(filled != components_kept)),
         )
     # Several windows are how a large tumour is covered (localise.py), not a problem with the case.
     notes = []

@@ -48,11 +48,10 @@ def test_group_norm_by_reductions_is_group_norm(channels, groups, channels_last)
     assert float((half.double() - reference).norm() / reference.norm()) < 2e-2
 
 
-def test_cpu_float32_group_norm_in_channels_last_keeps_its_digits():
-    """`--precision fp32` on the CPU runs channels-last, where PyTorch's GroupNorm kernel loses
-    digits over a large group (about 5e-4 relative on this input): the network's GroupNorm must
-    match float64 there and keep the layout; bf16 autocast (whose inference runs contiguous, where
-    the kernel is accurate) and training (gradients on) keep the native kernel."""
+def _large_group():
+    """A (1, 8, 96, 96, 96) input with a constant background, where PyTorch's channels-last CPU
+    GroupNorm kernel loses digits, the network's GroupNorm(4, 8) with set weights, and the float64
+    GroupNorm of the input."""
     from brats_cli.model import GroupNorm
 
     generator = torch.Generator().manual_seed(0)
@@ -63,7 +62,15 @@ def test_cpu_float32_group_norm_in_channels_last_keeps_its_digits():
         norm.weight.uniform_(0.5, 1.5, generator=generator)
         norm.bias.uniform_(-0.5, 0.5, generator=generator)
     weight, bias = norm.weight.detach().double(), norm.bias.detach().double()
-    reference = torch.nn.functional.group_norm(x.double(), 4, weight, bias, norm.eps)
+    return x, norm, torch.nn.functional.group_norm(x.double(), 4, weight, bias, norm.eps)
+
+
+def test_cpu_float32_group_norm_in_channels_last_keeps_its_digits():
+    """`--precision fp32` on the CPU runs channels-last, where PyTorch's GroupNorm kernel loses
+    digits over a large group (about 5e-4 relative on this input): the network's GroupNorm must
+    match float64 there and keep the layout; bf16 autocast (whose inference runs contiguous, where
+    the kernel is accurate) and training (gradients on) keep the native kernel."""
+    x, norm, reference = _large_group()
     channels_last = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         out = norm(channels_last)
@@ -85,22 +92,13 @@ def test_cpu_inference_keeps_group_norm_digits_in_either_precision(precision):
     PyTorch's float32 kernel, which loses digits in the channels-last layout (1e-4 in probability
     here), so the bf16 predictor must run contiguous."""
     from brats_cli.choices import Precision
-    from brats_cli.model import GroupNorm
     from brats_cli.predictors.torch_backend import TorchStagePredictor
 
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randn(8, 96, 96, 96, generator=generator) * 3 + 5
-    image[:, :24] = 40.0  # background
-    norm = GroupNorm(4, 8)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5, generator=generator)
-        norm.bias.uniform_(-0.5, 0.5, generator=generator)
-    weight, bias = norm.weight.detach().double(), norm.bias.detach().double()
-    reference = torch.sigmoid(torch.nn.functional.group_norm(image[None].double(), 4, weight, bias, norm.eps))
+    x, norm, reference = _large_group()
     predictor = TorchStagePredictor([torch.nn.Sequential(norm)], "cpu", Precision(precision))
-    probability = predictor(image.numpy())[0]
+    probability = predictor(x[0].numpy())[0]
     assert probability.shape == (96, 96, 96)
-    assert float(np.abs(probability - reference[0, 0].numpy()).max()) < 1e-6
+    assert float(np.abs(probability - torch.sigmoid(reference)[0, 0].numpy()).max()) < 1e-6
 
 
 def test_the_network_group_norm_keeps_torch_state_dict_keys():
